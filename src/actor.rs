@@ -1,0 +1,242 @@
+//! One actor per configured client: fetches its token at start, refreshes it before expiry,
+//! backs off on failure, and publishes every outcome to the client's slot in the store.
+//!
+//! The actor never waits on the network inside a handler: each token request runs as its own
+//! task and reports back with [`TokenMsg::Fetched`], so the mailbox stays responsive and at most
+//! one request is in flight per client (single flight is a field, not a lock).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::config::RefreshPolicy;
+use crate::oauth::{FailureKind, FetchError, TokenReply, TokenSource};
+use crate::schedule;
+use crate::store::{ClientSlot, ClientState, Token};
+
+pub enum TokenMsg {
+    /// A scheduled refresh or retry is due; stale timers carry an old epoch and are ignored.
+    Due { epoch: u64 },
+    /// A caller needs a newer token than `generation` (too close to expiry, or rejected by its
+    /// API). Honoured only while the client is fresh: otherwise a request is already in flight
+    /// or deliberately scheduled, and callers wait for it.
+    Refresh { generation: u64 },
+    /// The outcome of the request started by this actor.
+    Fetched(Result<TokenReply, FetchError>),
+}
+
+/// Everything a token actor needs; also what the supervisor keeps to restart it.
+#[derive(Clone)]
+pub struct TokenArgs {
+    pub slot: Arc<ClientSlot>,
+    pub source: Arc<dyn TokenSource>,
+    pub policy: RefreshPolicy,
+}
+
+pub struct TokenActor;
+
+pub struct TokenState {
+    args: TokenArgs,
+    /// Bumped whenever the schedule changes, so an earlier timer that fires late is ignored.
+    epoch: u64,
+    in_flight: bool,
+    failures: u32,
+    /// Whether the "needs operator" error was logged already (it is logged once per episode).
+    operator_logged: bool,
+}
+
+impl Actor for TokenActor {
+    type Msg = TokenMsg;
+    type State = TokenState;
+    type Arguments = TokenArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: TokenArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.slot.attach(Some(myself.clone()));
+        let view = args.slot.view();
+        let mut state = TokenState {
+            args,
+            epoch: 0,
+            in_flight: false,
+            failures: view.consecutive_failures,
+            operator_logged: view.state == ClientState::NeedsOperator,
+        };
+        let now = Instant::now();
+        // A restart must not refetch a token that is still fresh: resume its schedule instead.
+        match (&view.token, view.next_attempt) {
+            (Some(token), _) if view.state == ClientState::Fresh && token.refresh_due > now => {
+                let due = token.refresh_due;
+                state.schedule(&myself, due - now);
+                debug!(client = %state.args.slot.name, "restarted with a fresh token; refresh schedule kept");
+            }
+            (_, Some((at, _))) if at > now && view.state != ClientState::Refreshing => {
+                state.schedule(&myself, at - now);
+            }
+            _ => state.start_fetch(&myself),
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.slot.attach(None);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TokenMsg::Due { epoch } if epoch == state.epoch && !state.in_flight => {
+                state.start_fetch(&myself);
+            }
+            TokenMsg::Due { .. } => {}
+            TokenMsg::Refresh { generation } => {
+                let view = state.args.slot.view();
+                let current = view.token.as_ref().map(|t| t.generation);
+                if !state.in_flight
+                    && view.state == ClientState::Fresh
+                    && current == Some(generation)
+                {
+                    debug!(client = %state.args.slot.name, "refresh requested by a caller");
+                    state.start_fetch(&myself);
+                }
+            }
+            TokenMsg::Fetched(Ok(reply)) => state.on_token(&myself, reply),
+            TokenMsg::Fetched(Err(e)) => state.on_failure(&myself, e),
+        }
+        Ok(())
+    }
+}
+
+impl TokenState {
+    fn start_fetch(&mut self, myself: &ActorRef<TokenMsg>) {
+        self.epoch += 1;
+        self.in_flight = true;
+        self.args.slot.publish(|v| {
+            v.state = if v.token.is_some() {
+                ClientState::Refreshing
+            } else {
+                ClientState::Starting
+            };
+            v.next_attempt = None;
+        });
+        let request = self.args.source.fetch();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            // The request runs in a task of its own so that a panic in it (a bug, not a reply)
+            // still reports back and cannot leave the client waiting forever.
+            let outcome = match tokio::spawn(request).await {
+                Ok(result) => result,
+                Err(e) => Err(FetchError::Network(format!(
+                    "token request task failed: {e}"
+                ))),
+            };
+            // The actor may have stopped meanwhile (shutdown); the outcome is then moot.
+            let _ = myself.cast(TokenMsg::Fetched(outcome));
+        });
+    }
+
+    fn on_token(&mut self, myself: &ActorRef<TokenMsg>, reply: TokenReply) {
+        self.in_flight = false;
+        self.failures = 0;
+        self.operator_logged = false;
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let delay = schedule::refresh_delay(&self.args.policy, reply.lifetime, rand::random());
+        self.schedule(myself, delay);
+        let slot = &self.args.slot;
+        info!(
+            client = %slot.name,
+            fingerprint = %reply.access_token.fingerprint(),
+            expires_in = %humantime::format_duration(Duration::from_secs(reply.lifetime.as_secs())),
+            lifetime_from = ?reply.lifetime_source,
+            refresh_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            scopes = %reply.scopes.join(" "),
+            "token refreshed"
+        );
+        slot.publish(|v| {
+            let generation = v.token.as_ref().map_or(1, |t| t.generation + 1);
+            v.token = Some(Arc::new(Token {
+                generation,
+                access_token: reply.access_token,
+                token_type: reply.token_type,
+                scopes: reply.scopes,
+                received_at: now,
+                received_wall: wall,
+                expires_at: now + reply.lifetime,
+                expires_wall: wall + reply.lifetime,
+                refresh_due: now + delay,
+            }));
+            v.state = ClientState::Fresh;
+            v.next_attempt = Some((now + delay, wall + delay));
+            v.consecutive_failures = 0;
+            v.last_error = None;
+        });
+    }
+
+    fn on_failure(&mut self, myself: &ActorRef<TokenMsg>, e: FetchError) {
+        self.in_flight = false;
+        self.failures = self.failures.saturating_add(1);
+        let kind = e.kind();
+        let delay = match kind {
+            FailureKind::Transient => schedule::backoff_delay(
+                &self.args.policy,
+                self.failures,
+                e.retry_after(),
+                rand::random(),
+            ),
+            FailureKind::NeedsOperator => self
+                .args
+                .policy
+                .operator_retry
+                .max(e.retry_after().unwrap_or_default()),
+        };
+        let name = &self.args.slot.name;
+        let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+        match kind {
+            FailureKind::NeedsOperator if !self.operator_logged => {
+                self.operator_logged = true;
+                error!(client = %name, retry_in = %retry_in, "token request rejected, operator action needed: {e}");
+            }
+            FailureKind::NeedsOperator => {
+                debug!(client = %name, retry_in = %retry_in, "token request still rejected: {e}");
+            }
+            FailureKind::Transient => {
+                warn!(client = %name, failures = self.failures, retry_in = %retry_in, "token request failed: {e}");
+            }
+        }
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        self.schedule(myself, delay);
+        let failures = self.failures;
+        self.args.slot.publish(|v| {
+            v.state = match kind {
+                FailureKind::Transient => ClientState::BackingOff,
+                FailureKind::NeedsOperator => ClientState::NeedsOperator,
+            };
+            v.next_attempt = Some((now + delay, wall + delay));
+            v.consecutive_failures = failures;
+            v.last_error = Some(e.to_string());
+        });
+    }
+
+    /// Arms the one timer that matters; returns its epoch.
+    fn schedule(&mut self, myself: &ActorRef<TokenMsg>, delay: Duration) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        myself.send_after(delay, move || TokenMsg::Due { epoch });
+    }
+}

@@ -1,0 +1,684 @@
+//! The daemon's configuration: TOML through the `config` crate, every key overridable from the
+//! environment (`TOKEND_SERVER__SOCKET`, `TOKEND_CLIENTS__BILLING__SCOPE`, ...), parsed once into
+//! typed structs and validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variables with this prefix override file keys; `__` separates key segments.
+const ENV_PREFIX: &str = "TOKEND_";
+const ENV_SEPARATOR: &str = "__";
+
+/// A configuration that could not be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The config file, or "environment" for an override.
+    pub file: String,
+    /// Dotted key path, e.g. `clients.billing.client_secret_file`.
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Defaults for every client's refresh schedule and retries.
+    #[serde(default)]
+    pub refresh: RefreshPolicy,
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    /// Octal file mode applied to the socket after bind.
+    pub socket_mode: String,
+    /// Optional loopback TCP listener.
+    pub tcp: Option<SocketAddr>,
+    /// How long `GetToken` waits for a token when the caller set no deadline.
+    #[serde(with = "humantime_serde_compat")]
+    pub default_wait: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/tokend/tokend.sock"),
+            socket_mode: "0660".into(),
+            tcp: None,
+            default_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When tokens are refreshed and how failures are retried.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshPolicy {
+    /// A token is refreshed after a random fraction of its lifetime drawn from this range, so
+    /// that hosts and clients started together drift apart instead of refreshing in lockstep.
+    pub lifetime_fraction: [f64; 2],
+    /// ...and never later than this before it expires (a quarter of its lifetime for tokens
+    /// shorter than four times this margin).
+    #[serde(with = "humantime_serde_compat")]
+    pub margin: Duration,
+    /// First retry delay after a transient failure; doubles per failure up to `backoff_max`.
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff_max: Duration,
+    /// Retry interval while the endpoint rejects the credentials or grant: such errors need an
+    /// operator, so hammering the endpoint only fills its logs.
+    #[serde(with = "humantime_serde_compat")]
+    pub operator_retry: Duration,
+    /// Lifetime assumed when the reply has no `expires_in` and the token is not a JWT with `exp`.
+    #[serde(with = "humantime_serde_compat")]
+    pub default_lifetime: Duration,
+    /// Timeout of one token request, connect to last byte.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            lifetime_fraction: [0.70, 0.80],
+            margin: Duration::from_secs(30),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            operator_retry: Duration::from_secs(300),
+            default_lifetime: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AuthMethod {
+    /// `client_secret_basic`: id and secret in an HTTP Basic header.
+    Basic,
+    /// `client_secret_post`: id and secret in the form body.
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Grant {
+    ClientCredentials,
+    RefreshToken,
+}
+
+// String-typed enums parse by hand so that a wrong value is named with the accepted ones,
+// rather than serde's "does not have variant constructor".
+impl TryFrom<String> for AuthMethod {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "basic" | "client_secret_basic" => Ok(AuthMethod::Basic),
+            "post" | "client_secret_post" => Ok(AuthMethod::Post),
+            _ => Err(format!(
+                "{s:?} is not an auth method; use \"basic\" or \"post\""
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Grant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "client_credentials" => Ok(Grant::ClientCredentials),
+            "refresh_token" => Ok(Grant::RefreshToken),
+            _ => Err(format!(
+                "{s:?} is not a supported grant; use \"client_credentials\" or \"refresh_token\""
+            )),
+        }
+    }
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_secret_env: Option<String>,
+    #[serde(default = "default_auth_method")]
+    pub auth_method: AuthMethod,
+    #[serde(default = "default_grant")]
+    pub grant: Grant,
+    pub refresh_token_file: Option<PathBuf>,
+    /// Space-separated scopes to request; omitted from the request when unset.
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    /// Further form parameters sent with every token request.
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    /// Allow a non-loopback `http://` token endpoint (secrets then cross the network in clear).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+fn default_auth_method() -> AuthMethod {
+    AuthMethod::Basic
+}
+
+fn default_grant() -> Grant {
+    Grant::ClientCredentials
+}
+
+/// Form parameters a client may not override through `extra_params`: tokend sets them itself.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "scope",
+    "audience",
+    "resource",
+];
+
+impl Config {
+    /// Reads `path`, applies `TOKEND_*` overrides from the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        // Only variables that name a nested key (`TOKEND_SECTION__KEY`) are overrides, so that
+        // unrelated `TOKEND_*` variables (the CLI's `TOKEND_SOCKET`) are not mistaken for keys.
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .is_some_and(|rest| rest.contains(ENV_SEPARATOR))
+            })
+            .collect();
+        let from_env = !overrides.is_empty();
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                    .prefix_separator("_")
+                    .separator(ENV_SEPARATOR)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| from_config_error(&file, e))?;
+        let config: Config = raw.try_deserialize().map_err(|e| {
+            let mut err = from_config_error(&file, e);
+            if from_env {
+                err.file = format!("{file} (with TOKEND_* environment overrides)");
+            }
+            err
+        })?;
+        config.validate(&file)?;
+        Ok(config)
+    }
+
+    /// Rejects what cannot work, naming the key.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, reason: String| ConfigError {
+            file: file.to_string(),
+            key,
+            reason,
+        };
+        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                err(
+                    "server.socket_mode".into(),
+                    format!(
+                        "{:?} is not an octal file mode such as \"0660\"",
+                        self.server.socket_mode
+                    ),
+                )
+            })?;
+        if let Some(tcp) = self.server.tcp
+            && !tcp.ip().is_loopback()
+        {
+            return Err(err(
+                "server.tcp".into(),
+                format!(
+                    "{tcp} is not a loopback address; tokens must not leave the host (use 127.0.0.1 or [::1])"
+                ),
+            ));
+        }
+        if self.server.default_wait.is_zero() {
+            return Err(err("server.default_wait".into(), "must be positive".into()));
+        }
+        self.refresh.validate().map_err(|(k, r)| err(k, r))?;
+        for (name, client) in &self.clients {
+            client
+                .validate(name)
+                .map_err(|(k, r)| err(format!("clients.{name}.{k}"), r))?;
+        }
+        Ok(())
+    }
+
+    /// The socket mode as a number; valid after [`Config::validate`].
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660)
+    }
+}
+
+impl RefreshPolicy {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let [lo, hi] = self.lifetime_fraction;
+        if !(0.1..=0.95).contains(&lo) || !(0.1..=0.95).contains(&hi) || lo > hi {
+            return Err((
+                "refresh.lifetime_fraction".into(),
+                format!("[{lo}, {hi}] must be an ascending pair between 0.1 and 0.95"),
+            ));
+        }
+        let positive = [
+            ("backoff_min", self.backoff_min),
+            ("backoff_max", self.backoff_max),
+            ("operator_retry", self.operator_retry),
+            ("default_lifetime", self.default_lifetime),
+            ("request_timeout", self.request_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err((format!("refresh.{key}"), "must be positive".into()));
+            }
+        }
+        if self.backoff_min > self.backoff_max {
+            return Err((
+                "refresh.backoff_min".into(),
+                format!(
+                    "{} is larger than refresh.backoff_max ({})",
+                    humantime::format_duration(self.backoff_min),
+                    humantime::format_duration(self.backoff_max)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ClientConfig {
+    fn validate(&self, name: &str) -> Result<(), (String, String)> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err((
+                String::new(),
+                format!("client name {name:?} may only use letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        validate_endpoint(&self.token_endpoint, self.allow_insecure_http)
+            .map_err(|r| ("token_endpoint".to_string(), r))?;
+        if self.client_id.is_empty() {
+            return Err(("client_id".into(), "must not be empty".into()));
+        }
+        match (&self.client_secret_file, &self.client_secret_env) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "client_secret_file".into(),
+                    "set either client_secret_file or client_secret_env, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    "client_secret_file".into(),
+                    "a client secret is required: set client_secret_file or client_secret_env"
+                        .into(),
+                ));
+            }
+            (Some(path), None) if !path.is_absolute() => {
+                return Err((
+                    "client_secret_file".into(),
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+            (Some(path), None) => {
+                crate::secret::check_file(path)
+                    .map_err(|e| ("client_secret_file".to_string(), e.to_string()))?;
+            }
+            (None, Some(var)) => {
+                if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                    return Err((
+                        "client_secret_env".into(),
+                        format!("environment variable {var} is not set or empty"),
+                    ));
+                }
+            }
+        }
+        match (self.grant, &self.refresh_token_file) {
+            (Grant::RefreshToken, None) => {
+                return Err((
+                    "refresh_token_file".into(),
+                    "grant = \"refresh_token\" needs refresh_token_file".into(),
+                ));
+            }
+            (Grant::RefreshToken, Some(path)) if !path.is_absolute() => {
+                return Err((
+                    "refresh_token_file".into(),
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+            (Grant::ClientCredentials, Some(_)) => {
+                return Err((
+                    "refresh_token_file".into(),
+                    "only used with grant = \"refresh_token\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(param) = self
+            .extra_params
+            .keys()
+            .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
+        {
+            return Err((
+                format!("extra_params.{param}"),
+                "is set by tokend itself and cannot be overridden".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint must be an absolute http(s) URL; plain http only to loopback unless allowed.
+fn validate_endpoint(endpoint: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let url =
+        reqwest::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback || allow_insecure_http {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{endpoint} uses plain http to a non-loopback host, which would send the client secret in clear; use https (or set allow_insecure_http = true)"
+                ))
+            }
+        }
+        other => Err(format!("scheme {other:?} is not http or https")),
+    }
+}
+
+fn from_config_error(file: &str, e: config::ConfigError) -> ConfigError {
+    let located = |key: Option<String>, reason: String| ConfigError {
+        file: file.to_string(),
+        key: key
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "(top level)".into()),
+        reason,
+    };
+    match e {
+        config::ConfigError::At { error, key, .. } => {
+            let inner = from_config_error(file, *error);
+            let key = key.or(Some(inner.key).filter(|k| k != "(top level)"));
+            located(key, inner.reason)
+        }
+        config::ConfigError::Type {
+            key,
+            unexpected,
+            expected,
+            ..
+        } => located(key, format!("expected {expected}, found {unexpected}")),
+        config::ConfigError::Message(msg) => match msg.rsplit_once(" for key `") {
+            // Serde's messages carry the key at the end.
+            Some((reason, key)) => located(
+                Some(key.trim_end_matches('`').to_string()),
+                reason.to_string(),
+            ),
+            None => located(None, msg),
+        },
+        config::ConfigError::FileParse { cause, .. } => ConfigError {
+            file: file.to_string(),
+            key: "(syntax)".into(),
+            // The TOML error draws the line with a caret; the first and last lines say it all.
+            reason: {
+                let text = cause.to_string();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                match (lines.first(), lines.last()) {
+                    (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+                    _ => text.trim().to_string(),
+                }
+            },
+        },
+        other => located(None, other.to_string()),
+    }
+}
+
+/// Durations as humantime strings ("30s", "5m") in TOML and the environment.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration such as \"30s\" or \"5m\": {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        path
+    }
+
+    fn secret(dir: &tempfile::TempDir) -> PathBuf {
+        let path = write(dir, "secret", "s3cret\n");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    }
+
+    fn client_toml(secret: &Path, extra: &str) -> String {
+        format!(
+            "[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"billing\"\nclient_secret_file = \"{}\"\n{extra}\n",
+            secret.display()
+        )
+    }
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "tokend.toml", text);
+        Config::load_with_env(
+            &path,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn example_config_parses() {
+        // The shipped example documents every key; it must stay loadable in shape (its secret
+        // paths do not exist here, which is the only error allowed).
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokend.toml"),
+        )
+        .unwrap();
+        let err = load(&text, &[]).unwrap_err();
+        assert!(err.key.ends_with("client_secret_file"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let c = load(
+            &client_toml(&s, "scope = \"a b\"\nauth_method = \"post\""),
+            &[],
+        )
+        .unwrap();
+        let b = &c.clients["billing"];
+        assert_eq!(b.auth_method, AuthMethod::Post);
+        assert_eq!(b.grant, Grant::ClientCredentials);
+        assert_eq!(b.scope.as_deref(), Some("a b"));
+        assert_eq!(c.server.socket, PathBuf::from("/run/tokend/tokend.sock"));
+        assert_eq!(c.socket_mode(), 0o660);
+        assert_eq!(c.refresh.margin, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let c = load(
+            &client_toml(&s, ""),
+            &[
+                ("TOKEND_CLIENTS__BILLING__SCOPE", "from.env"),
+                ("TOKEND_SERVER__SOCKET", "/tmp/x.sock"),
+                ("TOKEND_REFRESH__MARGIN", "10s"),
+                // Not a key: must be ignored rather than rejected as unknown.
+                ("TOKEND_SOCKET", "/tmp/ignored.sock"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.clients["billing"].scope.as_deref(), Some("from.env"));
+        assert_eq!(c.server.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.refresh.margin, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let cases: &[(String, &str, &str)] = &[
+            (
+                client_toml(&s, "grant = \"password\""),
+                "clients.billing.grant",
+                "\"password\" is not a supported grant",
+            ),
+            (
+                client_toml(&s, "auth_method = \"bearer\""),
+                "clients.billing.auth_method",
+                "\"basic\" or \"post\"",
+            ),
+            (
+                format!("{}\n[[oops", client_toml(&s, "")),
+                "(syntax)",
+                "line 7",
+            ),
+            (
+                client_toml(&s, "scopes = \"x\""),
+                "clients.billing",
+                "scopes",
+            ),
+            (
+                client_toml(&s, "client_secret_env = \"X\""),
+                "clients.billing.client_secret_file",
+                "not both",
+            ),
+            (
+                client_toml(&s, "").replace("https://idp", "http://idp"),
+                "clients.billing.token_endpoint",
+                "plain http",
+            ),
+            (
+                client_toml(&s, "grant = \"refresh_token\""),
+                "clients.billing.refresh_token_file",
+                "needs refresh_token_file",
+            ),
+            (
+                client_toml(&s, "[clients.billing.extra_params]\ngrant_type = \"x\""),
+                "clients.billing.extra_params.grant_type",
+                "cannot be overridden",
+            ),
+            (
+                format!("[server]\ntcp = \"0.0.0.0:7707\"\n{}", client_toml(&s, "")),
+                "server.tcp",
+                "loopback",
+            ),
+            (
+                format!(
+                    "[refresh]\nbackoff_min = \"2m\"\nbackoff_max = \"1m\"\n{}",
+                    client_toml(&s, "")
+                ),
+                "refresh.backoff_min",
+                "larger",
+            ),
+            (
+                format!("[refresh]\nmargin = \"soon\"\n{}", client_toml(&s, "")),
+                "refresh.margin",
+                "not a duration",
+            ),
+            (
+                client_toml(Path::new("/nonexistent/secret"), ""),
+                "clients.billing.client_secret_file",
+                "/nonexistent/secret",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let err = load(text, &[]).expect_err(text);
+            assert!(err.file.ends_with("tokend.toml"), "{err}");
+            assert!(err.key.starts_with(key), "want key {key}, got {err}");
+            assert!(err.to_string().contains(reason), "want {reason:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn http_to_loopback_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let text = client_toml(&s, "").replace("https://idp.example.com", "http://127.0.0.1:9");
+        load(&text, &[]).unwrap();
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let err = Config::load_with_env(Path::new("/nonexistent/tokend.toml"), []).unwrap_err();
+        assert_eq!(err.file, "/nonexistent/tokend.toml");
+        assert!(err.reason.contains("cannot read"), "{err}");
+    }
+}

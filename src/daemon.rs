@@ -1,0 +1,134 @@
+//! Wires the parts into a running daemon: store slots and the supervisor from the config, the
+//! gRPC services on the listeners, and an orderly stop when `shutdown` resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ractor::Actor;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing::info;
+
+use crate::actor::TokenArgs;
+use crate::config::Config;
+use crate::listen::{self, ListenError, SocketFile};
+use crate::oauth::{HttpTokenSource, http_client};
+use crate::proto::token_service_server::TokenServiceServer;
+use crate::service::TokenServiceImpl;
+use crate::store::{ClientSlot, TokenStore};
+use crate::supervisor::Supervisor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot start the supervisor: {0}")]
+    Supervisor(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    // Bind first: a daemon that cannot be reached should fail before it fetches anything.
+    let (unix, _socket_file) = SocketFile::bind(&config.server.socket, config.socket_mode())?;
+    let tcp = match config.server.tcp {
+        Some(addr) => Some(listen::bind_tcp(addr).await?),
+        None => None,
+    };
+
+    let http = http_client();
+    let slots: Vec<Arc<ClientSlot>> = config
+        .clients
+        .iter()
+        .map(|(name, c)| Arc::new(ClientSlot::new(name.clone(), c.grant)))
+        .collect();
+    let args = slots
+        .iter()
+        .map(|slot| {
+            let c = config.clients[&slot.name].clone();
+            TokenArgs {
+                slot: slot.clone(),
+                source: Arc::new(HttpTokenSource::new(
+                    http.clone(),
+                    c,
+                    config.refresh.default_lifetime,
+                    config.refresh.request_timeout,
+                )),
+                policy: config.refresh.clone(),
+            }
+        })
+        .collect();
+    let store = Arc::new(TokenStore::new(slots));
+    let (supervisor, supervisor_task) = Actor::spawn(None, Supervisor, args)
+        .await
+        .map_err(|e| RunError::Supervisor(e.to_string()))?;
+
+    info!(
+        socket = %config.server.socket.display(),
+        tcp = ?config.server.tcp,
+        clients = config.clients.len(),
+        "tokend serving"
+    );
+    let service = TokenServiceImpl::new(store, config.server.default_wait);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix_server = router(&service)
+        .await
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
+    let tcp_server = async {
+        match tcp {
+            Some(listener) => {
+                router(&service)
+                    .await
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        stopped(stop_rx.clone()),
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let servers = async { tokio::try_join!(unix_server, tcp_server) };
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        r = &mut servers => r.map(drop),
+        () = shutdown => {
+            info!("shutting down");
+            let _ = stop_tx.send(true);
+            servers.await.map(drop)
+        }
+    };
+    supervisor.stop(Some("daemon shutting down".into()));
+    let _ = supervisor_task.await;
+    result.map_err(RunError::from)
+}
+
+/// The services every listener offers: tokend's own, standard health, and reflection (so
+/// `grpcurl -unix SOCKET list` works without the proto file).
+async fn router(service: &TokenServiceImpl) -> tonic::transport::server::Router {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TokenServiceServer<TokenServiceImpl>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptors are valid");
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("embedded descriptors are valid");
+    tonic::transport::Server::builder()
+        .add_service(TokenServiceServer::new(service.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+}

@@ -1,0 +1,43 @@
+//! tokend keeps OAuth 2.0 access tokens fresh for every client configured on a host and hands
+//! them to local processes over gRPC.
+//!
+//! # Layout
+//!
+//! Data flows one way: config -> supervisor -> one actor per client -> token store -> gRPC.
+//!
+//! - [`config`]: the TOML file (with `TOKEND_*` environment overrides), parsed and validated once.
+//! - [`supervisor`]: spawns one token actor per client and restarts failed ones within a budget.
+//! - [`actor`]: a client's token actor; fetches, schedules refreshes, backs off, publishes.
+//! - [`schedule`]: pure functions for refresh times and backoff delays.
+//! - [`oauth`]: the token endpoint client (grant requests, client auth, reply parsing).
+//! - [`store`]: per-client `watch` channels the gRPC handlers read without asking the actor.
+//! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
+//! - [`listen`]: the Unix socket and loopback TCP listeners.
+//! - [`daemon`]: wires the above together and runs until shutdown.
+//! - [`ctl`]: the `get` and `status` subcommands, gRPC clients of a running daemon.
+//! - [`demo`]: a built-in token endpoint for `tokend demo`, the newcomer's first run.
+//! - [`secret`]: reading secret files, redacted token types, durable writes.
+
+pub mod actor;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod demo;
+pub mod listen;
+pub mod oauth;
+pub mod schedule;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod supervisor;
+
+/// Code generated from `proto/tokend/v1/tokend.proto`.
+pub mod proto {
+    tonic::include_proto!("tokend.v1");
+
+    /// The encoded descriptor set, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokend_descriptor");
+}
+
+pub use config::Config;
+pub use daemon::run;

@@ -1,0 +1,162 @@
+//! The `tokend` binary: parses the command line, sets up logging, and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokend::{Config, ctl, demo};
+
+/// sysexits.h: configuration error.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps OAuth 2.0 access tokens fresh and serves them to local processes over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground until SIGTERM or SIGINT.
+    ///
+    /// Example: tokend serve --config /etc/tokend/tokend.toml
+    Serve {
+        #[arg(long, short, default_value = "/etc/tokend/tokend.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file; exit 0, or print file, key and reason and exit 78.
+    ///
+    /// Example: tokend check --config /etc/tokend/tokend.toml
+    Check {
+        #[arg(long, short, default_value = "/etc/tokend/tokend.toml")]
+        config: PathBuf,
+    },
+    /// Print a client's access token (and only that), for shell use.
+    ///
+    /// Example: curl -H "Authorization: Bearer $(tokend get billing)" https://api.example.com/
+    Get {
+        /// The client's name in the config ([clients.NAME]).
+        client: String,
+        #[arg(long, env = "TOKEND_SOCKET", default_value = ctl::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only accept a token valid for at least this many seconds (waits for a refresh).
+        #[arg(long, default_value_t = 0)]
+        min_valid: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Show every client's state, scopes and expiry.
+    ///
+    /// Example: tokend status --socket /run/tokend/tokend.sock
+    Status {
+        #[arg(long, env = "TOKEND_SOCKET", default_value = ctl::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Start a built-in demo token endpoint and the daemon against it.
+    ///
+    /// Example: tokend demo, then in another terminal: tokend get demo-basic --socket /tmp/tokend-demo.sock
+    Demo {
+        /// Socket to serve on (default: tokend-demo.sock in the temp directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Check { config } => match Config::load(&config) {
+                Ok(c) => {
+                    println!("{}: ok, {} client(s)", config.display(), c.clients.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EX_CONFIG, e),
+            },
+            Command::Get {
+                client,
+                socket,
+                min_valid,
+                timeout,
+            } => match ctl::get(&socket, &client, min_valid, Duration::from_secs(timeout)).await {
+                Ok(token) => {
+                    println!("{}", token.access_token);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            },
+            Command::Status { socket } => match ctl::status(&socket).await {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            },
+            Command::Demo { socket } => run_demo(socket.unwrap_or_else(demo::default_socket)).await,
+        }
+    })
+}
+
+async fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EX_CONFIG, e),
+    };
+    match tokend::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn run_demo(socket: PathBuf) -> ExitCode {
+    let secrets = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return fail(1, e),
+    };
+    let result = async {
+        let endpoint = demo::start_endpoint().await?;
+        let config = demo::config(&endpoint, &socket, secrets.path())?;
+        eprintln!("{}", demo::instructions(&socket, &endpoint));
+        tokend::run(config, shutdown_signal()).await?;
+        Ok::<_, demo::DemoError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+/// One line on stderr, then the exit code.
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tokend: {e}");
+    ExitCode::from(code)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,441 @@
+//! The token endpoint client: builds the grant request for one configured client, sends it over
+//! HTTPS (rustls) with a timeout and a cap on the reply size, and classifies the outcome.
+
+pub mod reply;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+
+use crate::config::{AuthMethod, ClientConfig, Grant};
+use crate::secret::{self, ExposeSecret, SecretError, SecretString};
+pub use reply::{OAuthError, ReplyError, TokenReply};
+
+/// Token replies are a few KiB; anything much larger is a misconfigured endpoint, and reading
+/// it whole would let a broken or hostile endpoint exhaust memory.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+
+/// How a failure should be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// May fix itself (network, 5xx, 429, garbled reply): retry with backoff.
+    Transient,
+    /// Will not fix itself (bad credentials, revoked grant, wrong endpoint): retry slowly.
+    NeedsOperator,
+}
+
+/// A failed token request. Messages never carry secrets, tokens or raw reply bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("token endpoint answered {status} {error}")]
+    OAuth {
+        status: u16,
+        error: OAuthError,
+        retry_after: Option<Duration>,
+    },
+    #[error("token endpoint answered HTTP {status} without an OAuth error body")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("token request failed: {0}")]
+    Network(String),
+    #[error("token request timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("token endpoint reply is larger than {MAX_REPLY_BYTES} bytes")]
+    TooLarge,
+    #[error("unusable token reply: {0}")]
+    Reply(#[from] ReplyError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// OAuth error codes that no retry can fix: the operator must change credentials or config.
+const OPERATOR_ERRORS: &[&str] = &[
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_grant",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_request",
+    "invalid_target",
+];
+
+impl FetchError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            FetchError::OAuth { status, error, .. } => {
+                if OPERATOR_ERRORS.contains(&error.error.as_str()) {
+                    FailureKind::NeedsOperator
+                } else {
+                    status_kind(*status)
+                }
+            }
+            FetchError::Status { status, .. } => status_kind(*status),
+            FetchError::Secret(_) => FailureKind::NeedsOperator,
+            FetchError::Network(_)
+            | FetchError::Timeout(_)
+            | FetchError::TooLarge
+            | FetchError::Reply(_) => FailureKind::Transient,
+        }
+    }
+
+    /// The delay the endpoint asked for with `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::OAuth { retry_after, .. } | FetchError::Status { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+}
+
+fn status_kind(status: u16) -> FailureKind {
+    match status {
+        408 | 429 => FailureKind::Transient,
+        400..=499 => FailureKind::NeedsOperator,
+        _ => FailureKind::Transient,
+    }
+}
+
+/// Where tokens come from. The daemon uses [`HttpTokenSource`]; tests drive the token actor's
+/// schedule on a paused clock with a scripted source.
+pub trait TokenSource: Send + Sync + 'static {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>>;
+}
+
+/// Fetches tokens for one configured client from its token endpoint.
+pub struct HttpTokenSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    client: ClientConfig,
+    default_lifetime: Duration,
+    timeout: Duration,
+}
+
+impl HttpTokenSource {
+    pub fn new(
+        http: reqwest::Client,
+        client: ClientConfig,
+        default_lifetime: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                client,
+                default_lifetime,
+                timeout,
+            }),
+        }
+    }
+}
+
+impl TokenSource for HttpTokenSource {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let timeout = inner.timeout;
+            match tokio::time::timeout(timeout, inner.fetch()).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout(timeout)),
+            }
+        })
+    }
+}
+
+/// One shared HTTP client for all token endpoints: connection reuse across clients of one
+/// provider, rustls with the platform's trust store.
+pub fn http_client() -> reqwest::Client {
+    // Installing twice is harmless; the first provider wins for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+        // A token endpoint that redirects a POST is misconfigured; following it would resend
+        // credentials to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("TLS backend initialises")
+}
+
+impl Inner {
+    async fn fetch(&self) -> Result<TokenReply, FetchError> {
+        let c = &self.client;
+        let secret = match (&c.client_secret_file, &c.client_secret_env) {
+            (Some(path), _) => secret::read_file(path)?,
+            (None, Some(var)) => secret::read_env(var)?,
+            (None, None) => unreachable!("validated: one secret source is set"),
+        };
+        let refresh_token = match (c.grant, &c.refresh_token_file) {
+            (Grant::RefreshToken, Some(path)) => Some(secret::read_file(path)?),
+            _ => None,
+        };
+        let body = form_body(c, &secret, refresh_token.as_ref());
+        let mut request = self
+            .http
+            .post(&c.token_endpoint)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body);
+        if c.auth_method == AuthMethod::Basic {
+            request = request.header(
+                reqwest::header::AUTHORIZATION,
+                basic_authorization(&c.client_id, secret.expose_secret()),
+            );
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| FetchError::Network(describe(&e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| FetchError::Network(describe(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(match reply::parse_error(&body) {
+                Some(error) => FetchError::OAuth {
+                    status: status.as_u16(),
+                    error,
+                    retry_after,
+                },
+                None => FetchError::Status {
+                    status: status.as_u16(),
+                    retry_after,
+                },
+            });
+        }
+        let reply = reply::parse_success(
+            &body,
+            c.scope.as_deref(),
+            self.default_lifetime,
+            SystemTime::now(),
+        )?;
+        // A rotated refresh token must be on disk before the access token is published: if the
+        // daemon dies after publishing but before saving, the old refresh token (already spent)
+        // is all that is left and a person must authorize again.
+        if let (Some(new), Some(path)) = (&reply.refresh_token, &c.refresh_token_file) {
+            secret::write_file_durably(path, new.expose_secret())?;
+        }
+        Ok(reply)
+    }
+}
+
+/// The form body for the configured grant. With `client_secret_post` the credentials go here.
+fn form_body(
+    c: &ClientConfig,
+    secret: &SecretString,
+    refresh_token: Option<&SecretString>,
+) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", c.grant.as_str());
+    if let Some(rt) = refresh_token {
+        form.append_pair("refresh_token", rt.expose_secret());
+    }
+    if c.auth_method == AuthMethod::Post {
+        form.append_pair("client_id", &c.client_id);
+        form.append_pair("client_secret", secret.expose_secret());
+    }
+    for (key, value) in [
+        ("scope", &c.scope),
+        ("audience", &c.audience),
+        ("resource", &c.resource),
+    ] {
+        if let Some(v) = value {
+            form.append_pair(key, v);
+        }
+    }
+    for (key, value) in &c.extra_params {
+        form.append_pair(key, value);
+    }
+    form.finish()
+}
+
+/// `client_secret_basic` as RFC 6749 section 2.3.1 specifies: id and secret each
+/// form-urlencoded, joined by `:`, then base64. Encoding first is what lets an id or secret
+/// contain `:`; many clients skip it and fail against strict servers.
+pub fn basic_authorization(client_id: &str, secret: &str) -> String {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 section 10.2.3).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate(value)?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn httpdate(value: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(&imf_fixdate_to_rfc3339(value)?).ok()
+}
+
+/// Converts `Sun, 06 Nov 1994 08:49:37 GMT` (the only date form senders may generate) to
+/// `1994-11-06 08:49:37`.
+fn imf_fixdate_to_rfc3339(value: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut parts = value.split_whitespace();
+    let (_day_name, day, month, year, time, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if zone != "GMT" || parts.next().is_some() {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == month)? + 1;
+    let day: u32 = day.parse().ok()?;
+    let year: u32 = year.parse().ok()?;
+    Some(format!("{year:04}-{month:02}-{day:02} {time}"))
+}
+
+/// reqwest's error text with its source chain, which carries the useful part ("connection
+/// refused"). No secret can be in it: credentials travel in headers and body, never the URL.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_basic(header: &str) -> String {
+        let b64 = header.strip_prefix("Basic ").unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn basic_auth_form_encodes_before_base64() {
+        assert_eq!(
+            decode_basic(&basic_authorization("plain", "secret")),
+            "plain:secret"
+        );
+        assert_eq!(
+            decode_basic(&basic_authorization("id:with:colons", "p+a%s:s")),
+            "id%3Awith%3Acolons:p%2Ba%25s%3As"
+        );
+        assert_eq!(
+            decode_basic(&basic_authorization("ïd", "sé cret")),
+            "%C3%AFd:s%C3%A9+cret"
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let oauth = |status, code: &str| FetchError::OAuth {
+            status,
+            error: OAuthError {
+                error: code.into(),
+                description: None,
+            },
+            retry_after: None,
+        };
+        assert_eq!(
+            oauth(401, "invalid_client").kind(),
+            FailureKind::NeedsOperator
+        );
+        assert_eq!(
+            oauth(400, "invalid_grant").kind(),
+            FailureKind::NeedsOperator
+        );
+        assert_eq!(
+            oauth(503, "temporarily_unavailable").kind(),
+            FailureKind::Transient
+        );
+        let status = |status| FetchError::Status {
+            status,
+            retry_after: None,
+        };
+        assert_eq!(status(429).kind(), FailureKind::Transient);
+        assert_eq!(status(502).kind(), FailureKind::Transient);
+        assert_eq!(status(404).kind(), FailureKind::NeedsOperator);
+        assert_eq!(FetchError::TooLarge.kind(), FailureKind::Transient);
+    }
+
+    #[test]
+    fn form_body_per_auth_method() {
+        let mut c: ClientConfig = serde_json::from_value(serde_json::json!({
+            "token_endpoint": "https://x/token", "client_id": "my id",
+            "client_secret_env": "X", "auth_method": "post", "scope": "a b",
+            "extra_params": {"foo": "bar"}
+        }))
+        .unwrap();
+        let secret = SecretString::from("s&=cret".to_string());
+        assert_eq!(
+            form_body(&c, &secret, None),
+            "grant_type=client_credentials&client_id=my+id&client_secret=s%26%3Dcret&scope=a+b&foo=bar"
+        );
+        c.auth_method = AuthMethod::Basic;
+        c.grant = Grant::RefreshToken;
+        let rt = SecretString::from("r/t".to_string());
+        assert_eq!(
+            form_body(&c, &secret, Some(&rt)),
+            "grant_type=refresh_token&refresh_token=r%2Ft&scope=a+b&foo=bar"
+        );
+    }
+}

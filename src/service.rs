@@ -1,0 +1,312 @@
+//! The gRPC `TokenService`: answers from the token store, waits on it when it must, and maps
+//! every outcome to the status code callers can act on.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tonic::{Request, Response, Status};
+
+use crate::proto::{self, token_service_server::TokenService};
+use crate::store::{ClientSlot, ClientState, ClientView, Token, TokenStore};
+
+/// Answers are given this much before the caller's deadline, so that the caller sees why no
+/// token came (UNAVAILABLE with a reason) rather than a bare DEADLINE_EXCEEDED.
+const DEADLINE_HEADROOM: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+pub struct TokenServiceImpl {
+    store: Arc<TokenStore>,
+    default_wait: Duration,
+}
+
+impl TokenServiceImpl {
+    pub fn new(store: Arc<TokenStore>, default_wait: Duration) -> Self {
+        Self {
+            store,
+            default_wait,
+        }
+    }
+
+    fn slot(&self, client: &str) -> Result<&Arc<ClientSlot>, Status> {
+        if client.is_empty() {
+            return Err(Status::invalid_argument(
+                "client must name a configured client",
+            ));
+        }
+        self.store
+            .get(client)
+            .ok_or_else(|| Status::not_found(format!("no client named {client:?} is configured")))
+    }
+
+    /// How long a call may wait: the caller's deadline less headroom, else the default.
+    fn wait_budget<T>(&self, request: &Request<T>) -> Duration {
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|d| d.saturating_sub(DEADLINE_HEADROOM.min(d / 10)))
+            .unwrap_or(self.default_wait)
+    }
+}
+
+/// Why a call got no token; converted to the status code that tells the caller what to do.
+enum NoToken {
+    NotYet(String),
+    NeedsOperator(String),
+    TooShortLived {
+        min_valid: Duration,
+        lifetime: Duration,
+    },
+}
+
+impl From<NoToken> for Status {
+    fn from(e: NoToken) -> Status {
+        match e {
+            NoToken::NotYet(why) => Status::unavailable(why),
+            NoToken::NeedsOperator(why) => Status::failed_precondition(why),
+            NoToken::TooShortLived {
+                min_valid,
+                lifetime,
+            } => Status::out_of_range(format!(
+                "min_valid_seconds={} cannot be met: the token endpoint issues tokens valid for {}s",
+                min_valid.as_secs(),
+                lifetime.as_secs()
+            )),
+        }
+    }
+}
+
+/// The reason a client has no usable token, with when the next attempt is, for the caller.
+fn explain(slot: &ClientSlot, view: &ClientView) -> NoToken {
+    let error = view.last_error.as_deref().unwrap_or("no error recorded");
+    let next = match view.next_attempt {
+        Some((_, wall)) => format!(
+            "; next attempt at {}",
+            humantime::format_rfc3339_seconds(wall)
+        ),
+        None => String::new(),
+    };
+    let name = &slot.name;
+    match view.state {
+        ClientState::NeedsOperator => NoToken::NeedsOperator(format!(
+            "client {name:?}: the token endpoint rejected the request and an operator must fix it: {error}{next}"
+        )),
+        ClientState::Failed => NoToken::NotYet(format!("client {name:?}: {error}")),
+        ClientState::Starting | ClientState::Refreshing if view.consecutive_failures == 0 => {
+            NoToken::NotYet(format!(
+                "client {name:?}: no token yet; the token request is still in flight"
+            ))
+        }
+        _ => NoToken::NotYet(format!(
+            "client {name:?}: no valid token; {} failed attempt(s), last: {error}{next}",
+            view.consecutive_failures
+        )),
+    }
+}
+
+/// Whether waiting could still help: not when an operator must act, the client is dead, or the
+/// next attempt comes after the caller has given up.
+fn worth_waiting(view: &ClientView, until: Instant) -> bool {
+    match view.state {
+        ClientState::NeedsOperator | ClientState::Failed => false,
+        ClientState::BackingOff => view.next_attempt.is_none_or(|(at, _)| at < until),
+        _ => true,
+    }
+}
+
+impl TokenServiceImpl {
+    /// A token valid for `min_valid`, waiting for the first fetch or a refresh as needed.
+    /// `newer_than` asks for a token of a later generation (a rejected one must be replaced).
+    async fn token_for(
+        &self,
+        slot: &ClientSlot,
+        min_valid: Duration,
+        newer_than: Option<u64>,
+        wait: Duration,
+    ) -> Result<Arc<Token>, NoToken> {
+        let until = Instant::now() + wait;
+        let mut rx = slot.subscribe();
+        let mut asked_for: Option<u64> = None;
+        loop {
+            let view = rx.borrow_and_update().clone();
+            let now = Instant::now();
+            let newer = |t: &Token| newer_than.is_none_or(|g| t.generation > g);
+            if let Some(token) = view.usable(now, min_valid).filter(|t| newer(t)) {
+                return Ok(token.clone());
+            }
+            if let Some(token) = view.token.as_ref().filter(|t| t.is_valid(now)) {
+                // A token newer than the one we asked to replace still falls short: waiting
+                // longer would only ask again for the same.
+                if asked_for.is_some_and(|g| token.generation > g) && newer(token) {
+                    return Err(NoToken::TooShortLived {
+                        min_valid,
+                        lifetime: token.expires_at - token.received_at,
+                    });
+                }
+                if asked_for != Some(token.generation) {
+                    asked_for = Some(token.generation);
+                    slot.request_refresh(token.generation);
+                }
+            }
+            if !worth_waiting(&view, until) {
+                return Err(explain(slot, &view));
+            }
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Err(explain(slot, &rx.borrow())),
+            }
+        }
+    }
+}
+
+type TokenStream = Pin<Box<dyn Stream<Item = Result<proto::Token, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TokenService for TokenServiceImpl {
+    async fn get_token(
+        &self,
+        request: Request<proto::GetTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        let wait = self.wait_budget(&request);
+        let req = request.get_ref();
+        let slot = self.slot(&req.client)?;
+        let min_valid = Duration::from_secs(req.min_valid_seconds.into());
+        let token = self.token_for(slot, min_valid, None, wait).await?;
+        Ok(Response::new(to_proto(&slot.name, &token)))
+    }
+
+    type WatchTokenStream = TokenStream;
+
+    async fn watch_token(
+        &self,
+        request: Request<proto::WatchTokenRequest>,
+    ) -> Result<Response<Self::WatchTokenStream>, Status> {
+        let slot = self.slot(&request.get_ref().client)?.clone();
+        let name = slot.name.clone();
+        let mut last = 0;
+        // Every view change wakes the stream; only a new token generation is sent.
+        let stream = WatchStream::new(slot.subscribe()).filter_map(move |view| {
+            let token = view
+                .token
+                .filter(|t| t.generation > last && t.is_valid(Instant::now()))?;
+            last = token.generation;
+            Some(Ok(to_proto(&name, &token)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<proto::RefreshTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        let wait = self.wait_budget(&request);
+        let req = request.get_ref();
+        let slot = self.slot(&req.client)?;
+        if req.rejected_access_token.is_empty() {
+            return Err(Status::invalid_argument(
+                "rejected_access_token must be the token the API rejected",
+            ));
+        }
+        let current = slot.view().token;
+        // Only the current token can be refreshed away; a report about an older one means the
+        // caller is behind, and the current token is its answer.
+        let newer_than = current
+            .filter(|t| t.access_token.expose() == req.rejected_access_token)
+            .map(|t| t.generation);
+        let token = self
+            .token_for(slot, Duration::ZERO, newer_than, wait)
+            .await?;
+        Ok(Response::new(to_proto(&slot.name, &token)))
+    }
+
+    async fn list_clients(
+        &self,
+        _request: Request<proto::ListClientsRequest>,
+    ) -> Result<Response<proto::ListClientsResponse>, Status> {
+        let now = Instant::now();
+        let clients = self
+            .store
+            .iter()
+            .map(|slot| {
+                let view = slot.view();
+                let token = view.token.as_ref();
+                proto::ClientStatus {
+                    client: slot.name.clone(),
+                    state: state_to_proto(view.state) as i32,
+                    scopes: token.map(|t| t.scopes.clone()).unwrap_or_default(),
+                    expires_at: token.map(|t| timestamp(t.expires_wall)),
+                    next_refresh_at: view.next_attempt.map(|(_, wall)| timestamp(wall)),
+                    consecutive_failures: view.consecutive_failures,
+                    last_error: view.last_error.clone().unwrap_or_default(),
+                    grant: slot.grant.as_str().to_string(),
+                    has_valid_token: token.is_some_and(|t| t.is_valid(now)),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListClientsResponse { clients }))
+    }
+}
+
+fn to_proto(client: &str, token: &Token) -> proto::Token {
+    proto::Token {
+        client: client.to_string(),
+        access_token: token.access_token.expose().to_string(),
+        token_type: token.token_type.clone(),
+        scopes: token.scopes.clone(),
+        expires_at: Some(timestamp(token.expires_wall)),
+        issued_at: Some(timestamp(token.received_wall)),
+    }
+}
+
+fn state_to_proto(state: ClientState) -> proto::ClientState {
+    match state {
+        ClientState::Starting => proto::ClientState::Starting,
+        ClientState::Fresh => proto::ClientState::Fresh,
+        ClientState::Refreshing => proto::ClientState::Refreshing,
+        ClientState::BackingOff => proto::ClientState::BackingOff,
+        ClientState::NeedsOperator => proto::ClientState::NeedsOperator,
+        ClientState::Failed => proto::ClientState::Failed,
+    }
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+}

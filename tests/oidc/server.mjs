@@ -1,0 +1,374 @@
+// Real OAuth 2.0 / OpenID Connect server for tokend's integration tests,
+// built on the npm package `oidc-provider` (v9). Listens on 127.0.0.1 only.
+//
+// Environment
+//   PORT               port to listen on; 0 or unset = pick a free one.
+//   OIDC_TEST_CONFIG   JSON configuration (schema below); unset = "{}".
+//   OIDC_TEST_KEEP_STDIN_OPEN=1
+//                      do NOT exit when stdin closes (for running by hand
+//                      in the background). Normally the server exits as soon
+//                      as its stdin reaches EOF, so a test harness that spawns
+//                      it with a piped stdin never leaves an orphan behind.
+//
+// OIDC_TEST_CONFIG schema (every key optional):
+//   {
+//     "accessTokenTtl": 60,          // integer seconds >= 1: lifetime of every
+//                                    // access token (JWT `exp`, reply `expires_in`)
+//     "refreshTokenTtl": 86400,      // integer seconds >= 1: refresh token lifetime
+//     "refreshTokenRotation": false, // true = every refresh_token grant returns a
+//                                    // new refresh token and consumes the old one
+//                                    // (re-using a consumed one => invalid_grant and
+//                                    // the whole grant is revoked)
+//     "resource": "urn:tokend:test-api", // resource indicator = JWT `aud`, used when
+//                                    // the request carries no `resource` parameter
+//     "signingAlg": "RS256",         // "RS256" or "ES256"; key generated at startup
+//     "clientCredentialsDefaultScope": false,
+//                                    // false (oidc-provider's own behaviour): a
+//                                    // client_credentials request without `scope`
+//                                    // gets a token with NO scope (no `scope` in the
+//                                    // reply nor in the JWT). true: such a request is
+//                                    // treated as asking for the client's full scope.
+//     "enforceAuthMethod": true,     // true: a client registered for client_secret_basic
+//                                    // that sends client_secret in the body (or vice
+//                                    // versa) gets 401 invalid_client. Stock
+//                                    // oidc-provider accepts either (false).
+//     "clients": [                   // oidc-provider client metadata (RFC 7591 names),
+//       {                            // passed through as-is, e.g.
+//         "client_id": "basic-client",
+//         "client_secret": "s3cr:t+%é",
+//         "token_endpoint_auth_method": "client_secret_basic", // or client_secret_post
+//         "grant_types": ["client_credentials"],
+//         // or ["authorization_code","refresh_token"] + "redirect_uris": [...]
+//         "scope": "api:read api:write"   // space separated allow-list
+//       }
+//     ]
+//   }
+//   Client defaults added here: clients without the authorization_code grant get
+//   "response_types": [] and "redirect_uris": []. Every scope named by any client
+//   (plus openid, offline_access) is a known scope; asking for one outside the
+//   client's own `scope` is an `invalid_scope` error. Non-OIDC scopes (all but
+//   openid/offline_access) are the resource server's scopes and end up in the
+//   access token's `scope`.
+//
+//   Client secrets: oidc-provider itself only accepts secrets made of printable
+//   ASCII (RFC 6749 App. A: client-secret = *VSCHAR, %x20-7E). So that tokend's
+//   encoding can be tested with non-ASCII secrets too, a secret outside VSCHAR is
+//   stored in oidc-provider under a substitute, and a small middleware decodes
+//   the client's credentials strictly as RFC 6749 §2.3.1 says (Basic: base64 of
+//   form-urlencoded id ":" form-urlencoded secret, which must be pure ASCII;
+//   client_secret_post: the form body) and swaps in the substitute when the
+//   secret matches. Anything else (wrong secret, unencoded secret) fails as it
+//   would on oidc-provider.
+//
+// Test-only routes
+//   GET  /_test/requests  JSON array, one entry per token-endpoint request so far:
+//                         {"client_id": str|null, "grant_type": str|null,
+//                          "at_ms": Date.now() on arrival, "status": HTTP status,
+//                          "auth_method": "client_secret_basic"|"client_secret_post"|"none"}
+//   POST /_test/reset     clears that list (204).
+//
+// Authorization code flow: the login and consent pages are oidc-provider's
+// devInteractions. Login accepts any login/password (the login becomes `sub`);
+// consent grants everything asked. Refresh tokens are issued to every client that
+// has the refresh_token grant (offline_access or not, prompt=consent or not).
+//
+// stdout: exactly one line once listening,
+//   READY {"issuer":"http://127.0.0.1:PORT","token_endpoint":"http://127.0.0.1:PORT/token","port":PORT}
+// All logs go to stderr.
+
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import http from 'node:http';
+
+// oidc-provider prints its NOTICEs with console.info (stdout): keep stdout for
+// the READY line only. Done before oidc-provider is loaded (dynamic import).
+console.log = console.error;
+console.info = console.error;
+console.debug = console.error;
+
+const { default: Provider } = await import('oidc-provider');
+
+const OIDC_SCOPES = new Set(['openid', 'offline_access']);
+const VSCHAR = /^[\x20-\x7E]*$/;
+
+function fail(msg) {
+  console.error(`oidc test server: ${msg}`);
+  process.exit(2);
+}
+
+// ---------- configuration ----------
+let cfg;
+try {
+  cfg = JSON.parse(process.env.OIDC_TEST_CONFIG || '{}');
+} catch (e) {
+  fail(`OIDC_TEST_CONFIG is not valid JSON: ${e.message}`);
+}
+if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) fail('OIDC_TEST_CONFIG must be a JSON object');
+
+function posInt(name, dflt) {
+  const v = cfg[name] ?? dflt;
+  if (!Number.isInteger(v) || v < 1) fail(`${name} must be an integer >= 1, got ${JSON.stringify(v)}`);
+  return v;
+}
+const accessTokenTtl = posInt('accessTokenTtl', 60);
+const refreshTokenTtl = posInt('refreshTokenTtl', 86400);
+const refreshTokenRotation = Boolean(cfg.refreshTokenRotation);
+const clientCredentialsDefaultScope = Boolean(cfg.clientCredentialsDefaultScope);
+const enforceAuthMethod = cfg.enforceAuthMethod ?? true;
+const resourceIndicator = cfg.resource ?? 'urn:tokend:test-api';
+const signingAlg = cfg.signingAlg ?? 'RS256';
+if (!['RS256', 'ES256'].includes(signingAlg)) fail('signingAlg must be RS256 or ES256');
+if (!Array.isArray(cfg.clients ?? [])) fail('clients must be an array');
+
+// client_id -> { real, substitute } for secrets oidc-provider cannot store
+const substituted = new Map();
+// client_id -> configured scope string (for clientCredentialsDefaultScope)
+const clientScopes = new Map();
+// client_id -> registered token_endpoint_auth_method
+const authMethods = new Map();
+const allScopes = new Set(OIDC_SCOPES);
+
+const clients = (cfg.clients ?? []).map((c) => {
+  if (!c || typeof c.client_id !== 'string') fail('every client needs a string client_id');
+  const client = { ...c };
+  const grants = client.grant_types ?? ['authorization_code'];
+  if (!grants.includes('authorization_code')) {
+    client.response_types ??= [];
+    client.redirect_uris ??= [];
+  }
+  authMethods.set(client.client_id, client.token_endpoint_auth_method ?? 'client_secret_basic');
+  if (typeof client.client_secret === 'string' && !VSCHAR.test(client.client_secret)) {
+    const substitute = `nonvschar-${createHash('sha256').update(client.client_secret).digest('hex')}`;
+    substituted.set(client.client_id, { real: client.client_secret, substitute });
+    client.client_secret = substitute;
+  }
+  if (typeof client.scope === 'string') {
+    clientScopes.set(client.client_id, client.scope);
+    client.scope.split(' ').filter(Boolean).forEach((s) => allScopes.add(s));
+  }
+  return client;
+});
+
+function resourceScopeFor(client) {
+  const src = client?.scope ? client.scope.split(' ') : [...allScopes];
+  return src.filter((s) => s && !OIDC_SCOPES.has(s)).join(' ');
+}
+
+// ---------- keys ----------
+function signingJwk() {
+  const { privateKey } = signingAlg === 'ES256'
+    ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    : generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return {
+    ...privateKey.export({ format: 'jwk' }), kid: `test-${randomBytes(4).toString('hex')}`, alg: signingAlg, use: 'sig',
+  };
+}
+
+// ---------- credential helpers (RFC 6749 §2.3.1) ----------
+function formDecodeStrict(s) {
+  if (!VSCHAR.test(s)) throw new Error('not form-urlencoded (raw non-ASCII)');
+  return decodeURIComponent(s.replace(/\+/g, '%20'));
+}
+function formEncode(s) {
+  return new URLSearchParams([['', s]]).toString().slice(1);
+}
+function parseBasic(header) {
+  const m = /^basic\s+(\S+)\s*$/i.exec(header ?? '');
+  if (!m) return undefined;
+  const raw = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = raw.indexOf(':');
+  if (i === -1) return undefined;
+  return { rawId: raw.slice(0, i), rawSecret: raw.slice(i + 1) };
+}
+
+// ---------- server ----------
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number(process.env.PORT || 0), '127.0.0.1', resolve);
+});
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks: { keys: [signingJwk()] },
+  clientDefaults: {
+    grant_types: ['authorization_code'],
+    id_token_signed_response_alg: signingAlg,
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  scopes: [...allScopes],
+  claims: { openid: ['sub'] },
+  ttl: {
+    RefreshToken: refreshTokenTtl,
+    AccessToken: accessTokenTtl,
+    ClientCredentials: accessTokenTtl,
+  },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (_ctx, _client, oneOf) => oneOf ?? resourceIndicator,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, indicator, client) => {
+        if (indicator !== resourceIndicator) throw new Provider.errors.InvalidTarget();
+        return {
+          scope: resourceScopeFor(client),
+          audience: resourceIndicator,
+          accessTokenTTL: accessTokenTtl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: signingAlg } },
+        };
+      },
+    },
+  },
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: () => refreshTokenRotation,
+  pkce: { required: () => false },
+});
+
+// static clients are only validated when first used: fail at startup instead
+for (const { client_id: id } of clients) {
+  try {
+    await provider.Client.find(id);
+  } catch (e) {
+    fail(`client ${id}: ${e.message}${e.error_description ? `: ${e.error_description}` : ''}`);
+  }
+}
+
+provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
+
+let tokenPath = '/token';
+let clientAuthPaths = new Set([tokenPath]);
+const requests = [];
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/_test/requests' && ctx.method === 'GET') {
+    ctx.body = requests;
+    return;
+  }
+  if (ctx.path === '/_test/reset' && ctx.method === 'POST') {
+    requests.length = 0;
+    ctx.status = 204;
+    return;
+  }
+  if (ctx.method !== 'POST') return next();
+
+  const isToken = ctx.path === tokenPath;
+  const entry = isToken ? {
+    client_id: null, grant_type: null, at_ms: Date.now(), status: null, auth_method: 'none',
+  } : undefined;
+  let usedMethod = 'none';
+  let authClientId = null;
+
+  // Basic credentials
+  const basic = parseBasic(ctx.get('authorization'));
+  if (basic) {
+    let id; let secret;
+    try {
+      id = formDecodeStrict(basic.rawId);
+      secret = formDecodeStrict(basic.rawSecret);
+    } catch { /* leave as is: oidc-provider rejects it */ }
+    usedMethod = 'client_secret_basic';
+    authClientId = id ?? basic.rawId;
+    const sub = id !== undefined && substituted.get(id);
+    if (sub && secret !== undefined) {
+      const s = secret === sub.real ? sub.substitute : 'wrong-secret';
+      ctx.req.headers.authorization = `Basic ${Buffer.from(`${basic.rawId}:${s}`).toString('base64')}`;
+    }
+  }
+
+  // form body (token endpoint, or any client_secret_post of a substituted client)
+  const isClientAuth = clientAuthPaths.has(ctx.path);
+  if (ctx.is('application/x-www-form-urlencoded') && (isClientAuth || substituted.size)) {
+    const raw = await readBody(ctx.req);
+    const params = new URLSearchParams(raw);
+    let out = raw;
+    authClientId ??= params.get('client_id');
+    if (params.has('client_secret') && usedMethod === 'none') usedMethod = 'client_secret_post';
+    if (entry) entry.grant_type = params.get('grant_type');
+    const sub = substituted.get(params.get('client_id'));
+    if (sub && params.has('client_secret')) {
+      params.set('client_secret', params.get('client_secret') === sub.real ? sub.substitute : 'wrong-secret');
+      out = params.toString();
+    }
+    if (clientCredentialsDefaultScope && isToken && params.get('grant_type') === 'client_credentials'
+        && !params.has('scope')) {
+      const scope = clientScopes.has(authClientId)
+        && resourceScopeFor({ scope: clientScopes.get(authClientId) });
+      if (scope) {
+        params.set('scope', scope);
+        out = params.toString();
+      }
+    }
+    // oidc-provider falls back to req.body when the stream was consumed
+    ctx.req.body = out;
+  }
+
+  if (entry) {
+    entry.client_id = authClientId;
+    entry.auth_method = usedMethod;
+    requests.push(entry);
+  }
+
+  const registered = authMethods.get(authClientId);
+  if (enforceAuthMethod && isClientAuth && usedMethod !== 'none'
+      && ['client_secret_basic', 'client_secret_post'].includes(registered) && registered !== usedMethod) {
+    ctx.status = 401;
+    if (usedMethod === 'client_secret_basic') ctx.set('WWW-Authenticate', `Basic realm="${issuer}"`);
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = {
+      error: 'invalid_client',
+      error_description: `the provided authentication mechanism (${usedMethod}) does not match the registered client authentication method (${registered})`,
+    };
+    if (entry) entry.status = 401;
+    return undefined;
+  }
+
+  if (!entry) return next();
+  try {
+    await next();
+    entry.status = ctx.status;
+  } catch (err) {
+    entry.status = err.status || err.statusCode || 500;
+    throw err;
+  }
+  return undefined;
+});
+
+server.on('request', provider.callback());
+
+// discover the real token endpoint
+const disco = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+tokenPath = new URL(disco.token_endpoint).pathname;
+clientAuthPaths = new Set([disco.token_endpoint, disco.introspection_endpoint, disco.revocation_endpoint]
+  .filter(Boolean).map((u) => new URL(u).pathname));
+
+process.stdout.write(`READY ${JSON.stringify({ issuer, token_endpoint: disco.token_endpoint, port })}\n`);
+console.error(`oidc test server: listening on ${issuer}, clients: ${clients.map((c) => c.client_id).join(', ') || '(none)'}`);
+
+// ---------- lifetime ----------
+function shutdown(why) {
+  console.error(`oidc test server: exiting (${why})`);
+  process.exit(0);
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+process.on('SIGHUP', () => shutdown('SIGHUP'));
+if (process.env.OIDC_TEST_KEEP_STDIN_OPEN !== '1') {
+  process.stdin.on('end', () => shutdown('stdin closed'));
+  process.stdin.on('close', () => shutdown('stdin closed'));
+  process.stdin.on('error', () => shutdown('stdin error'));
+  process.stdin.resume();
+}

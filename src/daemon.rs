@@ -8,14 +8,17 @@ use ractor::Actor;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::info;
 
+use ractor::ActorRef;
+use tokio::task::JoinHandle;
+
 use crate::actor::TokenArgs;
-use crate::config::Config;
+use crate::config::{Config, Grant, RefreshPolicy};
 use crate::listen::{self, ListenError, SocketFile};
-use crate::oauth::{HttpTokenSource, http_client};
+use crate::oauth::{HttpTokenSource, TokenSource, http_client};
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::TokenServiceImpl;
 use crate::store::{ClientSlot, TokenStore};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Supervisor, SupervisorMsg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -40,31 +43,21 @@ pub async fn run(
     };
 
     let http = http_client();
-    let slots: Vec<Arc<ClientSlot>> = config
+    let specs = config
         .clients
         .iter()
-        .map(|(name, c)| Arc::new(ClientSlot::new(name.clone(), c.grant)))
-        .collect();
-    let args = slots
-        .iter()
-        .map(|slot| {
-            let c = config.clients[&slot.name].clone();
-            TokenArgs {
-                slot: slot.clone(),
-                source: Arc::new(HttpTokenSource::new(
-                    http.clone(),
-                    c,
-                    config.refresh.default_lifetime,
-                    config.refresh.request_timeout,
-                )),
-                policy: config.refresh.clone(),
-            }
+        .map(|(name, c)| ClientSpec {
+            name: name.clone(),
+            grant: c.grant,
+            source: Arc::new(HttpTokenSource::new(
+                http.clone(),
+                c.clone(),
+                config.refresh.default_lifetime,
+                config.refresh.request_timeout,
+            )),
         })
         .collect();
-    let store = Arc::new(TokenStore::new(slots));
-    let (supervisor, supervisor_task) = Actor::spawn(None, Supervisor, args)
-        .await
-        .map_err(|e| RunError::Supervisor(e.to_string()))?;
+    let clients = Clients::start(specs, &config.refresh).await?;
 
     info!(
         socket = %config.server.socket.display(),
@@ -72,7 +65,7 @@ pub async fn run(
         clients = config.clients.len(),
         "tokend serving"
     );
-    let service = TokenServiceImpl::new(store, config.server.default_wait);
+    let service = TokenServiceImpl::new(clients.store.clone(), config.server.default_wait);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -104,9 +97,59 @@ pub async fn run(
             servers.await.map(drop)
         }
     };
-    supervisor.stop(Some("daemon shutting down".into()));
-    let _ = supervisor_task.await;
+    clients.stop().await;
     result.map_err(RunError::from)
+}
+
+/// One client to run: its name, grant, and where its tokens come from.
+pub struct ClientSpec {
+    pub name: String,
+    pub grant: Grant,
+    pub source: Arc<dyn TokenSource>,
+}
+
+/// The running token actors, under their supervisor, and the store they publish to.
+pub struct Clients {
+    pub store: Arc<TokenStore>,
+    supervisor: ActorRef<SupervisorMsg>,
+    task: JoinHandle<()>,
+}
+
+impl Clients {
+    pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, RunError> {
+        let slots: Vec<Arc<ClientSlot>> = specs
+            .iter()
+            .map(|s| Arc::new(ClientSlot::new(s.name.clone(), s.grant)))
+            .collect();
+        let args = specs
+            .into_iter()
+            .zip(&slots)
+            .map(|(spec, slot)| TokenArgs {
+                slot: slot.clone(),
+                source: spec.source,
+                policy: policy.clone(),
+            })
+            .collect();
+        let (supervisor, task) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|e| RunError::Supervisor(e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(TokenStore::new(slots)),
+            supervisor,
+            task,
+        })
+    }
+
+    /// The supervisor, for tests that need to reach its children.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// Stops every actor and waits until they are gone.
+    pub async fn stop(self) {
+        self.supervisor.stop(Some("daemon shutting down".into()));
+        let _ = self.task.await;
+    }
 }
 
 /// The services every listener offers: tokend's own, standard health, and reflection (so

@@ -1,0 +1,448 @@
+//! The token lifecycle on tokio's paused clock: first fetch, proactive refresh, backoff,
+//! operator errors, caller-triggered refreshes and actor restarts, driven by a scripted token
+//! source and observed through the gRPC service as callers see it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokend::config::{Grant, RefreshPolicy};
+use tokend::daemon::{ClientSpec, Clients};
+use tokend::oauth::reply::{LifetimeSource, OAuthError};
+use tokend::oauth::{FetchError, TokenReply, TokenSource};
+use tokend::proto::token_service_server::TokenService;
+use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::secret::AccessToken;
+use tokend::service::TokenServiceImpl;
+use tokio::time::Instant;
+use tonic::{Code, Request};
+
+/// One scripted reply: how long the request takes, then its outcome.
+enum Step {
+    Token {
+        lifetime: Duration,
+        after: Duration,
+    },
+    Fail {
+        error: fn() -> FetchError,
+        after: Duration,
+    },
+}
+
+/// A token source that plays a script and records when each request started. Past the end of
+/// the script it issues 300 s tokens at once.
+#[derive(Clone, Default)]
+struct Scripted {
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    started: Arc<Mutex<Vec<Instant>>>,
+    issued: Arc<Mutex<u32>>,
+}
+
+impl Scripted {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        let s = Self::default();
+        s.steps.lock().unwrap().extend(steps);
+        s
+    }
+
+    fn requests(&self) -> usize {
+        self.started.lock().unwrap().len()
+    }
+
+    /// Request start times, in seconds since `t0`.
+    fn times(&self, t0: Instant) -> Vec<f64> {
+        self.started
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (*t - t0).as_secs_f64())
+            .collect()
+    }
+}
+
+impl TokenSource for Scripted {
+    fn fetch(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TokenReply, FetchError>> + Send>>
+    {
+        self.started.lock().unwrap().push(Instant::now());
+        let step = self
+            .steps
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Step::Token {
+                lifetime: Duration::from_secs(300),
+                after: Duration::ZERO,
+            });
+        let issued = self.issued.clone();
+        Box::pin(async move {
+            match step {
+                Step::Token { lifetime, after } => {
+                    tokio::time::sleep(after).await;
+                    let n = {
+                        let mut n = issued.lock().unwrap();
+                        *n += 1;
+                        *n
+                    };
+                    Ok(TokenReply {
+                        access_token: AccessToken::new(format!("token-{n}")),
+                        token_type: "Bearer".into(),
+                        scopes: vec!["a".into(), "b".into()],
+                        lifetime,
+                        lifetime_source: LifetimeSource::ExpiresIn,
+                        refresh_token: None,
+                    })
+                }
+                Step::Fail { error, after } => {
+                    tokio::time::sleep(after).await;
+                    Err(error())
+                }
+            }
+        })
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn token(lifetime: u64) -> Step {
+    Step::Token {
+        lifetime: secs(lifetime),
+        after: Duration::ZERO,
+    }
+}
+
+fn fail(error: fn() -> FetchError) -> Step {
+    Step::Fail {
+        error,
+        after: Duration::ZERO,
+    }
+}
+
+fn server_error() -> FetchError {
+    FetchError::Status {
+        status: 503,
+        retry_after: None,
+    }
+}
+
+fn invalid_client() -> FetchError {
+    FetchError::OAuth {
+        status: 401,
+        error: OAuthError {
+            error: "invalid_client".into(),
+            description: None,
+        },
+        retry_after: None,
+    }
+}
+
+struct Harness {
+    clients: Clients,
+    service: TokenServiceImpl,
+    t0: Instant,
+}
+
+async fn start(source: &Scripted) -> Harness {
+    start_with(source, RefreshPolicy::default()).await
+}
+
+async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
+    let t0 = Instant::now();
+    let clients = Clients::start(
+        vec![ClientSpec {
+            name: "app".into(),
+            grant: Grant::ClientCredentials,
+            source: Arc::new(source.clone()),
+        }],
+        &policy,
+    )
+    .await
+    .unwrap();
+    let service = TokenServiceImpl::new(clients.store.clone(), secs(30));
+    Harness {
+        clients,
+        service,
+        t0,
+    }
+}
+
+impl Harness {
+    async fn get(&self, min_valid: u32) -> Result<proto::Token, tonic::Status> {
+        self.service
+            .get_token(Request::new(GetTokenRequest {
+                client: "app".into(),
+                min_valid_seconds: min_valid,
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn state(&self) -> proto::ClientStatus {
+        let list = self
+            .service
+            .list_clients(Request::new(ListClientsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        list.clients.into_iter().next().unwrap()
+    }
+
+    fn elapsed(&self) -> f64 {
+        (Instant::now() - self.t0).as_secs_f64()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_call_waits_for_the_first_fetch() {
+    let source = Scripted::new([Step::Token {
+        lifetime: secs(300),
+        after: secs(5),
+    }]);
+    let h = start(&source).await;
+    let t = h.get(0).await.unwrap();
+    assert_eq!(t.access_token, "token-1");
+    assert_eq!(t.scopes, ["a", "b"]);
+    assert_eq!(
+        h.elapsed().round(),
+        5.0,
+        "answered when the fetch completed"
+    );
+    assert_eq!(source.requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_between_70_and_80_percent_of_lifetime_once_per_token() {
+    let source = Scripted::new([]);
+    let h = start(&source).await;
+    h.get(0).await.unwrap();
+    tokio::time::sleep(secs(1000)).await;
+    let times = source.times(h.t0);
+    // 300 s tokens: each refresh 210-240 s after the previous token arrived, so 4-5 requests
+    // in 1000 s; never a burst.
+    assert!((4..=5).contains(&times.len()), "{times:?}");
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((210.0..=240.0).contains(&gap), "gap {gap} in {times:?}");
+    }
+    // Every caller in between got a valid token without causing a request.
+    let t = h.get(0).await.unwrap();
+    assert_eq!(t.access_token, format!("token-{}", times.len()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_back_off_exponentially_with_jitter() {
+    let source = Scripted::new([
+        fail(server_error),
+        fail(server_error),
+        fail(server_error),
+        fail(server_error),
+        token(300),
+    ]);
+    let h = start(&source).await;
+    let t = h.get(0).await.unwrap();
+    assert_eq!(t.access_token, "token-1");
+    let times = source.times(h.t0);
+    let gaps: Vec<f64> = times.windows(2).map(|p| p[1] - p[0]).collect();
+    // Nominal 1, 2, 4, 8 s, each jittered into its upper half (never below backoff_min).
+    let bounds = [(1.0, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0)];
+    assert_eq!(gaps.len(), 4, "{times:?}");
+    for (gap, (lo, hi)) in gaps.iter().zip(bounds) {
+        assert!(
+            (lo..=hi).contains(gap),
+            "gap {gap} not in [{lo}, {hi}]: {times:?}"
+        );
+    }
+    let s = h.state().await;
+    assert_eq!(s.consecutive_failures, 0);
+    assert_eq!(s.state, proto::ClientState::Fresh as i32);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let source = Scripted::new([
+        fail(|| FetchError::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(120)),
+        }),
+        token(300),
+    ]);
+    let h = start(&source).await;
+    // The caller's budget (30 s) ends before the retry (120 s): it is told so at once.
+    let err = h.get(0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("429"), "{}", err.message());
+    assert!(
+        err.message().contains("next attempt at"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        h.elapsed() < 1.0,
+        "did not wait for a retry beyond its budget"
+    );
+    tokio::time::sleep(secs(130)).await;
+    let times = source.times(h.t0);
+    assert_eq!(times.len(), 2);
+    assert!(times[1] >= 120.0, "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_errors_retry_slowly_and_answer_failed_precondition() {
+    let source = Scripted::new([fail(invalid_client), fail(invalid_client), token(300)]);
+    let h = start(&source).await;
+    let err = h.get(0).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("invalid_client"),
+        "{}",
+        err.message()
+    );
+    let s = h.state().await;
+    assert_eq!(s.state, proto::ClientState::NeedsOperator as i32);
+    assert_eq!(s.consecutive_failures, 1);
+    assert!(s.next_refresh_at.is_some());
+    tokio::time::sleep(secs(299)).await;
+    assert_eq!(source.requests(), 1, "no fast retry loop");
+    tokio::time::sleep(secs(302)).await;
+    assert_eq!(source.times(h.t0), [0.0, 300.0, 600.0]);
+    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_is_never_handed_out() {
+    let mut steps = vec![token(20)];
+    steps.extend((0..50).map(|_| fail(server_error)));
+    let source = Scripted::new(steps);
+    let h = start(&source).await;
+    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+    // Refresh at 15 s fails; the token stays valid (and served) until 20 s.
+    tokio::time::sleep(secs(19)).await;
+    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+    assert_eq!(h.state().await.state, proto::ClientState::BackingOff as i32);
+    tokio::time::sleep(secs(2)).await;
+    let err = h.get(0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("503"), "{}", err.message());
+    assert!(!h.state().await.has_valid_token);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_valid_triggers_one_refresh_and_is_met() {
+    let source = Scripted::new([]);
+    let h = start(&source).await;
+    h.get(0).await.unwrap();
+    tokio::time::sleep(secs(100)).await;
+    // 200 s left; asking for 250 s forces a refresh; concurrent askers share it.
+    let calls = (0..20).map(|_| h.get(250));
+    let results = join_all(calls).await;
+    for r in results {
+        assert_eq!(r.unwrap().access_token, "token-2");
+    }
+    assert_eq!(source.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_min_valid_is_out_of_range_not_a_hang() {
+    let source = Scripted::new([token(60), token(60)]);
+    let h = start(&source).await;
+    h.get(0).await.unwrap();
+    let err = h.get(120).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.message().contains("60s"), "{}", err.message());
+    assert_eq!(source.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_of_a_rejected_token_coalesce_into_one_request() {
+    let source = Scripted::new([
+        token(300),
+        Step::Token {
+            lifetime: secs(300),
+            after: secs(2),
+        },
+    ]);
+    let h = start(&source).await;
+    let first = h.get(0).await.unwrap().access_token;
+    let report = |rejected: String| {
+        h.service.refresh_token(Request::new(RefreshTokenRequest {
+            client: "app".into(),
+            rejected_access_token: rejected,
+        }))
+    };
+    let results = join_all((0..50).map(|_| report(first.clone()))).await;
+    for r in results {
+        assert_eq!(r.unwrap().into_inner().access_token, "token-2");
+    }
+    assert_eq!(source.requests(), 2);
+    // A late report of the old token is answered with the current one, no request.
+    let late = report(first).await.unwrap().into_inner();
+    assert_eq!(late.access_token, "token-2");
+    assert_eq!(source.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_get_the_right_status() {
+    let source = Scripted::new([]);
+    let h = start(&source).await;
+    let get = |client: &str| {
+        h.service.get_token(Request::new(GetTokenRequest {
+            client: client.into(),
+            min_valid_seconds: 0,
+        }))
+    };
+    assert_eq!(get("nope").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(get("").await.unwrap_err().code(), Code::InvalidArgument);
+    let empty = h
+        .service
+        .refresh_token(Request::new(RefreshTokenRequest {
+            client: "app".into(),
+            rejected_access_token: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarted_actor_keeps_the_token_and_its_schedule() {
+    let source = Scripted::new([]);
+    let h = start(&source).await;
+    h.get(0).await.unwrap();
+    tokio::time::sleep(secs(60)).await;
+    for child in h.clients.supervisor().get_cell().get_children() {
+        child.kill();
+    }
+    tokio::time::sleep(secs(5)).await;
+    // Restarted, still serving the same token, and no refetch of a fresh token.
+    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+    assert_eq!(source.requests(), 1);
+    assert_eq!(h.clients.supervisor().get_cell().get_children().len(), 1);
+    // The refresh still happens on the original schedule.
+    tokio::time::sleep(secs(200)).await;
+    let times = source.times(h.t0);
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert!((210.0..=240.0).contains(&times[1]), "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_restart_budget_is_visible() {
+    let source = Scripted::new([]);
+    let h = start(&source).await;
+    h.get(0).await.unwrap();
+    for _ in 0..=tokend::supervisor::MAX_RESTARTS {
+        let children = h.clients.supervisor().get_cell().get_children();
+        assert_eq!(children.len(), 1);
+        children[0].kill();
+        tokio::time::sleep(secs(1)).await;
+    }
+    assert!(h.clients.supervisor().get_cell().get_children().is_empty());
+    let s = h.state().await;
+    assert_eq!(s.state, proto::ClientState::Failed as i32);
+    assert!(s.last_error.contains("restart budget"), "{}", s.last_error);
+    // The last good token is still served until it expires.
+    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+}

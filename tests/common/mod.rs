@@ -1,0 +1,269 @@
+//! Shared harness for the black-box tests: a real OAuth server (`oidc-provider` under Node),
+//! the real `tokend` binary on a temporary Unix socket, and gRPC clients for it.
+//!
+//! Missing components fail the test with what to install; nothing is skipped.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use tokend::proto::token_service_client::TokenServiceClient;
+use tonic::transport::Channel;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `oidc-provider` on 127.0.0.1; stopped when dropped (its stdin closes).
+pub struct OidcServer {
+    child: Child,
+    _stdin: ChildStdin,
+    pub issuer: String,
+    pub token_endpoint: String,
+}
+
+impl OidcServer {
+    /// Starts the server with `config` (schema at the top of `tests/oidc/server.mjs`).
+    pub fn start(config: serde_json::Value) -> OidcServer {
+        let dir = repo_root().join("tests/oidc");
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "oidc-provider is not installed: run `npm ci --prefix tests/oidc` (needs Node.js 20+)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("OIDC_TEST_CONFIG", config.to_string())
+            .env("PORT", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js 20+"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("oidc-provider did not print READY within 30 s");
+        let ready: serde_json::Value = serde_json::from_str(
+            line.strip_prefix("READY ")
+                .unwrap_or_else(|| panic!("oidc-provider failed to start: {line:?}")),
+        )
+        .unwrap();
+        OidcServer {
+            child,
+            _stdin: stdin,
+            issuer: ready["issuer"].as_str().unwrap().to_string(),
+            token_endpoint: ready["token_endpoint"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Every token request the server has seen: `{client_id, grant_type, at_ms, status, ...}`.
+    pub async fn requests(&self) -> Vec<serde_json::Value> {
+        let body = tokend::oauth::http_client()
+            .get(format!("{}/_test/requests", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Token requests from `client_id` that succeeded.
+    pub async fn issued_to(&self, client_id: &str) -> Vec<serde_json::Value> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r["client_id"] == client_id && r["status"] == 200)
+            .collect()
+    }
+}
+
+impl Drop for OidcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `tokend serve` process on a temporary socket; stopped with SIGTERM when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Writes a secret file with mode 0600 and returns its path.
+pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "{secret}").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+impl Daemon {
+    /// Starts the daemon with `clients` (TOML `[clients.*]` tables; `{dir}` is replaced by the
+    /// daemon's temporary directory) and waits until its socket answers.
+    pub async fn start(clients: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, clients).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, clients: &str) -> Daemon {
+        let socket = dir.path().join("tokend.sock");
+        let log = dir.path().join("tokend.log");
+        let config = format!(
+            "[server]\nsocket = \"{}\"\n\n{}",
+            socket.display(),
+            clients.replace("{dir}", &dir.path().display().to_string())
+        );
+        let config_path = dir.path().join("tokend.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "tokend=debug,info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            log,
+        };
+        for _ in 0..200 {
+            if tokend::ctl::connect(&daemon.socket).await.is_ok() {
+                return daemon;
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tokend exited with {status}: {}", daemon.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "tokend did not open its socket within 10 s: {}",
+            daemon.log_text()
+        );
+    }
+
+    pub async fn client(&self) -> TokenServiceClient<Channel> {
+        tokend::ctl::connect(&self.socket).await.unwrap()
+    }
+
+    /// A raw channel, for the health and reflection services.
+    pub async fn channel(&self) -> Channel {
+        let path = self.socket.clone();
+        tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `tokend` binary with `args` (plus `--socket`) and returns (status, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        sigterm(child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        panic!("tokend did not stop within 10 s of SIGTERM");
+    }
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The claims of a JWT, without verification.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWS compact token");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}

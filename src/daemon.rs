@@ -10,6 +10,7 @@ use tracing::info;
 
 use ractor::ActorRef;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::actor::TokenArgs;
 use crate::config::{Config, Grant, RefreshPolicy};
@@ -65,14 +66,16 @@ pub async fn run(
         clients = config.clients.len(),
         "tokend serving"
     );
-    let service = TokenServiceImpl::new(clients.store.clone(), config.server.default_wait);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let unix_server = router(&service)
-        .await
-        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
+    let stopping = CancellationToken::new();
+    let service = TokenServiceImpl::new(
+        clients.store.clone(),
+        config.server.default_wait,
+        stopping.clone(),
+    );
+    let unix_server = router(&service).await.serve_with_incoming_shutdown(
+        UnixListenerStream::new(unix),
+        stopping.clone().cancelled_owned(),
+    );
     let tcp_server = async {
         match tcp {
             Some(listener) => {
@@ -80,7 +83,7 @@ pub async fn run(
                     .await
                     .serve_with_incoming_shutdown(
                         TcpListenerStream::new(listener),
-                        stopped(stop_rx.clone()),
+                        stopping.clone().cancelled_owned(),
                     )
                     .await
             }
@@ -93,7 +96,7 @@ pub async fn run(
         r = &mut servers => r.map(drop),
         () = shutdown => {
             info!("shutting down");
-            let _ = stop_tx.send(true);
+            stopping.cancel();
             servers.await.map(drop)
         }
     };

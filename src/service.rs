@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::proto::{self, token_service_server::TokenService};
@@ -20,13 +21,21 @@ const DEADLINE_HEADROOM: Duration = Duration::from_millis(100);
 pub struct TokenServiceImpl {
     store: Arc<TokenStore>,
     default_wait: Duration,
+    /// Cancelled at shutdown: `WatchToken` streams never end by themselves, and the server's
+    /// graceful stop would otherwise wait for them forever.
+    stopping: CancellationToken,
 }
 
 impl TokenServiceImpl {
-    pub fn new(store: Arc<TokenStore>, default_wait: Duration) -> Self {
+    pub fn new(
+        store: Arc<TokenStore>,
+        default_wait: Duration,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             store,
             default_wait,
+            stopping,
         }
     }
 
@@ -189,13 +198,15 @@ impl TokenService for TokenServiceImpl {
         let name = slot.name.clone();
         let mut last = 0;
         // Every view change wakes the stream; only a new token generation is sent.
-        let stream = WatchStream::new(slot.subscribe()).filter_map(move |view| {
+        let tokens = WatchStream::new(slot.subscribe()).filter_map(move |view| {
             let token = view
                 .token
                 .filter(|t| t.generation > last && t.is_valid(Instant::now()))?;
             last = token.generation;
             Some(Ok(to_proto(&name, &token)))
         });
+        let stream =
+            futures_util::StreamExt::take_until(tokens, self.stopping.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -162,7 +162,11 @@ async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
     )
     .await
     .unwrap();
-    let service = TokenServiceImpl::new(clients.store.clone(), secs(30));
+    let service = TokenServiceImpl::new(
+        clients.store.clone(),
+        secs(30),
+        tokio_util::sync::CancellationToken::new(),
+    );
     Harness {
         clients,
         service,

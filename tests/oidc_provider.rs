@@ -336,6 +336,8 @@ async fn cli_get_prints_only_the_token_and_status_shows_clients() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no client named \"nope\""), "{err}");
 
+    // Both clients have a token once `get` answered for each.
+    assert_eq!(d.cli(&["get", "post"]).0, 0);
     let (code, out, _) = d.cli(&["status"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
@@ -369,9 +371,23 @@ async fn log_never_contains_secrets_or_tokens_and_sigterm_stops_cleanly() {
                 .access_token,
         );
     }
+    // An open WatchToken stream must not hold up the shutdown.
+    let mut stream = rpc
+        .watch_token(WatchTokenRequest {
+            client: "basic".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
     // Let a refresh happen so its log lines are included.
     tokio::time::sleep(Duration::from_secs(TTL)).await;
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "watch stream ended with the daemon");
     assert!(!d.socket.exists(), "socket file removed on exit");
     let log = d.log_text();
     assert!(log.contains("token refreshed"), "debug log captured: {log}");

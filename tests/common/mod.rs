@@ -210,7 +210,7 @@ impl Daemon {
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         sigterm(child.id());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
@@ -218,7 +218,7 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
-        panic!("tokend did not stop within 10 s of SIGTERM");
+        panic!("tokend did not stop within 5 s of SIGTERM");
     }
 }
 

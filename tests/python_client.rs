@@ -30,7 +30,8 @@ async fn python_grpcio_client_gets_and_watches_tokens() {
     .await;
     let script = repo_root().join("tests/python/tokend_client_check.py");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        // scripts/test provides a virtualenv with the pinned packages.
+        Command::new(std::env::var("TOKEND_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
             .arg(script)
             .arg("--socket")
             .arg(&d.socket)

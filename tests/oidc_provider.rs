@@ -7,11 +7,13 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Daemon, OidcServer, eventually, jwt_claims, secret_file};
+use tokend::proto::token_service_client::TokenServiceClient;
 use tokend::proto::{
     self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest, WatchTokenRequest,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const TTL: u64 = 4;
 // Non-ASCII and the characters RFC 6749 2.3.1 encoding exists for.
@@ -69,6 +71,18 @@ fn get(client: &str, min_valid: u32) -> tonic::Request<GetTokenRequest> {
     r
 }
 
+async fn watch(
+    rpc: &mut TokenServiceClient<Channel>,
+    client: &str,
+) -> tonic::Streaming<proto::Token> {
+    rpc.watch_token(WatchTokenRequest {
+        client: client.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 fn unix_secs(t: &Option<prost_types::Timestamp>) -> f64 {
     let t = t.as_ref().expect("timestamp set");
     t.seconds as f64 + t.nanos as f64 / 1e9
@@ -116,13 +130,7 @@ async fn tokens_are_refreshed_before_expiry_with_one_request_per_lifetime() {
     let idp = provider();
     let d = daemon(&idp, "").await;
     let mut rpc = d.client().await;
-    let mut stream = rpc
-        .watch_token(WatchTokenRequest {
-            client: "basic".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut rpc, "basic").await;
     let mut seen: Vec<proto::Token> = Vec::new();
     let watch = async {
         while seen.len() < 4 {
@@ -372,13 +380,7 @@ async fn log_never_contains_secrets_or_tokens_and_sigterm_stops_cleanly() {
         );
     }
     // An open WatchToken stream must not hold up the shutdown.
-    let mut stream = rpc
-        .watch_token(WatchTokenRequest {
-            client: "basic".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut rpc, "basic").await;
     stream.next().await.unwrap().unwrap();
     // Let a refresh happen so its log lines are included.
     tokio::time::sleep(Duration::from_secs(TTL)).await;

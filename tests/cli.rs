@@ -1,0 +1,135 @@
+//! The command line as operators and newcomers meet it: `check` exit codes and messages, `serve`
+//! refusing a bad config, `get` without a daemon, and `demo` working out of the box.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, jwt_claims, secret_file};
+
+fn tokend(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn config(dir: &std::path::Path, client_extra: &str) -> String {
+    let secret = secret_file(dir, "s.secret", "x");
+    let path = dir.join("tokend.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nsocket = \"{}/t.sock\"\n[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"b\"\nclient_secret_file = \"{}\"\n{client_extra}\n",
+            dir.display(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn check_accepts_a_good_config_and_names_file_key_and_reason_for_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), "");
+    let (code, out, _) = tokend(&["check", "--config", &good]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok, 1 client"), "{out}");
+
+    let bad = config(dir.path(), "auth_method = \"digest\"");
+    let (code, out, err) = tokend(&["check", "--config", &bad]);
+    assert_eq!(code, 78, "EX_CONFIG");
+    assert!(out.is_empty());
+    assert_eq!(
+        err.trim(),
+        format!(
+            "tokend: {bad}: clients.billing.auth_method: \"digest\" is not an auth method; use \"basic\" or \"post\""
+        )
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_without_touching_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = config(dir.path(), "grant = \"refresh_token\"");
+    let (code, _, err) = tokend(&["serve", "--config", &bad]);
+    assert_eq!(code, 78);
+    assert!(err.contains("clients.billing.refresh_token_file"), "{err}");
+    assert!(!dir.path().join("t.sock").exists());
+}
+
+#[test]
+fn get_without_a_daemon_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    let (code, out, err) = tokend(&["get", "x", "--socket", socket.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach tokend at"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_both_clients_and_logs_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("demo.sock");
+    let log = dir.path().join("demo.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["demo", "--socket"])
+        .arg(&socket)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _demo = KillOnDrop(child);
+    {
+        let s = socket.to_str().unwrap();
+        for client in ["demo-basic", "demo-post"] {
+            let (code, out, err) = eventually(Duration::from_secs(10), "demo socket", || async {
+                let r = tokend(&["get", client, "--socket", s]);
+                (r.0 == 0).then_some(r)
+            })
+            .await;
+            assert_eq!(code, 0, "{err}");
+            assert_eq!(jwt_claims(out.trim())["sub"], client);
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(&format!("tokend get demo-basic --socket {s}")),
+            "{text}"
+        );
+        assert!(
+            text.contains("grpc.insecure_channel"),
+            "Python snippet printed: {text}"
+        );
+        // 20 s tokens are refreshed at 14-15 s: a second "token refreshed" per client shows up.
+        eventually(Duration::from_secs(20), "a logged refresh", || async {
+            let text = std::fs::read_to_string(&log).unwrap();
+            let refreshed = |c: &str| {
+                text.lines()
+                    .filter(|l| l.contains("token refreshed") && l.contains(&format!("client={c}")))
+                    .count()
+            };
+            (refreshed("demo-basic") >= 2 && refreshed("demo-post") >= 2).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Stops the demo even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

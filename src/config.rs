@@ -86,6 +86,12 @@ pub struct RefreshPolicy {
     /// Timeout of one token request, connect to last byte.
     #[serde(with = "humantime_serde_compat")]
     pub request_timeout: Duration,
+    /// Clients that share a token endpoint share this many concurrent requests...
+    pub endpoint_concurrency: usize,
+    /// ...and start them at least this far apart, so a start-up with many clients, a restart
+    /// or the end of an outage reaches the provider as a trickle, not a burst.
+    #[serde(with = "humantime_serde_compat")]
+    pub endpoint_spacing: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -98,6 +104,8 @@ impl Default for RefreshPolicy {
             operator_retry: Duration::from_secs(300),
             default_lifetime: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            endpoint_concurrency: 4,
+            endpoint_spacing: Duration::from_millis(10),
         }
     }
 }
@@ -313,6 +321,12 @@ impl RefreshPolicy {
             if value.is_zero() {
                 return Err((format!("refresh.{key}"), "must be positive".into()));
             }
+        }
+        if self.endpoint_concurrency == 0 {
+            return Err((
+                "refresh.endpoint_concurrency".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.backoff_min > self.backoff_max {
             return Err((

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::TokenArgs;
 use crate::config::{Config, Grant, RefreshPolicy};
+use crate::limit::EndpointLimiters;
 use crate::listen::{self, ListenError, SocketFile};
 use crate::oauth::{HttpTokenSource, TokenSource, http_client};
 use crate::proto::token_service_server::TokenServiceServer;
@@ -43,21 +44,7 @@ pub async fn run(
         None => None,
     };
 
-    let http = http_client();
-    let specs = config
-        .clients
-        .iter()
-        .map(|(name, c)| ClientSpec {
-            name: name.clone(),
-            grant: c.grant,
-            source: Arc::new(HttpTokenSource::new(
-                http.clone(),
-                c.clone(),
-                config.refresh.default_lifetime,
-                config.refresh.request_timeout,
-            )),
-        })
-        .collect();
+    let specs = client_specs(&config, &http_client());
     let clients = Clients::start(specs, &config.refresh).await?;
 
     info!(
@@ -102,6 +89,29 @@ pub async fn run(
     };
     clients.stop().await;
     result.map_err(RunError::from)
+}
+
+/// A token source per configured client, fetching over `http`; clients of one token endpoint
+/// share that endpoint's request budget.
+pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> {
+    let mut limiters = EndpointLimiters::new(
+        config.refresh.endpoint_concurrency,
+        config.refresh.endpoint_spacing,
+    );
+    config
+        .clients
+        .iter()
+        .map(|(name, c)| ClientSpec {
+            name: name.clone(),
+            grant: c.grant,
+            source: Arc::new(HttpTokenSource::new(
+                http.clone(),
+                c.clone(),
+                &config.refresh,
+                limiters.for_endpoint(&c.token_endpoint),
+            )),
+        })
+        .collect()
 }
 
 /// One client to run: its name, grant, and where its tokens come from.

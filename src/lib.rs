@@ -10,6 +10,7 @@
 //! - [`actor`]: a client's token actor; fetches, schedules refreshes, backs off, publishes.
 //! - [`schedule`]: pure functions for refresh times and backoff delays.
 //! - [`oauth`]: the token endpoint client (grant requests, client auth, reply parsing).
+//! - [`limit`]: the request budget each token endpoint's clients share.
 //! - [`store`]: per-client `watch` channels the gRPC handlers read without asking the actor.
 //! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;
+pub mod limit;
 pub mod listen;
 pub mod oauth;
 pub mod schedule;

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 
-use crate::config::{AuthMethod, ClientConfig, Grant};
+use crate::config::{AuthMethod, ClientConfig, Grant, RefreshPolicy};
+use crate::limit::EndpointLimiter;
 use crate::secret::{self, ExposeSecret, SecretError, SecretString};
 pub use reply::{OAuthError, ReplyError, TokenReply};
 
@@ -118,21 +119,23 @@ struct Inner {
     client: ClientConfig,
     default_lifetime: Duration,
     timeout: Duration,
+    limiter: Arc<EndpointLimiter>,
 }
 
 impl HttpTokenSource {
     pub fn new(
         http: reqwest::Client,
         client: ClientConfig,
-        default_lifetime: Duration,
-        timeout: Duration,
+        policy: &RefreshPolicy,
+        limiter: Arc<EndpointLimiter>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 http,
                 client,
-                default_lifetime,
-                timeout,
+                default_lifetime: policy.default_lifetime,
+                timeout: policy.request_timeout,
+                limiter,
             }),
         }
     }
@@ -142,6 +145,8 @@ impl TokenSource for HttpTokenSource {
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            // Waiting for the endpoint's budget is not part of the request's timeout.
+            let _permit = inner.limiter.acquire().await;
             let timeout = inner.timeout;
             match tokio::time::timeout(timeout, inner.fetch()).await {
                 Ok(result) => result,

@@ -1,0 +1,459 @@
+//! The token lifecycle under faults, against a fault-injecting token endpoint over real HTTP on
+//! 127.0.0.1, on tokio's paused clock: odd replies, 429/503 with Retry-After, operator errors,
+//! an outage, herds of callers, the per-endpoint budget, and monotonic scheduling. Each test
+//! asserts what callers got, what the endpoint saw, and when.
+
+mod fault;
+
+use std::time::Duration;
+
+use fault::{FaultEndpoint, Reply};
+use futures::future::join_all;
+use tokend::Config;
+use tokend::daemon::{Clients, client_specs};
+use tokend::proto::token_service_server::TokenService;
+use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::service::TokenServiceImpl;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request};
+
+struct Harness {
+    endpoint: FaultEndpoint,
+    service: TokenServiceImpl,
+    _clients: Clients,
+    t0: Instant,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `clients` (all on the fault endpoint) with extra `[refresh]` settings.
+async fn start(endpoint: FaultEndpoint, clients: &[&str], refresh: &str) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let mut toml = format!("[refresh]\nrequest_timeout = \"5s\"\n{refresh}\n");
+    for name in clients {
+        toml.push_str(&format!(
+            "[clients.{name}]\ntoken_endpoint = \"{}\"\nclient_id = \"{name}\"\nclient_secret_file = \"{}\"\n",
+            endpoint.url,
+            secret.display()
+        ));
+    }
+    let path = dir.path().join("tokend.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = Config::load_with_env(&path, []).unwrap();
+    let t0 = Instant::now();
+    let clients = Clients::start(
+        client_specs(&config, &tokend::oauth::http_client()),
+        &config.refresh,
+    )
+    .await
+    .unwrap();
+    let service = TokenServiceImpl::new(clients.store.clone(), secs(30), CancellationToken::new());
+    Harness {
+        endpoint,
+        service,
+        _clients: clients,
+        t0,
+        _dir: dir,
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+impl Harness {
+    async fn get(&self, client: &str) -> Result<proto::Token, tonic::Status> {
+        self.service
+            .get_token(Request::new(GetTokenRequest {
+                client: client.into(),
+                min_valid_seconds: 0,
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn status(&self, client: &str) -> proto::ClientStatus {
+        let list = self
+            .service
+            .list_clients(Request::new(ListClientsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        list.clients
+            .into_iter()
+            .find(|c| c.client == client)
+            .unwrap()
+    }
+
+    /// Seconds since start of each request the endpoint saw.
+    fn times(&self) -> Vec<f64> {
+        self.endpoint
+            .seen()
+            .iter()
+            .map(|s| (s.at - self.t0).as_secs_f64())
+            .collect()
+    }
+}
+
+fn state(s: proto::ClientState) -> i32 {
+    s as i32
+}
+
+#[tokio::test(start_paused = true)]
+async fn odd_replies_are_clear_per_client_errors_and_the_client_recovers() {
+    let endpoint = FaultEndpoint::start(Reply::token("good", 300)).await;
+    let stall =
+        serde_json::json!({"access_token": "never-complete", "expires_in": 300}).to_string();
+    let cases: Vec<(Reply, &str)> = vec![
+        (
+            Reply::raw(200, "text/html", b"<html>maintenance</html>"),
+            "not JSON",
+        ),
+        (Reply::raw(200, "application/json", b""), "not JSON"),
+        (
+            Reply::json(200, serde_json::json!({"token_type": "Bearer"})),
+            "no access_token",
+        ),
+        (
+            Reply::json(
+                200,
+                serde_json::json!({"access_token": "t", "token_type": "mac"}),
+            ),
+            "token_type \"mac\" is not supported",
+        ),
+        (
+            Reply::Huge {
+                size: 8 * 1024 * 1024,
+            },
+            "larger than",
+        ),
+        (
+            Reply::Stall {
+                body: stall.into_bytes(),
+            },
+            "timed out after 5s",
+        ),
+        (Reply::Drop, "token request failed"),
+        (
+            Reply::raw(502, "text/html", b"<html>bad gateway</html>"),
+            "HTTP 502",
+        ),
+    ];
+    let expected: Vec<&str> = cases.iter().map(|(_, e)| *e).collect();
+    endpoint.then(cases.into_iter().map(|(r, _)| r));
+    let h = start(
+        endpoint,
+        &["app"],
+        "backoff_min = \"1s\"\nbackoff_max = \"2s\"",
+    )
+    .await;
+    let mut errors = Vec::new();
+    // Observe each failure as callers see it, until the client recovers.
+    let mut rx_errors = 0;
+    while rx_errors < expected.len() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = h.status("app").await;
+        if s.consecutive_failures as usize > rx_errors {
+            rx_errors = s.consecutive_failures as usize;
+            errors.push(s.last_error.clone());
+            assert_eq!(
+                s.state,
+                state(proto::ClientState::BackingOff),
+                "{}",
+                s.last_error
+            );
+        }
+        assert!(h.t0.elapsed() < secs(120), "stuck after {errors:?}");
+    }
+    for (error, want) in errors.iter().zip(&expected) {
+        assert!(error.contains(want), "{error:?} should mention {want:?}");
+        assert!(
+            !error.contains("maintenance") && !error.contains("never-complete"),
+            "reply body echoed: {error}"
+        );
+    }
+    assert_eq!(h.get("app").await.unwrap().access_token, "good");
+    assert_eq!(h.endpoint.count(), expected.len() + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn odd_lifetimes_are_clamped_as_documented() {
+    let endpoint = FaultEndpoint::start(Reply::token("later", 300)).await;
+    let reply = |expires_in: serde_json::Value| {
+        Reply::json(
+            200,
+            serde_json::json!({"access_token": "t", "expires_in": expires_in}),
+        )
+    };
+    // One client per shape, so each keeps its first token: expires_in missing, 0, -5, "120",
+    // 1e12, and 2 s (shorter than the refresh margin).
+    endpoint.then([
+        Reply::json(200, serde_json::json!({"access_token": "t"})),
+        reply(serde_json::json!(0)),
+        reply(serde_json::json!(-5)),
+        reply(serde_json::json!("120")),
+        reply(serde_json::json!(1e12)),
+        reply(serde_json::json!(2)),
+    ]);
+    let names = [
+        "a_missing",
+        "b_zero",
+        "c_negative",
+        "d_string",
+        "e_huge",
+        "f_short",
+    ];
+    // endpoint_spacing makes the order of first requests the order of the client names.
+    let h = start(
+        endpoint,
+        &names,
+        "default_lifetime = \"7m\"\nendpoint_concurrency = 1",
+    )
+    .await;
+    let mut lifetimes = Vec::new();
+    for name in names {
+        let t = h.get(name).await.unwrap();
+        let expires = t.expires_at.unwrap().seconds - t.issued_at.unwrap().seconds;
+        lifetimes.push(expires);
+    }
+    assert_eq!(lifetimes, [420, 420, 420, 120, 86_400, 2]);
+    // The 2 s token is refreshed before it expires (at 1.5 s), not after.
+    let first = h.times()[5];
+    tokio::time::sleep(secs(3)).await;
+    let refresh = h.times()[6];
+    assert!((1.4..=1.6).contains(&(refresh - first)), "{:?}", h.times());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_on_429_and_503_is_never_undercut() {
+    let endpoint = FaultEndpoint::start(Reply::token("ok", 300)).await;
+    let date = httpdate_in(secs(20));
+    endpoint.then([
+        Reply::json(429, serde_json::json!({"error": "slow_down"})).header("Retry-After", "7"),
+        Reply::raw(503, "text/plain", b"busy").header("Retry-After", &date),
+    ]);
+    let h = start(endpoint, &["app"], "").await;
+    tokio::time::sleep(secs(40)).await;
+    let t = h.times();
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(t[1] - t[0] >= 7.0, "429 Retry-After 7 s honoured: {t:?}");
+    // The HTTP date was 20 s after the first request; wall time does not move on the paused
+    // clock, so the delay is measured from the 503's arrival.
+    assert!(t[2] - t[1] >= 19.0, "503 Retry-After date honoured: {t:?}");
+    assert_eq!(h.get("app").await.unwrap().access_token, "ok");
+}
+
+/// An IMF-fixdate `d` from now.
+fn httpdate_in(d: Duration) -> String {
+    let t = std::time::SystemTime::now() + d;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), enough for a test.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        months[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_errors_stop_the_fast_retry_loop() {
+    let endpoint = FaultEndpoint::start(Reply::json(
+        401,
+        serde_json::json!({"error": "invalid_client", "error_description": "unknown client"}),
+    ))
+    .await;
+    let h = start(endpoint, &["app"], "operator_retry = \"10m\"").await;
+    let err = h.get("app").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("invalid_client: unknown client"),
+        "{}",
+        err.message()
+    );
+    let s = h.status("app").await;
+    assert_eq!(s.state, state(proto::ClientState::NeedsOperator));
+    tokio::time::sleep(secs(3500)).await;
+    // One attempt at start, then one every 10 minutes: 6 in 3500 s, not thousands.
+    assert_eq!(h.endpoint.count(), 6, "{:?}", h.times());
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_serves_the_valid_token_then_unavailable_then_recovers_promptly() {
+    // 60 s tokens; the endpoint fails from the first refresh on, for 300 s (five lifetimes).
+    let endpoint = FaultEndpoint::start(Reply::raw(500, "text/plain", b"down")).await;
+    endpoint.then([Reply::token("before", 60)]);
+    let h = start(
+        endpoint,
+        &["app"],
+        "backoff_min = \"1s\"\nbackoff_max = \"30s\"",
+    )
+    .await;
+    assert_eq!(h.get("app").await.unwrap().access_token, "before");
+
+    // Until it expires at 60 s, callers keep getting the valid token.
+    tokio::time::sleep(secs(59)).await;
+    assert_eq!(h.get("app").await.unwrap().access_token, "before");
+    assert!(
+        h.endpoint.count() >= 2,
+        "refresh attempts began before expiry"
+    );
+
+    // After expiry: UNAVAILABLE with the reason and the next attempt.
+    tokio::time::sleep(secs(2)).await;
+    let mut req = Request::new(GetTokenRequest {
+        client: "app".into(),
+        min_valid_seconds: 0,
+    });
+    req.metadata_mut()
+        .insert("grpc-timeout", "1S".parse().unwrap());
+    let err = h.service.get_token(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("HTTP 500") && err.message().contains("next attempt at"),
+        "{}",
+        err.message()
+    );
+
+    // Back at 300 s.
+    tokio::time::sleep_until(h.t0 + secs(300)).await;
+    let during = h.endpoint.count();
+    h.endpoint.otherwise(Reply::token("after", 60));
+    let mut req = Request::new(GetTokenRequest {
+        client: "app".into(),
+        min_valid_seconds: 0,
+    });
+    req.metadata_mut()
+        .insert("grpc-timeout", "40S".parse().unwrap());
+    let t = h.service.get_token(req).await.unwrap().into_inner();
+    let recovered = h.t0.elapsed().as_secs_f64();
+    assert_eq!(t.access_token, "after");
+    assert!(
+        recovered <= 300.0 + 30.0,
+        "fresh token within one backoff ceiling: {recovered}"
+    );
+
+    // Requests during the outage follow the backoff schedule: the first failure at the
+    // refresh (42-45 s into the 60 s token), then delays between max(1 s, half the nominal)
+    // and the nominal, the nominal doubling from 1 s to the 30 s ceiling.
+    let failures = during - 1;
+    let attempts = |first: f64, delay: fn(f64) -> f64| {
+        let (mut t, mut n) = (first, 0);
+        while t < 300.0 {
+            n += 1;
+            t += delay(2f64.powi(n - 1).min(30.0));
+        }
+        n as usize
+    };
+    let most = attempts(42.0, |nominal| (nominal / 2.0).max(1.0));
+    let fewest = attempts(45.0, |nominal| nominal);
+    assert!(
+        (fewest..=most).contains(&failures),
+        "{failures} failed requests, schedule allows {fewest}..={most}: {:?}",
+        h.times()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_cold_callers_cause_one_token_request() {
+    let endpoint = FaultEndpoint::start(Reply::token("t", 300).after(secs(2))).await;
+    let h = start(endpoint, &["app"], "").await;
+    let calls = (0..1000).map(|_| h.get("app"));
+    let results = join_all(calls).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap().access_token == "t")
+    );
+    assert_eq!(h.endpoint.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_reports_of_one_rejected_token_cause_one_request() {
+    let endpoint = FaultEndpoint::start(Reply::token("second", 300).after(secs(1))).await;
+    endpoint.then([Reply::token("first", 300)]);
+    let h = start(endpoint, &["app"], "").await;
+    assert_eq!(h.get("app").await.unwrap().access_token, "first");
+    let reports = (0..100).map(|_| {
+        h.service.refresh_token(Request::new(RefreshTokenRequest {
+            client: "app".into(),
+            rejected_access_token: "first".into(),
+        }))
+    });
+    let results = join_all(reports).await;
+    assert!(
+        results
+            .into_iter()
+            .all(|r| r.unwrap().into_inner().access_token == "second")
+    );
+    assert_eq!(h.endpoint.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clients_sharing_an_endpoint_share_its_budget() {
+    let endpoint =
+        FaultEndpoint::start(Reply::token("t", 300).after(Duration::from_millis(500))).await;
+    let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let h = start(
+        endpoint,
+        &refs,
+        "endpoint_concurrency = 3\nendpoint_spacing = \"50ms\"",
+    )
+    .await;
+    for name in &refs {
+        h.get(name).await.unwrap();
+    }
+    let seen = h.endpoint.seen();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|s| s.concurrent <= 3), "cap of 3 respected");
+    assert_eq!(seen.iter().map(|s| s.concurrent).max(), Some(3), "and used");
+    let mut starts: Vec<Instant> = seen.iter().map(|s| s.at).collect();
+    starts.sort();
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(50),
+            "spacing kept"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
+    // On the paused clock the monotonic clock runs on while the wall clock stands still: the
+    // sharpest possible disagreement between the two. Refreshes still come once per token,
+    // 70-80% into each 60 s lifetime: no storm, none missed.
+    let endpoint = FaultEndpoint::start(Reply::token("t", 60)).await;
+    let h = start(endpoint, &["app"], "").await;
+    let wall = std::time::SystemTime::now();
+    tokio::time::sleep(secs(1000)).await;
+    assert!(std::time::SystemTime::now().duration_since(wall).unwrap() < secs(5));
+    let t = h.times();
+    // 60 s tokens: refresh at 70-80% of the lifetime, capped 15 s (a quarter) before expiry.
+    for pair in t.windows(2) {
+        assert!((42.0..=45.01).contains(&(pair[1] - pair[0])), "{t:?}");
+    }
+    assert!(
+        (23..=24).contains(&t.len()),
+        "{} requests in 1000 s",
+        t.len()
+    );
+    assert!(h.get("app").await.is_ok());
+}

@@ -113,4 +113,60 @@ mod tests {
         assert_eq!(backoff_delay(&p, 1, Some(secs(120)), 0.3), secs(120));
         assert_eq!(backoff_delay(&p, 10, Some(secs(2)), 1.0), secs(60));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn policy() -> impl Strategy<Value = RefreshPolicy> {
+            (
+                0.1f64..=0.95,
+                0.0f64..=1.0,
+                0u64..=600,
+                1u64..=60,
+                1u64..=3600,
+            )
+                .prop_map(|(lo, span, margin, min, extra)| RefreshPolicy {
+                    lifetime_fraction: [lo, lo + (0.95 - lo) * span],
+                    margin: Duration::from_secs(margin),
+                    backoff_min: Duration::from_secs(min),
+                    backoff_max: Duration::from_secs(min + extra),
+                    ..RefreshPolicy::default()
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn refresh_comes_before_expiry_when_the_lifetime_allows(
+                p in policy(),
+                lifetime_ms in 0u64..=100_000_000,
+                draw in 0.0f64..1.0,
+            ) {
+                let lifetime = Duration::from_millis(lifetime_ms);
+                let d = refresh_delay(&p, lifetime, draw);
+                prop_assert!(d >= MIN_DELAY);
+                if lifetime > MIN_DELAY {
+                    prop_assert!(d < lifetime, "{d:?} !< {lifetime:?}");
+                    // ...and not needlessly early: at least the lower fraction, or 3/4 of the
+                    // lifetime when the margin pulls it forward.
+                    let floor = lifetime.mul_f64(p.lifetime_fraction[0].min(0.75));
+                    prop_assert!(d + Duration::from_millis(1) >= floor.min(lifetime - MIN_DELAY));
+                }
+            }
+
+            #[test]
+            fn backoff_stays_within_bounds_and_honours_retry_after(
+                p in policy(),
+                failures in 1u32..=u32::MAX,
+                retry_after in proptest::option::of(0u64..=100_000),
+                draw in 0.0f64..1.0,
+            ) {
+                let retry_after = retry_after.map(Duration::from_secs);
+                let d = backoff_delay(&p, failures, retry_after, draw);
+                prop_assert!(d >= p.backoff_min);
+                prop_assert!(d >= retry_after.unwrap_or_default());
+                prop_assert!(d <= p.backoff_max.max(retry_after.unwrap_or_default()));
+            }
+        }
+    }
 }

@@ -116,10 +116,9 @@ pub fn parse_success(
                 if exp <= now_secs {
                     return Err(ReplyError::AlreadyExpired((now_secs - exp) as u64));
                 }
-                (
-                    Duration::from_secs_f64(exp - now_secs),
-                    LifetimeSource::JwtExp,
-                )
+                // Clamped before conversion: an `exp` far in the future must not overflow.
+                let secs = (exp - now_secs).min(MAX_LIFETIME.as_secs_f64());
+                (Duration::from_secs_f64(secs), LifetimeSource::JwtExp)
             }
             None => (default_lifetime, LifetimeSource::Default),
         },
@@ -305,6 +304,10 @@ mod tests {
         }
         let r = parse(serde_json::json!({"access_token": "t", "expires_in": 1e12})).unwrap();
         assert_eq!(r.lifetime, MAX_LIFETIME);
+        // Found by the property test: an absurd JWT exp once overflowed Duration.
+        let far = jwt(serde_json::json!({"exp": 1e300}));
+        let r = parse(serde_json::json!({"access_token": far})).unwrap();
+        assert_eq!(r.lifetime, MAX_LIFETIME);
     }
 
     #[test]
@@ -338,5 +341,67 @@ mod tests {
         assert_eq!(e.description.as_deref(), Some("badsecret"));
         assert!(parse_error(b"<html>").is_none());
         assert!(parse_error(br#"{"message":"x"}"#).is_none());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON values of the kinds token endpoints send, and the kinds they should not.
+        fn odd_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                ".{0,40}".prop_map(Value::from),
+                "[0-9]{1,25}".prop_map(Value::from),
+                proptest::collection::vec(".{0,10}".prop_map(Value::from), 0..4)
+                    .prop_map(Value::from),
+            ]
+        }
+
+        fn b64(v: &[u8]) -> String {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_an_error_or_a_token_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_success(&body, Some("a"), Duration::from_secs(60), now());
+                if let Some(e) = parse_error(&body) {
+                    prop_assert!(e.description.as_ref().is_none_or(|d| d.chars().count() <= MAX_DESCRIPTION));
+                    prop_assert!(!e.error.chars().any(char::is_control));
+                }
+            }
+
+            #[test]
+            fn any_reply_shape_yields_a_bounded_positive_lifetime(
+                access_token in ".{0,20}",
+                expires_in in odd_value(),
+                token_type in odd_value(),
+                scope in odd_value(),
+                claims in proptest::collection::btree_map("exp|scope|scp|iat", odd_value(), 0..4),
+                as_jwt in any::<bool>(),
+            ) {
+                let token = if as_jwt {
+                    let claims: serde_json::Map<String, Value> = claims.into_iter().collect();
+                    format!("{}.{}.sig", b64(b"{}"), b64(Value::Object(claims).to_string().as_bytes()))
+                } else {
+                    access_token
+                };
+                let reply = serde_json::json!({
+                    "access_token": token, "expires_in": expires_in,
+                    "token_type": token_type, "scope": scope,
+                });
+                if let Ok(r) = parse_success(reply.to_string().as_bytes(), None, Duration::from_secs(60), now()) {
+                    prop_assert!(r.lifetime > Duration::ZERO);
+                    prop_assert!(r.lifetime <= MAX_LIFETIME);
+                    prop_assert_eq!(r.token_type, "Bearer");
+                }
+            }
+        }
     }
 }

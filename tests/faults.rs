@@ -280,6 +280,13 @@ async fn operator_errors_stop_the_fast_retry_loop() {
         serde_json::json!({"error": "invalid_client", "error_description": "unknown client"}),
     ))
     .await;
+    let log = LogCapture::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish(),
+    );
     let h = start(endpoint, &["app"], "operator_retry = \"10m\"").await;
     let err = h.get("app").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -293,6 +300,37 @@ async fn operator_errors_stop_the_fast_retry_loop() {
     tokio::time::sleep(secs(3500)).await;
     // One attempt at start, then one every 10 minutes: 6 in 3500 s, not thousands.
     assert_eq!(h.endpoint.count(), 6, "{:?}", h.times());
+    // Logged once at error level, not at every attempt.
+    let text = log.text();
+    assert_eq!(text.matches("operator action needed").count(), 1, "{text}");
+    assert_eq!(text.matches("ERROR").count(), 1, "{text}");
+}
+
+/// Collects log output of the current thread (the paused-clock runtime runs every task there).
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 #[tokio::test(start_paused = true)]

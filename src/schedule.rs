@@ -24,9 +24,10 @@ pub fn refresh_delay(policy: &RefreshPolicy, lifetime: Duration, draw: f64) -> D
 }
 
 /// Delay before retry number `failures` (1 for the first failure) after a transient error:
-/// exponential from `backoff_min`, capped at `backoff_max`, with "full jitter" over the upper
-/// half (so that clients failing together retry apart, and no retry comes sooner than half the
-/// nominal delay). `retry_after` from the endpoint is honoured, never undercut.
+/// exponential from `backoff_min`, capped at `backoff_max`, with full jitter: uniform between
+/// `backoff_min` and the nominal delay, which spreads clients that failed together the most
+/// widely (the floor keeps a failing client from retrying in a tight loop). `retry_after` from
+/// the endpoint is honoured, never undercut.
 pub fn backoff_delay(
     policy: &RefreshPolicy,
     failures: u32,
@@ -38,11 +39,9 @@ pub fn backoff_delay(
         .backoff_min
         .saturating_mul(1u32 << exp.min(31))
         .min(policy.backoff_max);
-    let jittered = nominal.mul_f64(0.5 + 0.5 * draw.clamp(0.0, 1.0));
-    jittered
-        .max(policy.backoff_min)
-        .max(retry_after.unwrap_or_default())
-        .max(MIN_DELAY)
+    let jittered =
+        policy.backoff_min + (nominal - policy.backoff_min).mul_f64(draw.clamp(0.0, 1.0));
+    jittered.max(retry_after.unwrap_or_default()).max(MIN_DELAY)
 }
 
 #[cfg(test)]
@@ -97,14 +96,17 @@ mod tests {
             backoff_max: secs(60),
             ..RefreshPolicy::default()
         };
-        // The first retry waits backoff_min: half the nominal delay would undercut it.
-        assert_eq!(backoff_delay(&p, 1, None, 0.0), secs(1));
+        // Uniform between backoff_min and the nominal delay, which doubles per failure.
+        assert_eq!(backoff_delay(&p, 1, None, 0.9), secs(1));
         assert_eq!(backoff_delay(&p, 2, None, 0.0), secs(1));
         assert_eq!(backoff_delay(&p, 2, None, 1.0), secs(2));
-        assert_eq!(backoff_delay(&p, 4, None, 0.0), secs(4)); // 8 s nominal, half at draw 0
-        assert_eq!(backoff_delay(&p, 4, None, 0.5), secs(6));
+        assert_eq!(backoff_delay(&p, 4, None, 0.0), secs(1)); // 8 s nominal
+        assert_eq!(backoff_delay(&p, 4, None, 0.5), Duration::from_millis(4500));
         assert_eq!(backoff_delay(&p, 30, None, 1.0), secs(60));
-        assert_eq!(backoff_delay(&p, u32::MAX, None, 0.0), secs(30));
+        assert_eq!(
+            backoff_delay(&p, u32::MAX, None, 0.5),
+            Duration::from_millis(30500)
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tonic::{Code, Request};
 struct Harness {
     endpoint: FaultEndpoint,
     service: TokenServiceImpl,
-    _clients: Clients,
+    clients: Clients,
     t0: Instant,
     _dir: tempfile::TempDir,
 }
@@ -53,7 +53,7 @@ async fn start(endpoint: FaultEndpoint, clients: &[&str], refresh: &str) -> Harn
     Harness {
         endpoint,
         service,
-        _clients: clients,
+        clients,
         t0,
         _dir: dir,
     }
@@ -389,23 +389,23 @@ async fn outage_serves_the_valid_token_then_unavailable_then_recovers_promptly()
     );
 
     // Requests during the outage follow the backoff schedule: the first failure at the
-    // refresh (42-45 s into the 60 s token), then delays between max(1 s, half the nominal)
-    // and the nominal, the nominal doubling from 1 s to the 30 s ceiling.
-    let failures = during - 1;
-    let attempts = |first: f64, delay: fn(f64) -> f64| {
-        let (mut t, mut n) = (first, 0);
-        while t < 300.0 {
-            n += 1;
-            t += delay(2f64.powi(n - 1).min(30.0));
-        }
-        n as usize
-    };
-    let most = attempts(42.0, |nominal| (nominal / 2.0).max(1.0));
-    let fewest = attempts(45.0, |nominal| nominal);
+    // refresh (42-45 s into the 60 s token), then the n-th retry between backoff_min (1 s) and
+    // its nominal delay, which doubles from 1 s to the 30 s ceiling.
+    let times = h.times();
+    let failures = &times[1..during];
+    assert!((42.0..=45.01).contains(&failures[0]), "{times:?}");
+    for (n, pair) in failures.windows(2).enumerate() {
+        let nominal = 2f64.powi(n as i32).min(30.0);
+        let gap = pair[1] - pair[0];
+        assert!(
+            (1.0..=nominal + 0.01).contains(&gap),
+            "retry {} after {gap:.2}s: {times:?}",
+            n + 1
+        );
+    }
     assert!(
-        (fewest..=most).contains(&failures),
-        "{failures} failed requests, schedule allows {fewest}..={most}: {:?}",
-        h.times()
+        300.0 - failures.last().unwrap() <= 30.01,
+        "kept retrying to the end: {times:?}"
     );
 }
 
@@ -494,4 +494,40 @@ async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
         t.len()
     );
     assert!(h.get("app").await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_actor_keeps_its_token_and_an_exhausted_budget_is_visible() {
+    let endpoint = FaultEndpoint::start(Reply::token("t", 300)).await;
+    let h = start(endpoint, &["app"], "").await;
+    let first = h.get("app").await.unwrap();
+    let kill = || {
+        let children = h.clients.supervisor().get_cell().get_children();
+        assert_eq!(children.len(), 1, "one actor per client");
+        children[0].kill();
+    };
+    kill();
+    tokio::time::sleep(secs(5)).await;
+    // Restarted: the same token served, no request for a token that is still fresh.
+    assert_eq!(h.get("app").await.unwrap().expires_at, first.expires_at);
+    assert_eq!(h.endpoint.count(), 1);
+    // ...and the refresh still comes on the original schedule.
+    tokio::time::sleep(secs(240)).await;
+    let t = h.times();
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert!((210.0..=240.0).contains(&t[1]), "{t:?}");
+
+    for _ in 0..tokend::supervisor::MAX_RESTARTS {
+        kill();
+        tokio::time::sleep(secs(1)).await;
+    }
+    kill();
+    tokio::time::sleep(secs(1)).await;
+    let s = h.status("app").await;
+    assert_eq!(s.state, state(proto::ClientState::Failed));
+    assert!(s.last_error.contains("restart budget"), "{}", s.last_error);
+    assert!(
+        h.get("app").await.is_ok(),
+        "the last valid token is still served"
+    );
 }

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::config::RefreshPolicy;
+use crate::config::{Grant, RefreshPolicy};
 use crate::oauth::{FailureKind, FetchError, TokenReply, TokenSource};
 use crate::schedule;
 use crate::store::{ClientSlot, ClientState, Token};
@@ -26,7 +26,13 @@ pub enum TokenMsg {
     Refresh { generation: u64 },
     /// The outcome of the request started by this actor.
     Fetched(Result<TokenReply, FetchError>),
+    /// While the credentials are rejected: have their files changed?
+    CheckCredentials,
 }
+
+/// How often a client whose credentials were rejected looks for replaced credential files: a
+/// few metadata reads per client in that state, none otherwise.
+const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
 
 /// Everything a token actor needs; also what the supervisor keeps to restart it.
 #[derive(Clone)]
@@ -46,6 +52,9 @@ pub struct TokenState {
     failures: u32,
     /// Whether the "needs operator" error was logged already (it is logged once per episode).
     operator_logged: bool,
+    /// The credential files' stamp when the last request started.
+    stamp_at_fetch: Option<u64>,
+    watching_credentials: bool,
 }
 
 impl Actor for TokenActor {
@@ -65,9 +74,22 @@ impl Actor for TokenActor {
             epoch: 0,
             in_flight: false,
             failures: view.consecutive_failures,
-            operator_logged: view.state == ClientState::NeedsOperator,
+            operator_logged: matches!(
+                view.state,
+                ClientState::NeedsOperator | ClientState::ReauthorizationRequired
+            ),
+            stamp_at_fetch: None,
+            watching_credentials: false,
         };
         let now = Instant::now();
+        if matches!(
+            view.state,
+            ClientState::NeedsOperator | ClientState::ReauthorizationRequired
+        ) {
+            state.stamp_at_fetch = state.args.source.credentials_stamp();
+            state.watching_credentials = true;
+            myself.send_after(CREDENTIALS_POLL, || TokenMsg::CheckCredentials);
+        }
         // A restart must not refetch a token that is still fresh: resume its schedule instead.
         match (&view.token, view.next_attempt) {
             (Some(token), _) if view.state == ClientState::Fresh && token.refresh_due > now => {
@@ -116,6 +138,7 @@ impl Actor for TokenActor {
             }
             TokenMsg::Fetched(Ok(reply)) => state.on_token(&myself, reply),
             TokenMsg::Fetched(Err(e)) => state.on_failure(&myself, e),
+            TokenMsg::CheckCredentials => state.check_credentials(&myself),
         }
         Ok(())
     }
@@ -125,6 +148,7 @@ impl TokenState {
     fn start_fetch(&mut self, myself: &ActorRef<TokenMsg>) {
         self.epoch += 1;
         self.in_flight = true;
+        self.stamp_at_fetch = self.args.source.credentials_stamp();
         self.args.slot.publish(|v| {
             v.state = if v.token.is_some() {
                 ClientState::Refreshing
@@ -204,33 +228,73 @@ impl TokenState {
                 .operator_retry
                 .max(e.retry_after().unwrap_or_default()),
         };
-        let name = &self.args.slot.name;
+        let slot = &self.args.slot;
+        let reauthorize = kind == FailureKind::NeedsOperator
+            && slot.grant == Grant::RefreshToken
+            && e.needs_reauthorization();
+        let state = match kind {
+            FailureKind::Transient => ClientState::BackingOff,
+            FailureKind::NeedsOperator if reauthorize => ClientState::ReauthorizationRequired,
+            FailureKind::NeedsOperator => ClientState::NeedsOperator,
+        };
+        let name = &slot.name;
         let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
-        match kind {
-            FailureKind::NeedsOperator if !self.operator_logged => {
+        match state {
+            ClientState::ReauthorizationRequired if !self.operator_logged => {
+                self.operator_logged = true;
+                let command = slot
+                    .authorize_command
+                    .as_deref()
+                    .unwrap_or("tokend authorize");
+                error!(client = %name, "refresh token unusable, authorization required: {e}; run `{command}`");
+            }
+            ClientState::NeedsOperator if !self.operator_logged => {
                 self.operator_logged = true;
                 error!(client = %name, retry_in = %retry_in, "token request rejected, operator action needed: {e}");
             }
-            FailureKind::NeedsOperator => {
-                debug!(client = %name, retry_in = %retry_in, "token request still rejected: {e}");
-            }
-            FailureKind::Transient => {
+            ClientState::BackingOff => {
                 warn!(client = %name, failures = self.failures, retry_in = %retry_in, "token request failed: {e}");
+            }
+            _ => {
+                debug!(client = %name, retry_in = %retry_in, "token request still rejected: {e}");
             }
         }
         let now = Instant::now();
         let wall = SystemTime::now();
         self.schedule(myself, delay);
+        if state != ClientState::BackingOff && !self.watching_credentials {
+            // Replacing the credential file (or running `tokend authorize`) is the operator's
+            // fix: notice it within a poll instead of after operator_retry.
+            self.watching_credentials = true;
+            myself.send_after(CREDENTIALS_POLL, || TokenMsg::CheckCredentials);
+        }
         let failures = self.failures;
         self.args.slot.publish(|v| {
-            v.state = match kind {
-                FailureKind::Transient => ClientState::BackingOff,
-                FailureKind::NeedsOperator => ClientState::NeedsOperator,
-            };
+            v.state = state;
             v.next_attempt = Some((now + delay, wall + delay));
             v.consecutive_failures = failures;
             v.last_error = Some(e.to_string());
         });
+    }
+
+    /// While the credentials are rejected: retry at once when their files change.
+    fn check_credentials(&mut self, myself: &ActorRef<TokenMsg>) {
+        let state = self.args.slot.view().state;
+        let stuck = matches!(
+            state,
+            ClientState::NeedsOperator | ClientState::ReauthorizationRequired
+        );
+        if !stuck || self.in_flight {
+            self.watching_credentials = false;
+            return;
+        }
+        if self.args.source.credentials_stamp() != self.stamp_at_fetch {
+            info!(client = %self.args.slot.name, "credentials changed; retrying now");
+            self.watching_credentials = false;
+            self.start_fetch(myself);
+        } else {
+            myself.send_after(CREDENTIALS_POLL, || TokenMsg::CheckCredentials);
+        }
     }
 
     /// Arms the one timer that matters; returns its epoch.

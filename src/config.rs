@@ -34,6 +34,9 @@ pub struct Config {
     pub refresh: RefreshPolicy,
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
+    /// The file this was read from; named in messages that tell an operator what to run.
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -185,6 +188,16 @@ pub struct ClientConfig {
     /// Allow a non-loopback `http://` token endpoint (secrets then cross the network in clear).
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// For `tokend authorize`: the provider's authorization endpoint...
+    pub authorize_endpoint: Option<String>,
+    /// ...the loopback redirect URI registered with the provider (RFC 8252), where `tokend
+    /// authorize` listens for the browser's redirect...
+    pub redirect_uri: Option<String>,
+    /// ...whether to use PKCE (S256)...
+    #[serde(default)]
+    pub pkce: bool,
+    /// ...and the query parameter that carries the code (`code`; some providers use another).
+    pub code_param: Option<String>,
 }
 
 fn default_auth_method() -> AuthMethod {
@@ -243,7 +256,7 @@ impl Config {
             )
             .build()
             .map_err(|e| from_config_error(&file, e))?;
-        let config: Config = raw.try_deserialize().map_err(|e| {
+        let mut config: Config = raw.try_deserialize().map_err(|e| {
             let mut err = from_config_error(&file, e);
             if from_env {
                 err.file = format!("{file} (with TOKEND_* environment overrides)");
@@ -251,6 +264,7 @@ impl Config {
             err
         })?;
         config.validate(&file)?;
+        config.source_path = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -413,6 +427,13 @@ impl ClientConfig {
             }
             _ => {}
         }
+        if let Some(endpoint) = &self.authorize_endpoint {
+            validate_endpoint(endpoint, self.allow_insecure_http)
+                .map_err(|r| ("authorize_endpoint".to_string(), r))?;
+        }
+        if let Some(uri) = &self.redirect_uri {
+            redirect_listen_addr(uri).map_err(|r| ("redirect_uri".to_string(), r))?;
+        }
         if let Some(param) = self
             .extra_params
             .keys()
@@ -450,6 +471,27 @@ fn validate_endpoint(endpoint: &str, allow_insecure_http: bool) -> Result<(), St
         }
         other => Err(format!("scheme {other:?} is not http or https")),
     }
+}
+
+/// Where `tokend authorize` listens for a redirect URI: it must be `http://` to a loopback
+/// address with an explicit port (RFC 8252 section 7.3), so the code never leaves the host.
+pub fn redirect_listen_addr(uri: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("{uri:?} is not a URL: {e}"))?;
+    let ip: std::net::IpAddr = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.into(),
+        Some(url::Host::Ipv6(ip)) => ip.into(),
+        Some(url::Host::Domain("localhost")) => std::net::Ipv4Addr::LOCALHOST.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    if url.scheme() != "http" || !ip.is_loopback() {
+        return Err(format!(
+            "{uri} must be http:// to a loopback address such as http://127.0.0.1:8765/callback"
+        ));
+    }
+    let port = url
+        .port()
+        .ok_or_else(|| format!("{uri} needs an explicit port"))?;
+    Ok((std::net::SocketAddr::new(ip, port), url.path().to_string()))
 }
 
 fn from_config_error(file: &str, e: config::ConfigError) -> ConfigError {

@@ -144,6 +144,7 @@ fn state_name(state: proto::ClientState) -> &'static str {
         proto::ClientState::BackingOff => "backing-off",
         proto::ClientState::NeedsOperator => "needs-operator",
         proto::ClientState::Failed => "failed",
+        proto::ClientState::ReauthorizationRequired => "reauthorize",
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::Actor;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -104,6 +105,13 @@ pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> 
         .map(|(name, c)| ClientSpec {
             name: name.clone(),
             grant: c.grant,
+            authorize_command: (c.grant == Grant::RefreshToken).then(|| {
+                let config = config
+                    .source_path
+                    .as_ref()
+                    .map_or("CONFIG".into(), |p| p.display().to_string());
+                format!("tokend authorize {name} --config {config}")
+            }),
             source: Arc::new(HttpTokenSource::new(
                 http.clone(),
                 c.clone(),
@@ -118,6 +126,8 @@ pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> 
 pub struct ClientSpec {
     pub name: String,
     pub grant: Grant,
+    /// What an operator runs when a refresh-token client must be authorized again.
+    pub authorize_command: Option<String>,
     pub source: Arc<dyn TokenSource>,
 }
 
@@ -126,14 +136,23 @@ pub struct Clients {
     pub store: Arc<TokenStore>,
     supervisor: ActorRef<SupervisorMsg>,
     task: JoinHandle<()>,
+    sources: Vec<Arc<dyn TokenSource>>,
+    request_timeout: Duration,
 }
 
 impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, RunError> {
         let slots: Vec<Arc<ClientSlot>> = specs
             .iter()
-            .map(|s| Arc::new(ClientSlot::new(s.name.clone(), s.grant)))
+            .map(|s| {
+                Arc::new(ClientSlot::new(
+                    s.name.clone(),
+                    s.grant,
+                    s.authorize_command.clone(),
+                ))
+            })
             .collect();
+        let sources = specs.iter().map(|s| s.source.clone()).collect();
         let args = specs
             .into_iter()
             .zip(&slots)
@@ -150,6 +169,8 @@ impl Clients {
             store: Arc::new(TokenStore::new(slots)),
             supervisor,
             task,
+            sources,
+            request_timeout: policy.request_timeout,
         })
     }
 
@@ -158,10 +179,14 @@ impl Clients {
         &self.supervisor
     }
 
-    /// Stops every actor and waits until they are gone.
+    /// Stops every actor and waits until they are gone, then for requests still in flight
+    /// (bounded by the request timeout): a refresh token rotated by a request already sent
+    /// arrives in its reply, and must be saved rather than dropped with the process.
     pub async fn stop(self) {
         self.supervisor.stop(Some("daemon shutting down".into()));
         let _ = self.task.await;
+        let idle = futures_util::future::join_all(self.sources.iter().map(|s| s.idle()));
+        let _ = tokio::time::timeout(self.request_timeout, idle).await;
     }
 }
 

@@ -172,6 +172,10 @@ pub fn config(
                 resource: None,
                 extra_params: BTreeMap::new(),
                 allow_insecure_http: false,
+                authorize_endpoint: None,
+                redirect_uri: None,
+                pkce: false,
+                code_param: None,
             },
         );
     }
@@ -183,6 +187,7 @@ pub fn config(
         },
         refresh: RefreshPolicy::default(),
         clients,
+        source_path: None,
     })
 }
 

@@ -15,11 +15,14 @@
 //! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
 //! - [`daemon`]: wires the above together and runs until shutdown.
+//! - [`authorize`]: `tokend authorize`, the one-time authorization-code flow of refresh-token
+//!   clients.
 //! - [`ctl`]: the `get` and `status` subcommands, gRPC clients of a running daemon.
 //! - [`demo`]: a built-in token endpoint for `tokend demo`, the newcomer's first run.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
 
 pub mod actor;
+pub mod authorize;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -1,7 +1,7 @@
 //! The `tokend` binary: parses the command line, sets up logging, and hands over to the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,6 +59,23 @@ enum Command {
         #[arg(long, env = "TOKEND_SOCKET", default_value = ctl::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Authorize a refresh-token client once: open the printed URL, approve, and the refresh
+    /// token is stored in the client's refresh_token_file (the running daemon picks it up).
+    ///
+    /// Example: tokend authorize likeco --config /etc/tokend/tokend.toml
+    /// Without a browser on this host: open the URL elsewhere, then paste the code (or the whole
+    /// redirect URL) with: tokend authorize likeco --config ... --code CODE
+    Authorize {
+        client: String,
+        #[arg(long, short, default_value = "/etc/tokend/tokend.toml")]
+        config: PathBuf,
+        /// Exchange this code (or redirect URL) instead of waiting for the browser's redirect.
+        #[arg(long)]
+        code: Option<String>,
+        /// How long to wait for the browser's redirect, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Start a built-in demo token endpoint and the daemon against it.
     ///
     /// Example: tokend demo, then in another terminal: tokend get demo-basic --socket /tmp/tokend-demo.sock
@@ -113,6 +130,12 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(1, e),
             },
+            Command::Authorize {
+                client,
+                config,
+                code,
+                timeout,
+            } => authorize(&config, &client, code, Duration::from_secs(timeout)).await,
             Command::Demo { socket } => run_demo(socket.unwrap_or_else(demo::default_socket)).await,
         }
     })
@@ -125,6 +148,34 @@ async fn serve(path: PathBuf) -> ExitCode {
     };
     match tokend::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn authorize(path: &Path, client: &str, code: Option<String>, timeout: Duration) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(EX_CONFIG, e),
+    };
+    let result = match code {
+        Some(code) => tokend::authorize::pasted(&config, client, &code).await,
+        None => tokend::authorize::interactive(&config, client, timeout, |url| {
+            eprintln!("Open this URL in a browser and approve access for {client:?}:");
+            println!("{url}");
+            eprintln!(
+                "Waiting for the redirect (or paste the code with --code in another terminal)..."
+            );
+        })
+        .await,
+    };
+    match result {
+        Ok(file) => {
+            eprintln!(
+                "Authorized {client:?}: refresh token stored in {}; a running tokend picks it up within seconds.",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(1, e),
     }
 }

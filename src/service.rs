@@ -104,6 +104,12 @@ fn explain(slot: &ClientSlot, view: &ClientView) -> NoToken {
         ClientState::NeedsOperator => NoToken::NeedsOperator(format!(
             "client {name:?}: the token endpoint rejected the request and an operator must fix it: {error}{next}"
         )),
+        ClientState::ReauthorizationRequired => NoToken::NeedsOperator(format!(
+            "client {name:?} must be authorized again: {error}; run `{}`",
+            slot.authorize_command
+                .as_deref()
+                .unwrap_or("tokend authorize")
+        )),
         ClientState::Failed => NoToken::NotYet(format!("client {name:?}: {error}")),
         ClientState::Starting | ClientState::Refreshing if view.consecutive_failures == 0 => {
             NoToken::NotYet(format!(
@@ -121,7 +127,9 @@ fn explain(slot: &ClientSlot, view: &ClientView) -> NoToken {
 /// next attempt comes after the caller has given up.
 fn worth_waiting(view: &ClientView, until: Instant) -> bool {
     match view.state {
-        ClientState::NeedsOperator | ClientState::Failed => false,
+        ClientState::NeedsOperator | ClientState::ReauthorizationRequired | ClientState::Failed => {
+            false
+        }
         ClientState::BackingOff => view.next_attempt.is_none_or(|(at, _)| at < until),
         _ => true,
     }
@@ -280,6 +288,7 @@ fn state_to_proto(state: ClientState) -> proto::ClientState {
         ClientState::Refreshing => proto::ClientState::Refreshing,
         ClientState::BackingOff => proto::ClientState::BackingOff,
         ClientState::NeedsOperator => proto::ClientState::NeedsOperator,
+        ClientState::ReauthorizationRequired => proto::ClientState::ReauthorizationRequired,
         ClientState::Failed => proto::ClientState::Failed,
     }
 }

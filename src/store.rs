@@ -50,6 +50,7 @@ pub enum ClientState {
     Refreshing,
     BackingOff,
     NeedsOperator,
+    ReauthorizationRequired,
     Failed,
 }
 
@@ -77,12 +78,14 @@ impl ClientView {
 pub struct ClientSlot {
     pub name: String,
     pub grant: Grant,
+    /// For refresh-token clients, the command that authorizes the client again.
+    pub authorize_command: Option<String>,
     view: watch::Sender<ClientView>,
     actor: Mutex<Option<ActorRef<TokenMsg>>>,
 }
 
 impl ClientSlot {
-    pub fn new(name: String, grant: Grant) -> Self {
+    pub fn new(name: String, grant: Grant, authorize_command: Option<String>) -> Self {
         let (view, _) = watch::channel(ClientView {
             token: None,
             state: ClientState::Starting,
@@ -93,6 +96,7 @@ impl ClientSlot {
         Self {
             name,
             grant,
+            authorize_command,
             view,
             actor: Mutex::new(None),
         }

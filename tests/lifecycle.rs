@@ -156,6 +156,7 @@ async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
         vec![ClientSpec {
             name: "app".into(),
             grant: Grant::ClientCredentials,
+            authorize_command: None,
             source: Arc::new(source.clone()),
         }],
         &policy,

@@ -52,6 +52,8 @@ pub enum FetchError {
     Reply(#[from] ReplyError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("no usable refresh token: {0}")]
+    NoRefreshToken(SecretError),
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -76,11 +78,21 @@ impl FetchError {
                 }
             }
             FetchError::Status { status, .. } => status_kind(*status),
-            FetchError::Secret(_) => FailureKind::NeedsOperator,
+            FetchError::Secret(_) | FetchError::NoRefreshToken(_) => FailureKind::NeedsOperator,
             FetchError::Network(_)
             | FetchError::Timeout(_)
             | FetchError::TooLarge
             | FetchError::Reply(_) => FailureKind::Transient,
+        }
+    }
+
+    /// Whether only a new authorization (`tokend authorize`) can fix this: the refresh token is
+    /// missing, or the provider rejected it (revoked, expired or already used).
+    pub fn needs_reauthorization(&self) -> bool {
+        match self {
+            FetchError::NoRefreshToken(_) => true,
+            FetchError::OAuth { error, .. } => error.error == "invalid_grant",
+            _ => false,
         }
     }
 
@@ -107,6 +119,18 @@ fn status_kind(status: u16) -> FailureKind {
 /// schedule on a paused clock with a scripted source.
 pub trait TokenSource: Send + Sync + 'static {
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>>;
+
+    /// A value that changes when the credential files change, so a client stuck on rejected
+    /// credentials can retry as soon as an operator replaces them. `None`: nothing to watch.
+    fn credentials_stamp(&self) -> Option<u64> {
+        None
+    }
+
+    /// Resolves once no request is in flight (waited for at shutdown, so that a rotated
+    /// refresh token already on its way back is saved rather than lost).
+    fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Fetches tokens for one configured client from its token endpoint.
@@ -120,6 +144,10 @@ struct Inner {
     default_lifetime: Duration,
     timeout: Duration,
     limiter: Arc<EndpointLimiter>,
+    /// Held from reading the refresh token until its successor is on disk. The source outlives
+    /// actor restarts, so a restarted actor's request waits for one still in flight instead of
+    /// sending the same refresh token twice.
+    in_flight: tokio::sync::Mutex<()>,
 }
 
 impl HttpTokenSource {
@@ -136,6 +164,7 @@ impl HttpTokenSource {
                 default_lifetime: policy.default_lifetime,
                 timeout: policy.request_timeout,
                 limiter,
+                in_flight: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -145,6 +174,7 @@ impl TokenSource for HttpTokenSource {
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            let _in_flight = inner.in_flight.lock().await;
             // Waiting for the endpoint's budget is not part of the request's timeout.
             let _permit = inner.limiter.acquire().await;
             let timeout = inner.timeout;
@@ -152,6 +182,29 @@ impl TokenSource for HttpTokenSource {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout(timeout)),
             }
+        })
+    }
+
+    fn credentials_stamp(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let c = &self.inner.client;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for path in [&c.client_secret_file, &c.refresh_token_file]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+                .hash(&mut hasher);
+        }
+        Some(hasher.finish())
+    }
+
+    fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = self.inner.in_flight.lock().await;
         })
     }
 }
@@ -174,71 +227,17 @@ pub fn http_client() -> reqwest::Client {
 impl Inner {
     async fn fetch(&self) -> Result<TokenReply, FetchError> {
         let c = &self.client;
-        let secret = match (&c.client_secret_file, &c.client_secret_env) {
-            (Some(path), _) => secret::read_file(path)?,
-            (None, Some(var)) => secret::read_env(var)?,
-            (None, None) => unreachable!("validated: one secret source is set"),
-        };
         let refresh_token = match (c.grant, &c.refresh_token_file) {
-            (Grant::RefreshToken, Some(path)) => Some(secret::read_file(path)?),
+            (Grant::RefreshToken, Some(path)) => {
+                Some(secret::read_file(path).map_err(FetchError::NoRefreshToken)?)
+            }
             _ => None,
         };
-        let body = form_body(c, &secret, refresh_token.as_ref());
-        let mut request = self
-            .http
-            .post(&c.token_endpoint)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(body);
-        if c.auth_method == AuthMethod::Basic {
-            request = request.header(
-                reqwest::header::AUTHORIZATION,
-                basic_authorization(&c.client_id, secret.expose_secret()),
-            );
+        let mut grant = vec![("grant_type", c.grant.as_str())];
+        if let Some(rt) = &refresh_token {
+            grant.push(("refresh_token", rt.expose_secret()));
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| FetchError::Network(describe(&e)))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| FetchError::Network(describe(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_REPLY_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
-            return Err(match reply::parse_error(&body) {
-                Some(error) => FetchError::OAuth {
-                    status: status.as_u16(),
-                    error,
-                    retry_after,
-                },
-                None => FetchError::Status {
-                    status: status.as_u16(),
-                    retry_after,
-                },
-            });
-        }
-        let reply = reply::parse_success(
-            &body,
-            c.scope.as_deref(),
-            self.default_lifetime,
-            SystemTime::now(),
-        )?;
+        let reply = request_token(&self.http, c, &grant, true, self.default_lifetime).await?;
         // A rotated refresh token must be on disk before the access token is published: if the
         // daemon dies after publishing but before saving, the old refresh token (already spent)
         // is all that is left and a person must authorize again.
@@ -249,28 +248,104 @@ impl Inner {
     }
 }
 
-/// The form body for the configured grant. With `client_secret_post` the credentials go here.
+/// Sends one token request for `c` with the grant's own parameters (`grant_type` first),
+/// authenticating the client as configured, and reads the reply. `with_scope` adds the
+/// configured scope, audience and resource (not sent when exchanging an authorization code,
+/// whose scope was settled at the authorization endpoint).
+pub async fn request_token(
+    http: &reqwest::Client,
+    c: &ClientConfig,
+    grant: &[(&str, &str)],
+    with_scope: bool,
+    default_lifetime: Duration,
+) -> Result<TokenReply, FetchError> {
+    let secret = match (&c.client_secret_file, &c.client_secret_env) {
+        (Some(path), _) => secret::read_file(path)?,
+        (None, Some(var)) => secret::read_env(var)?,
+        (None, None) => unreachable!("validated: one secret source is set"),
+    };
+    let body = form_body(c, &secret, grant, with_scope);
+    let mut request = http
+        .post(&c.token_endpoint)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body);
+    if c.auth_method == AuthMethod::Basic {
+        request = request.header(
+            reqwest::header::AUTHORIZATION,
+            basic_authorization(&c.client_id, secret.expose_secret()),
+        );
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| FetchError::Network(describe(&e)))?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| FetchError::Network(describe(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(match reply::parse_error(&body) {
+            Some(error) => FetchError::OAuth {
+                status: status.as_u16(),
+                error,
+                retry_after,
+            },
+            None => FetchError::Status {
+                status: status.as_u16(),
+                retry_after,
+            },
+        });
+    }
+    Ok(reply::parse_success(
+        &body,
+        c.scope.as_deref(),
+        default_lifetime,
+        SystemTime::now(),
+    )?)
+}
+
+/// The form body: the grant's parameters, the client's credentials with `client_secret_post`,
+/// then (`with_scope`) scope, audience, resource, and the configured extra parameters.
 fn form_body(
     c: &ClientConfig,
     secret: &SecretString,
-    refresh_token: Option<&SecretString>,
+    grant: &[(&str, &str)],
+    with_scope: bool,
 ) -> String {
     let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", c.grant.as_str());
-    if let Some(rt) = refresh_token {
-        form.append_pair("refresh_token", rt.expose_secret());
+    for (key, value) in grant {
+        form.append_pair(key, value);
     }
     if c.auth_method == AuthMethod::Post {
         form.append_pair("client_id", &c.client_id);
         form.append_pair("client_secret", secret.expose_secret());
     }
-    for (key, value) in [
-        ("scope", &c.scope),
-        ("audience", &c.audience),
-        ("resource", &c.resource),
-    ] {
-        if let Some(v) = value {
-            form.append_pair(key, v);
+    if with_scope {
+        for (key, value) in [
+            ("scope", &c.scope),
+            ("audience", &c.audience),
+            ("resource", &c.resource),
+        ] {
+            if let Some(v) = value {
+                form.append_pair(key, v);
+            }
         }
     }
     for (key, value) in &c.extra_params {
@@ -431,16 +506,21 @@ mod tests {
         }))
         .unwrap();
         let secret = SecretString::from("s&=cret".to_string());
+        let cc = [("grant_type", "client_credentials")];
         assert_eq!(
-            form_body(&c, &secret, None),
+            form_body(&c, &secret, &cc, true),
             "grant_type=client_credentials&client_id=my+id&client_secret=s%26%3Dcret&scope=a+b&foo=bar"
         );
         c.auth_method = AuthMethod::Basic;
-        c.grant = Grant::RefreshToken;
-        let rt = SecretString::from("r/t".to_string());
+        let rt = [("grant_type", "refresh_token"), ("refresh_token", "r/t")];
         assert_eq!(
-            form_body(&c, &secret, Some(&rt)),
+            form_body(&c, &secret, &rt, true),
             "grant_type=refresh_token&refresh_token=r%2Ft&scope=a+b&foo=bar"
+        );
+        let code = [("grant_type", "authorization_code"), ("code", "c")];
+        assert_eq!(
+            form_body(&c, &secret, &code, false),
+            "grant_type=authorization_code&code=c&foo=bar"
         );
     }
 }

@@ -237,7 +237,10 @@ impl Inner {
         if let Some(rt) = &refresh_token {
             grant.push(("refresh_token", rt.expose_secret()));
         }
-        let reply = request_token(&self.http, c, &grant, true, self.default_lifetime).await?;
+        // A refresh asks for no scope: omitted, it means the scope already granted (RFC 6749
+        // section 6), while asking again fails with invalid_scope wherever consent granted less.
+        let with_scope = c.grant == Grant::ClientCredentials;
+        let reply = request_token(&self.http, c, &grant, with_scope, self.default_lifetime).await?;
         // A rotated refresh token must be on disk before the access token is published: if the
         // daemon dies after publishing but before saving, the old refresh token (already spent)
         // is all that is left and a person must authorize again.
@@ -250,8 +253,8 @@ impl Inner {
 
 /// Sends one token request for `c` with the grant's own parameters (`grant_type` first),
 /// authenticating the client as configured, and reads the reply. `with_scope` adds the
-/// configured scope, audience and resource (not sent when exchanging an authorization code,
-/// whose scope was settled at the authorization endpoint).
+/// configured scope (only client credentials ask for it at the token endpoint; other grants
+/// carry the scope settled at the authorization endpoint).
 pub async fn request_token(
     http: &reqwest::Client,
     c: &ClientConfig,
@@ -322,7 +325,7 @@ pub async fn request_token(
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`,
-/// then (`with_scope`) scope, audience, resource, and the configured extra parameters.
+/// then scope (`with_scope`), audience, resource, and the configured extra parameters.
 fn form_body(
     c: &ClientConfig,
     secret: &SecretString,
@@ -337,15 +340,12 @@ fn form_body(
         form.append_pair("client_id", &c.client_id);
         form.append_pair("client_secret", secret.expose_secret());
     }
-    if with_scope {
-        for (key, value) in [
-            ("scope", &c.scope),
-            ("audience", &c.audience),
-            ("resource", &c.resource),
-        ] {
-            if let Some(v) = value {
-                form.append_pair(key, v);
-            }
+    if let Some(scope) = c.scope.as_ref().filter(|_| with_scope) {
+        form.append_pair("scope", scope);
+    }
+    for (key, value) in [("audience", &c.audience), ("resource", &c.resource)] {
+        if let Some(v) = value {
+            form.append_pair(key, v);
         }
     }
     for (key, value) in &c.extra_params {
@@ -514,8 +514,8 @@ mod tests {
         c.auth_method = AuthMethod::Basic;
         let rt = [("grant_type", "refresh_token"), ("refresh_token", "r/t")];
         assert_eq!(
-            form_body(&c, &secret, &rt, true),
-            "grant_type=refresh_token&refresh_token=r%2Ft&scope=a+b&foo=bar"
+            form_body(&c, &secret, &rt, false),
+            "grant_type=refresh_token&refresh_token=r%2Ft&foo=bar"
         );
         let code = [("grant_type", "authorization_code"), ("code", "c")];
         assert_eq!(

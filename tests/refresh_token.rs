@@ -1,0 +1,469 @@
+//! Refresh-token clients end to end: `tokend authorize` through a real `oidc-provider`'s login
+//! and consent pages (driven over HTTP), then the daemon rotating the refresh token many times;
+//! a revoked grant; and the second seed provider's shape (`auth_code` redirect parameter, no
+//! `expires_in`, scopes as a JWT array) against a stand-in of that provider.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Daemon, OidcServer, eventually, jwt_claims, secret_file};
+use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
+use tonic::Code;
+
+const WEB_SECRET: &str = "w3b-s3cret";
+
+/// A free loopback port for a redirect URI (the provider must know it before tokend listens).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rotating_provider(redirect_uri: &str, ttl: u64) -> OidcServer {
+    OidcServer::start(serde_json::json!({
+        "accessTokenTtl": ttl,
+        "refreshTokenRotation": true,
+        "clients": [{
+            "client_id": "web-client", "client_secret": WEB_SECRET,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "redirect_uris": [redirect_uri],
+            "scope": "openid offline_access api:read"
+        }]
+    }))
+}
+
+fn web_client(idp: &OidcServer, redirect_uri: &str) -> String {
+    format!(
+        r#"
+[clients.web]
+token_endpoint = "{token}"
+authorize_endpoint = "{issuer}/auth"
+client_id = "web-client"
+client_secret_file = "{{dir}}/web.secret"
+auth_method = "basic"
+grant = "refresh_token"
+refresh_token_file = "{{dir}}/web.refresh_token"
+scope = "openid offline_access api:read"
+redirect_uri = "{redirect_uri}"
+pkce = true
+"#,
+        token = idp.token_endpoint,
+        issuer = idp.issuer
+    )
+}
+
+/// Runs `tokend authorize CLIENT` and returns the process and the URL it printed.
+fn start_authorize(config: &Path, client: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["authorize", client, "--timeout", "60", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("http"), "authorize printed {line:?}");
+    (child, line.trim().to_string())
+}
+
+fn finish_authorize(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "tokend authorize failed: {stderr}");
+    stderr
+}
+
+/// A person at a browser: follows redirects with cookies, signs in and consents on
+/// oidc-provider's pages, and stops at the redirect URI, which it opens (tokend's listener).
+async fn approve_in_browser(start: &str, redirect_uri: &str) {
+    let http = tokend::oauth::http_client();
+    let mut cookies: HashMap<String, String> = HashMap::new();
+    let mut url = reqwest::Url::parse(start).unwrap();
+    let mut form: Option<Vec<(&str, &str)>> = None;
+    for _ in 0..20 {
+        let cookie = cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let request = match form.take() {
+            Some(fields) => http
+                .post(url.clone())
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(
+                    form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(fields)
+                        .finish(),
+                ),
+            None => http.get(url.clone()),
+        };
+        let response = request.header("Cookie", cookie).send().await.unwrap();
+        for value in response.headers().get_all("set-cookie") {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                cookies.insert(k.to_string(), v.to_string());
+            }
+        }
+        if response.status().is_redirection() {
+            let location = response.headers()["location"].to_str().unwrap().to_string();
+            url = url.join(&location).unwrap();
+            if url.as_str().starts_with(redirect_uri) {
+                let done = http.get(url).send().await.unwrap();
+                assert!(
+                    done.status().is_success(),
+                    "redirect URI answered {}",
+                    done.status()
+                );
+                return;
+            }
+            continue;
+        }
+        let page = response.text().await.unwrap();
+        form = Some(if page.contains("name=\"password\"") {
+            vec![("prompt", "login"), ("login", "alice"), ("password", "any")]
+        } else {
+            vec![("prompt", "consent")]
+        });
+    }
+    panic!("the provider's pages did not lead to the redirect URI");
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn get(client: &str) -> tonic::Request<GetTokenRequest> {
+    let mut r = tonic::Request::new(GetTokenRequest {
+        client: client.into(),
+        min_valid_seconds: 0,
+    });
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorize_once_then_rotate_refresh_tokens_many_times() {
+    let port = free_port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let idp = rotating_provider(&redirect_uri, 2);
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), "web.secret", WEB_SECRET);
+    let rt_file: PathBuf = dir.path().join("web.refresh_token");
+    let d = Daemon::start_in(dir, &web_client(&idp, &redirect_uri)).await;
+    let mut rpc = d.client().await;
+
+    // Not yet authorized: callers are told exactly what to run.
+    let err = eventually(Duration::from_secs(10), "reauthorization state", || {
+        let mut rpc = rpc.clone();
+        async move {
+            let e = rpc.get_token(get("web")).await.unwrap_err();
+            (e.code() == Code::FailedPrecondition).then_some(e)
+        }
+    })
+    .await;
+    let config = d.dir.path().join("tokend.toml");
+    let command = format!("tokend authorize web --config {}", config.display());
+    assert!(err.message().contains(&command), "{}", err.message());
+    let (_, status, _) = d.cli(&["status"]);
+    assert!(status.contains("reauthorize"), "{status}");
+
+    // The one-time approval, through the provider's real pages.
+    let (child, url) = start_authorize(&config, "web");
+    let query: HashMap<String, String> = reqwest::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(query["code_challenge_method"], "S256");
+    approve_in_browser(&url, &redirect_uri).await;
+    let said = finish_authorize(child);
+    assert!(said.contains("refresh token stored"), "{said}");
+    assert_eq!(mode(&rt_file), 0o600);
+    assert!(
+        !said.contains(
+            &std::fs::read_to_string(&rt_file)
+                .unwrap()
+                .trim()
+                .to_string()
+        )
+    );
+
+    // The running daemon picks the new refresh token up without a restart.
+    let first = eventually(
+        Duration::from_secs(10),
+        "first token after authorize",
+        || {
+            let mut rpc = rpc.clone();
+            async move { rpc.get_token(get("web")).await.ok() }
+        },
+    )
+    .await
+    .into_inner();
+    assert_eq!(jwt_claims(&first.access_token)["sub"], "alice");
+    assert_eq!(first.scopes, ["api:read"]);
+
+    // Ten rotations: each a new access token and a new refresh token on disk, none rejected.
+    let mut stream = rpc
+        .watch_token(proto::WatchTokenRequest {
+            client: "web".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut refresh_tokens = vec![std::fs::read_to_string(&rt_file).unwrap()];
+    let mut access_tokens = vec![];
+    while access_tokens.len() < 11 {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a rotation within 10 s")
+            .unwrap()
+            .unwrap();
+        access_tokens.push(next.access_token);
+        refresh_tokens.push(std::fs::read_to_string(&rt_file).unwrap());
+    }
+    access_tokens.dedup();
+    assert_eq!(access_tokens.len(), 11);
+    refresh_tokens.dedup();
+    assert!(
+        refresh_tokens.len() >= 10,
+        "refresh token rotated on disk each time"
+    );
+    let refreshes: Vec<_> = idp
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["grant_type"] == "refresh_token")
+        .collect();
+    assert!(refreshes.len() >= 10);
+    assert!(
+        refreshes.iter().all(|r| r["status"] == 200),
+        "{refreshes:?}"
+    );
+
+    // A revoked grant: the next refresh gets invalid_grant, and the client asks for a person.
+    std::fs::write(&rt_file, "revoked-or-unknown\n").unwrap();
+    let status = eventually(Duration::from_secs(10), "reauthorization required", || {
+        let mut rpc = rpc.clone();
+        async move {
+            let list = rpc
+                .list_clients(ListClientsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let c = list.clients.into_iter().next().unwrap();
+            (c.state == proto::ClientState::ReauthorizationRequired as i32).then_some(c)
+        }
+    })
+    .await;
+    assert!(
+        status.last_error.contains("invalid_grant"),
+        "{}",
+        status.last_error
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await; // The last token expires.
+    let err = rpc.get_token(get("web")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(&command), "{}", err.message());
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("authorization required").count(),
+        2,
+        "once per episode: {log}"
+    );
+}
+
+/// A stand-in for the second seed provider (like.co): redirects with `auth_code`, answers
+/// without `expires_in`, puts scopes in the JWT as an array, rotates refresh tokens, and takes
+/// client credentials in the form body.
+mod seed_provider {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{RawQuery, State};
+    use axum::response::{IntoResponse, Redirect, Response};
+    use base64::Engine;
+
+    #[derive(Default)]
+    pub struct Seed {
+        pub codes: Mutex<Vec<String>>,
+        pub refresh_token: Mutex<Option<String>>,
+        pub issued: Mutex<u32>,
+    }
+
+    pub async fn start() -> (String, Arc<Seed>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seed = Arc::new(Seed::default());
+        let app = axum::Router::new()
+            .route("/in/oauth/", axum::routing::get(authorize))
+            .route("/oauth/access_token", axum::routing::post(token))
+            .with_state(seed.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (base, seed)
+    }
+
+    async fn authorize(State(seed): State<Arc<Seed>>, RawQuery(q): RawQuery) -> Response {
+        let q: HashMap<String, String> = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+        let code = format!("code-{}", seed.codes.lock().unwrap().len());
+        seed.codes.lock().unwrap().push(code.clone());
+        let mut to = reqwest::Url::parse(&q["redirect_uri"]).unwrap();
+        to.query_pairs_mut()
+            .append_pair("auth_code", &code)
+            .append_pair("state", &q["state"]);
+        Redirect::to(to.as_str()).into_response()
+    }
+
+    async fn token(State(seed): State<Arc<Seed>>, body: String) -> Response {
+        let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        if form.get("client_id").map(String::as_str) != Some("likeco-app")
+            || form.get("client_secret").map(String::as_str) != Some("l1ke-s3cret")
+        {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": "invalid_client"})),
+            )
+                .into_response();
+        }
+        let valid = match form["grant_type"].as_str() {
+            "authorization_code" => seed.codes.lock().unwrap().contains(&form["code"]),
+            "refresh_token" => {
+                seed.refresh_token.lock().unwrap().as_deref()
+                    == form.get("refresh_token").map(String::as_str)
+            }
+            _ => false,
+        };
+        if !valid {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        }
+        let n = {
+            let mut n = seed.issued.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let refresh = format!("rt-{n}");
+        *seed.refresh_token.lock().unwrap() = Some(refresh.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let claims = serde_json::json!({
+            "user": "someone", "scope": ["profile", "read:like", "write:like"],
+            "iat": now, "exp": now + 3600, "jti": n
+        });
+        let jwt = format!(
+            "{}.{}.sig",
+            b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        axum::Json(serde_json::json!({
+            "user": "someone", "displayName": "Some One",
+            "refresh_token": refresh, "access_token": jwt
+        }))
+        .into_response()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_seed_provider_shape() {
+    let (base, seed) = seed_provider::start().await;
+    let port = free_port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), "likeco.secret", "l1ke-s3cret");
+    let clients = format!(
+        r#"
+[clients.likeco]
+token_endpoint = "{base}/oauth/access_token"
+authorize_endpoint = "{base}/in/oauth/"
+client_id = "likeco-app"
+client_secret_file = "{{dir}}/likeco.secret"
+auth_method = "post"
+grant = "refresh_token"
+refresh_token_file = "{{dir}}/likeco.refresh_token"
+scope = "profile read:like write:like"
+redirect_uri = "{redirect_uri}"
+code_param = "auth_code"
+"#
+    );
+    let config = dir.path().join("tokend.toml");
+    std::fs::write(
+        &config,
+        clients.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+
+    let (child, url) = start_authorize(&config, "likeco");
+    // The "browser": the provider redirects straight back with auth_code.
+    let http = tokend::oauth::http_client();
+    let redirect = http.get(&url).send().await.unwrap();
+    let location = redirect.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("auth_code="), "{location}");
+    assert!(
+        http.get(&location)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    finish_authorize(child);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("likeco.refresh_token"))
+            .unwrap()
+            .trim(),
+        "rt-1"
+    );
+
+    let d = Daemon::start_in(dir, &clients).await;
+    let mut rpc = d.client().await;
+    let token = rpc.get_token(get("likeco")).await.unwrap().into_inner();
+    assert_eq!(token.scopes, ["profile", "read:like", "write:like"]);
+    let lifetime = token.expires_at.unwrap().seconds - token.issued_at.unwrap().seconds;
+    assert!(
+        (3598..=3600).contains(&lifetime),
+        "expiry from the JWT exp: {lifetime}"
+    );
+    // The daemon's refresh rotated the token, and kept the new one.
+    assert_eq!(*seed.issued.lock().unwrap(), 2);
+    assert_eq!(
+        std::fs::read_to_string(d.dir.path().join("likeco.refresh_token"))
+            .unwrap()
+            .trim(),
+        "rt-2"
+    );
+
+    // A denied authorization is a clear error, and stores nothing.
+    let config = d.dir.path().join("tokend.toml");
+    let (child, _) = start_authorize(&config, "likeco");
+    let denied = format!("{redirect_uri}?error=denied&state=whatever");
+    http.get(&denied).send().await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the provider denied the authorization: denied"),
+        "{stderr}"
+    );
+}

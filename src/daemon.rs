@@ -61,7 +61,7 @@ pub async fn run(
         stopping.clone(),
     );
     let unix_server = router(&service).await.serve_with_incoming_shutdown(
-        UnixListenerStream::new(unix),
+        crate::authority::fix_incoming(UnixListenerStream::new(unix)),
         stopping.clone().cancelled_owned(),
     );
     let tcp_server = async {

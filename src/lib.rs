@@ -14,6 +14,8 @@
 //! - [`store`]: per-client `watch` channels the gRPC handlers read without asking the actor.
 //! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
+//! - [`authority`]: makes the `:authority` stock gRPC clients send over a Unix socket (the socket
+//!   path) acceptable to tonic's HTTP/2 layer.
 //! - [`daemon`]: wires the above together and runs until shutdown.
 //! - [`authorize`]: `tokend authorize`, the one-time authorization-code flow of refresh-token
 //!   clients.
@@ -22,6 +24,7 @@
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
 
 pub mod actor;
+pub mod authority;
 pub mod authorize;
 pub mod config;
 pub mod ctl;

@@ -209,14 +209,7 @@ def run(args, pb, pb_grpc, hpb, hpb_grpc):
     if not stat.S_ISSOCK(os.stat(sock).st_mode):
         raise CheckFailed(f"{sock} is not a Unix socket (check --socket)")
 
-    # tonic's HTTP/2 layer (hyper/h2) rejects the :authority grpcio derives from a "unix:" target
-    # by default (the socket path, which is not a valid authority), so every call would fail.
-    # Without this option every call fails with INTERNAL "Received RST_STREAM with error code 1".
-    # Until the daemon accepts that, override the authority with a harmless "localhost".
-    # A later issue removes the need for this option; drop it then.
-    channel = grpc.insecure_channel(
-        "unix:" + sock, options=[("grpc.default_authority", "localhost")]
-    )
+    channel = grpc.insecure_channel("unix:" + sock)
     with channel:
         stub = pb_grpc.TokenServiceStub(channel)
 

@@ -467,3 +467,120 @@ code_param = "auth_code"
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grant_survives_forty_sigkills_at_random_moments() {
+    // A rotating provider with a grace period for a just-rotated refresh token (as Okta's and
+    // Auth0's have), 2 s access tokens, and a 400 ms pause before it processes each request so
+    // that kills land mid-refresh often (about one round in four).
+    let port = free_port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let idp = OidcServer::start(serde_json::json!({
+        "accessTokenTtl": 2,
+        "refreshTokenRotation": true,
+        "refreshTokenReuseGrace": 10,
+        "tokenDelayMs": 400,
+        "clients": [{
+            "client_id": "web-client", "client_secret": WEB_SECRET,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "redirect_uris": [redirect_uri],
+            "scope": "openid offline_access api:read"
+        }]
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), "web.secret", WEB_SECRET);
+    let socket = dir.path().join("tokend.sock");
+    let config = dir.path().join("tokend.toml");
+    let clients =
+        web_client(&idp, &redirect_uri).replace("{dir}", &dir.path().display().to_string());
+    // A short request timeout bounds how long a restarted daemon waits for a request its
+    // killed predecessor left in flight.
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nsocket = \"{}\"\n[refresh]\nrequest_timeout = \"2s\"\n{clients}",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let (child, url) = start_authorize(&config, "web");
+    approve_in_browser(&url, &redirect_uri).await;
+    finish_authorize(child);
+
+    let serve = |log: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "tokend=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let refreshes = |since_ms: u128, requests: &[serde_json::Value]| {
+        requests
+            .iter()
+            .filter(|r| {
+                r["grant_type"] == "refresh_token"
+                    && r["at_ms"].as_u64().unwrap() as u128 >= since_ms
+            })
+            .count()
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let mut mid_refresh = 0;
+    for round in 0..40 {
+        let log = dir.path().join(format!("round-{round}.log"));
+        let started = now_ms();
+        let mut daemon = serve(&log);
+        let wait = Duration::from_millis(50 + rand::random::<u64>() % 2950);
+        tokio::time::sleep(wait).await;
+        daemon.kill().unwrap(); // SIGKILL
+        daemon.wait().unwrap();
+        // Requests the provider received in this round, against those the daemon saw through.
+        let sent = refreshes(started, &idp.requests().await);
+        let finished = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("token refreshed")
+            .count();
+        if sent > finished {
+            mid_refresh += 1;
+        }
+    }
+    // Afterwards the grant still works: a daemon starts, gets a token, and keeps rotating.
+    let log = dir.path().join("final.log");
+    let mut daemon = serve(&log);
+    let mut rpc = eventually(Duration::from_secs(10), "the final daemon", || async {
+        tokend::ctl::connect(&socket).await.ok()
+    })
+    .await;
+    let token = rpc.get_token(get("web")).await.unwrap().into_inner();
+    assert_eq!(jwt_claims(&token.access_token)["sub"], "alice");
+    let before = refreshes(0, &idp.requests().await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after: Vec<_> = idp.requests().await;
+    assert!(refreshes(0, &after) >= before + 2, "still rotating");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // Every refresh the provider processed succeeded; none was refused as a reuse.
+    let rejected: Vec<_> = after.iter().filter(|r| r["status"] != 200).collect();
+    assert!(rejected.is_empty(), "no refresh was refused: {rejected:?}");
+    let graced = after
+        .iter()
+        .filter(|r| r["reused_within_grace"] == true)
+        .count();
+    eprintln!(
+        "crash test: 40 SIGKILLs, {mid_refresh} landed mid-refresh; {graced} times the refresh token was presented again after the provider had rotated it (accepted in its grace period); {} refreshes in all",
+        refreshes(0, &after)
+    );
+    assert!(
+        mid_refresh >= 1,
+        "with 400 ms in flight per 1.5 s, some kills land mid-refresh"
+    );
+}

@@ -1,6 +1,7 @@
 //! The token endpoint client: builds the grant request for one configured client, sends it over
 //! HTTPS (rustls) with a timeout and a cap on the reply size, and classifies the outcome.
 
+mod inflight;
 pub mod reply;
 
 use std::future::Future;
@@ -175,6 +176,19 @@ impl TokenSource for HttpTokenSource {
         let inner = self.inner.clone();
         Box::pin(async move {
             let _in_flight = inner.in_flight.lock().await;
+            if let (Grant::RefreshToken, Some(path)) =
+                (inner.client.grant, &inner.client.refresh_token_file)
+            {
+                let wait = inflight::wait_before_use(path, inner.timeout);
+                if !wait.is_zero() {
+                    tracing::info!(
+                        client_id = %inner.client.client_id,
+                        wait = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                        "an earlier refresh request may still be in flight; waiting until it is settled before reusing the refresh token"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
             // Waiting for the endpoint's budget is not part of the request's timeout.
             let _permit = inner.limiter.acquire().await;
             let timeout = inner.timeout;
@@ -240,14 +254,36 @@ impl Inner {
         // A refresh asks for no scope: omitted, it means the scope already granted (RFC 6749
         // section 6), while asking again fails with invalid_scope wherever consent granted less.
         let with_scope = c.grant == Grant::ClientCredentials;
-        let reply = request_token(&self.http, c, &grant, with_scope, self.default_lifetime).await?;
-        // A rotated refresh token must be on disk before the access token is published: if the
-        // daemon dies after publishing but before saving, the old refresh token (already spent)
-        // is all that is left and a person must authorize again.
-        if let (Some(new), Some(path)) = (&reply.refresh_token, &c.refresh_token_file) {
-            secret::write_file_durably(path, new.expose_secret())?;
+        let rt_file = c
+            .refresh_token_file
+            .as_deref()
+            .filter(|_| refresh_token.is_some());
+        if let Some(path) = rt_file {
+            inflight::mark(path).map_err(|source| SecretError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
-        Ok(reply)
+        let result = request_token(&self.http, c, &grant, with_scope, self.default_lifetime).await;
+        let Some(path) = rt_file else {
+            return result;
+        };
+        // An answer settles the request; a network error may have struck after it was sent,
+        // so its marker stays (see `inflight`).
+        if !matches!(result, Err(FetchError::Network(_))) {
+            // A rotated refresh token must be on disk before the access token is published:
+            // if the daemon died after publishing but before saving, the old refresh token
+            // (already spent) would be all that is left and a person must authorize again.
+            if let Ok(TokenReply {
+                refresh_token: Some(new),
+                ..
+            }) = &result
+            {
+                secret::write_file_durably(path, new.expose_secret())?;
+            }
+            inflight::clear(path);
+        }
+        result
     }
 }
 

@@ -22,6 +22,13 @@
 //     "resource": "urn:tokend:test-api", // resource indicator = JWT `aud`, used when
 //                                    // the request carries no `resource` parameter
 //     "signingAlg": "RS256",         // "RS256" or "ES256"; key generated at startup
+//     "refreshTokenReuseGrace": 0,   // seconds: a rotated (consumed) refresh token presented
+//                                    // again within this time is accepted in place of its
+//                                    // successor, as Okta's grace period and Auth0's reuse
+//                                    // interval do; such requests are marked
+//                                    // "reused_within_grace" in /_test/requests. 0 = strict.
+//     "tokenDelayMs": 0,             // delay before the token endpoint processes a request
+//                                    // (widens the window in which a client can die mid-request)
 //     "clientCredentialsDefaultScope": false,
 //                                    // false (oidc-provider's own behaviour): a
 //                                    // client_credentials request without `scope`
@@ -113,6 +120,10 @@ const accessTokenTtl = posInt('accessTokenTtl', 60);
 const refreshTokenTtl = posInt('refreshTokenTtl', 86400);
 const refreshTokenRotation = Boolean(cfg.refreshTokenRotation);
 const clientCredentialsDefaultScope = Boolean(cfg.clientCredentialsDefaultScope);
+const reuseGraceMs = Number(cfg.refreshTokenReuseGrace ?? 0) * 1000;
+const tokenDelayMs = Number(cfg.tokenDelayMs ?? 0);
+// consumed refresh token -> { next: its successor, at: when it was rotated }
+const successors = new Map();
 const enforceAuthMethod = cfg.enforceAuthMethod ?? true;
 const resourceIndicator = cfg.resource ?? 'urn:tokend:test-api';
 const signingAlg = cfg.signingAlg ?? 'RS256';
@@ -298,6 +309,9 @@ provider.use(async (ctx, next) => {
     authClientId ??= params.get('client_id');
     if (params.has('client_secret') && usedMethod === 'none') usedMethod = 'client_secret_post';
     if (entry) entry.grant_type = params.get('grant_type');
+    if (isToken && params.get('grant_type') === 'refresh_token') {
+      entry.presented_refresh_token = params.get('refresh_token');
+    }
     const sub = substituted.get(params.get('client_id'));
     if (sub && params.has('client_secret')) {
       params.set('client_secret', params.get('client_secret') === sub.real ? sub.substitute : 'wrong-secret');
@@ -337,9 +351,29 @@ provider.use(async (ctx, next) => {
   }
 
   if (!entry) return next();
+  if (tokenDelayMs > 0) await new Promise((resolve) => { setTimeout(resolve, tokenDelayMs); });
+  // The grace period applies when the request is processed, as a provider would check it.
+  if (entry.presented_refresh_token) {
+    let rt = entry.presented_refresh_token;
+    while (successors.has(rt) && Date.now() - successors.get(rt).at <= reuseGraceMs) {
+      rt = successors.get(rt).next;
+      entry.reused_within_grace = true;
+    }
+    if (rt !== entry.presented_refresh_token) {
+      const params = new URLSearchParams(ctx.req.body);
+      params.set('refresh_token', rt);
+      ctx.req.body = params.toString();
+      entry.presented_refresh_token = rt;
+    }
+  }
   try {
     await next();
     entry.status = ctx.status;
+    const rotated = ctx.status === 200 && ctx.body && ctx.body.refresh_token;
+    if (rotated && entry.presented_refresh_token && rotated !== entry.presented_refresh_token) {
+      successors.set(entry.presented_refresh_token, { next: rotated, at: Date.now() });
+    }
+    delete entry.presented_refresh_token;
   } catch (err) {
     entry.status = err.status || err.statusCode || 500;
     throw err;

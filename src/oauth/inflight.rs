@@ -1,0 +1,90 @@
+//! A marker beside a refresh token file while a refresh request is in flight.
+//!
+//! A refresh whose outcome is unknown (the process was killed, or the request timed out after
+//! it was sent) may still be processed by the provider, which then rotates the refresh token
+//! and, with reuse detection, revokes the whole grant if the old token arrives again while the
+//! first request is being handled. So before using a refresh token, tokend waits until any
+//! request a previous attempt left in flight has certainly been settled (one request timeout
+//! after it was sent), and only then sends the same token again. If the provider did process
+//! it, the answer is lost either way: providers with a reuse grace period (Okta, Auth0) accept
+//! the old token once more; strict ones answer invalid_grant, and the client asks for
+//! `tokend authorize`.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn marker_path(refresh_token_file: &Path) -> PathBuf {
+    let mut name = refresh_token_file
+        .file_name()
+        .unwrap_or_default()
+        .to_os_string();
+    name.push(".inflight");
+    refresh_token_file.with_file_name(name)
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// How long to wait before the refresh token may be sent again: the rest of `timeout` since
+/// a request that was left in flight, or zero.
+pub fn wait_before_use(refresh_token_file: &Path, timeout: Duration) -> Duration {
+    let Ok(text) = std::fs::read_to_string(marker_path(refresh_token_file)) else {
+        return Duration::ZERO;
+    };
+    let Ok(sent) = text.trim().parse::<u128>() else {
+        return timeout; // Unreadable: assume the worst, wait the full timeout.
+    };
+    let age = Duration::from_millis(now_ms().saturating_sub(sent).min(u64::MAX as u128) as u64);
+    timeout.saturating_sub(age)
+}
+
+/// Records that a request with the refresh token is about to be sent. Surviving a crash of
+/// the process is what matters (the page cache keeps it); after a power loss the request is
+/// long settled, so no fsync.
+pub fn mark(refresh_token_file: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(marker_path(refresh_token_file))?;
+    writeln!(f, "{}", now_ms())
+}
+
+/// The request's outcome is known (an answer arrived): no wait is owed any more.
+pub fn clear(refresh_token_file: &Path) {
+    let _ = std::fs::remove_file(marker_path(refresh_token_file));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_marker_asks_for_the_rest_of_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = dir.path().join("rt");
+        let timeout = Duration::from_secs(30);
+        assert_eq!(wait_before_use(&rt, timeout), Duration::ZERO);
+        mark(&rt).unwrap();
+        let wait = wait_before_use(&rt, timeout);
+        assert!(
+            wait > Duration::from_secs(29) && wait <= timeout,
+            "{wait:?}"
+        );
+        clear(&rt);
+        assert_eq!(wait_before_use(&rt, timeout), Duration::ZERO);
+        std::fs::write(marker_path(&rt), format!("{}\n", now_ms() - 60_000)).unwrap();
+        assert_eq!(
+            wait_before_use(&rt, timeout),
+            Duration::ZERO,
+            "an old marker is settled"
+        );
+    }
+}

@@ -3,9 +3,10 @@
 
 Usage:
     python3 tests/python/tokend_client_check.py --socket PATH --client NAME \
-        [--proto-root DIR] [--watch N]
+        [--proto-root DIR] [--watch N] [--calls N]
 
-Against a running daemon it:
+Against a running daemon, over one channel made with grpcio's defaults (no authority override;
+grpcio sends the socket path as the HTTP/2 :authority), it:
   * generates Python stubs from proto/tokend/v1/tokend.proto at run time (grpc_tools.protoc,
     into a temporary directory), plus a minimal grpc.health.v1 stub from a proto embedded below;
   * GetToken(NAME): non-empty access_token, token_type "Bearer", expires_at in the future;
@@ -13,11 +14,13 @@ Against a running daemon it:
   * GetToken("no-such-client"): fails with NOT_FOUND;
   * grpc.health.v1.Health/Check("tokend.v1.TokenService"): SERVING;
   * with --watch N (N >= 1): WatchToken(NAME) yields N+1 tokens (the current one, then N
-    rotations), each with a new access_token and a later-or-equal expires_at, within 60 s.
+    rotations), each with a new access_token and a later-or-equal expires_at, within 60 s;
+  * with --calls N: N more GetToken(NAME) calls, one after another on the same connection (so the
+    HPACK dynamic table of a long-lived connection wraps many times).
 
 On success prints exactly one line of JSON to stdout (never the token itself):
     {"ok": true, "client": NAME, "token_sha256_prefix": "<8 hex>", "scopes": [...],
-     "expires_at": <unix seconds>, "watched": N}
+     "expires_at": <unix seconds>, "watched": N, "calls": N}
 where the token fields describe the token GetToken returned.
 
 Exit codes: 0 success; 1 any check or RPC failed (one-line reason on stderr), including bad
@@ -107,9 +110,18 @@ def parse_args(argv):
         metavar="N",
         help="also watch for N token rotations (default 0: no watch)",
     )
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also make N GetToken calls on the same connection (default 0)",
+    )
     args = p.parse_args(argv)
     if args.watch < 0:
         p.error("--watch must be >= 0")
+    if args.calls < 0:
+        p.error("--calls must be >= 0")
     if not args.client:
         p.error("--client must not be empty")
     return args
@@ -262,6 +274,14 @@ def run(args, pb, pb_grpc, hpb, hpb_grpc):
         if args.watch >= 1:
             watch_tokens(stub, pb, args.client, args.watch)
 
+        # 6. Many calls on one connection
+        for i in range(args.calls):
+            try:
+                t = stub.GetToken(pb.GetTokenRequest(client=args.client), timeout=RPC_DEADLINE_S)
+            except grpc.RpcError as e:
+                raise rpc_error(f"GetToken call {i + 1} of {args.calls}", e)
+            check_token(f"GetToken call {i + 1} of {args.calls}", t, args.client)
+
     return {
         "ok": True,
         "client": args.client,
@@ -269,6 +289,7 @@ def run(args, pb, pb_grpc, hpb, hpb_grpc):
         "scopes": list(tok.scopes),
         "expires_at": tok.expires_at.seconds,
         "watched": args.watch,
+        "calls": args.calls,
     }
 
 

@@ -204,7 +204,7 @@ pub fn instructions(socket: &Path, token_endpoint: &str) -> String {
          \x20 curl -H \"Authorization: Bearer $(tokend get demo-post --socket {s})\" https://...\n\n\
          From Python (pip install grpcio grpcio-tools; stubs from proto/tokend/v1/tokend.proto):\n\
          \x20 import grpc; from tokend.v1 import tokend_pb2 as pb, tokend_pb2_grpc as rpc\n\
-         \x20 ch = grpc.insecure_channel(\"unix:{s}\", options=[(\"grpc.default_authority\", \"localhost\")])\n\
+         \x20 ch = grpc.insecure_channel(\"unix:{s}\")\n\
          \x20 print(rpc.TokenServiceStub(ch).GetToken(pb.GetTokenRequest(client=\"demo-basic\")).access_token)\n\n\
          Ctrl-C stops the demo.\n",
         DEMO_LIFETIME.as_secs()

@@ -67,7 +67,7 @@ impl Actor for TokenActor {
         myself: ActorRef<Self::Msg>,
         args: TokenArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.slot.attach(Some(myself.clone()));
+        args.slot.attach(myself.clone());
         let view = args.slot.view();
         let mut state = TokenState {
             args,
@@ -107,10 +107,10 @@ impl Actor for TokenActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.slot.attach(None);
+        state.args.slot.detach(&myself);
         Ok(())
     }
 
@@ -229,8 +229,9 @@ impl TokenState {
                 .max(e.retry_after().unwrap_or_default()),
         };
         let slot = &self.args.slot;
+        let settings = slot.settings();
         let reauthorize = kind == FailureKind::NeedsOperator
-            && slot.grant == Grant::RefreshToken
+            && settings.grant == Grant::RefreshToken
             && e.needs_reauthorization();
         let state = match kind {
             FailureKind::Transient => ClientState::BackingOff,
@@ -242,7 +243,7 @@ impl TokenState {
         match state {
             ClientState::ReauthorizationRequired if !self.operator_logged => {
                 self.operator_logged = true;
-                let command = slot
+                let command = settings
                     .authorize_command
                     .as_deref()
                     .unwrap_or("tokend authorize");

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// How long `GetToken` waits for a token when the caller set no deadline.
     #[serde(with = "humantime_serde_compat")]
     pub default_wait: Duration,
+    /// Under systemd, READY=1 is sent once every required client has a token, or after this
+    /// long, with the clients still without one named in STATUS=.
+    #[serde(with = "humantime_serde_compat")]
+    pub startup_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +63,7 @@ impl Default for ServerConfig {
             socket_mode: "0660".into(),
             tcp: None,
             default_wait: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -173,6 +178,8 @@ pub struct ClientConfig {
     pub client_id: String,
     pub client_secret_file: Option<PathBuf>,
     pub client_secret_env: Option<String>,
+    /// A systemd credential (`LoadCredential=`): the secret is `$CREDENTIALS_DIRECTORY/NAME`.
+    pub client_secret_credential: Option<String>,
     #[serde(default = "default_auth_method")]
     pub auth_method: AuthMethod,
     #[serde(default = "default_grant")]
@@ -198,6 +205,47 @@ pub struct ClientConfig {
     pub pkce: bool,
     /// ...and the query parameter that carries the code (`code`; some providers use another).
     pub code_param: Option<String>,
+    /// Who may read this client's token over the Unix socket: user names or numeric uids...
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// ...and group names or numeric gids (a caller's primary group, or a group it is listed
+    /// in). With neither list, every caller that can open the socket may.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Serve this client on the TCP listener too. TCP callers cannot be identified, so a
+    /// client is never served there unless it says so.
+    #[serde(default)]
+    pub allow_tcp: bool,
+    /// Whether systemd readiness waits for this client's first token.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl ClientConfig {
+    /// The file the client secret is read from: `client_secret_file`, or the systemd
+    /// credential's path.
+    pub fn secret_file(&self) -> Option<PathBuf> {
+        self.client_secret_file.clone().or_else(|| {
+            let name = self.client_secret_credential.as_ref()?;
+            Some(PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join(name))
+        })
+    }
+
+    /// The settings that decide how tokens are fetched (everything but who may read them):
+    /// a change here means the client's token must be fetched anew.
+    pub fn fetch_settings(&self) -> ClientConfig {
+        ClientConfig {
+            allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
+            allow_tcp: false,
+            required: true,
+            ..self.clone()
+        }
+    }
 }
 
 fn default_auth_method() -> AuthMethod {
@@ -373,39 +421,66 @@ impl ClientConfig {
         if self.client_id.is_empty() {
             return Err(("client_id".into(), "must not be empty".into()));
         }
-        match (&self.client_secret_file, &self.client_secret_env) {
-            (Some(_), Some(_)) => {
+        let sources = [
+            self.client_secret_file.is_some(),
+            self.client_secret_env.is_some(),
+            self.client_secret_credential.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => {
                 return Err((
                     "client_secret_file".into(),
-                    "set either client_secret_file or client_secret_env, not both".into(),
+                    "a client secret is required: set client_secret_file, client_secret_env or client_secret_credential".into(),
                 ));
             }
-            (None, None) => {
+            1 => {}
+            _ => {
                 return Err((
                     "client_secret_file".into(),
-                    "a client secret is required: set client_secret_file or client_secret_env"
-                        .into(),
+                    "set only one of client_secret_file, client_secret_env and client_secret_credential, not both".into(),
                 ));
-            }
-            (Some(path), None) if !path.is_absolute() => {
-                return Err((
-                    "client_secret_file".into(),
-                    format!("{} must be an absolute path", path.display()),
-                ));
-            }
-            (Some(path), None) => {
-                crate::secret::check_file(path)
-                    .map_err(|e| ("client_secret_file".to_string(), e.to_string()))?;
-            }
-            (None, Some(var)) => {
-                if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
-                    return Err((
-                        "client_secret_env".into(),
-                        format!("environment variable {var} is not set or empty"),
-                    ));
-                }
             }
         }
+        if let Some(path) = &self.client_secret_file
+            && !path.is_absolute()
+        {
+            return Err((
+                "client_secret_file".into(),
+                format!("{} must be an absolute path", path.display()),
+            ));
+        }
+        if let Some(name) = &self.client_secret_credential {
+            if name.is_empty() || name.contains('/') {
+                return Err((
+                    "client_secret_credential".into(),
+                    format!("{name:?} is not a credential name"),
+                ));
+            }
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                return Err((
+                    "client_secret_credential".into(),
+                    "needs systemd's LoadCredential= (CREDENTIALS_DIRECTORY is not set)".into(),
+                ));
+            }
+        }
+        if let Some(path) = self.secret_file() {
+            let key = if self.client_secret_file.is_some() {
+                "client_secret_file"
+            } else {
+                "client_secret_credential"
+            };
+            crate::secret::check_file(&path).map_err(|e| (key.to_string(), e.to_string()))?;
+        }
+        if let Some(var) = &self.client_secret_env
+            && std::env::var_os(var).is_none_or(|v| v.is_empty())
+        {
+            return Err((
+                "client_secret_env".into(),
+                format!("environment variable {var} is not set or empty"),
+            ));
+        }
+        crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
+            .map_err(|(key, reason)| (key.to_string(), reason))?;
         match (self.grant, &self.refresh_token_file) {
             (Grant::RefreshToken, None) => {
                 return Err((

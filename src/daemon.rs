@@ -1,193 +1,170 @@
-//! Wires the parts into a running daemon: store slots and the supervisor from the config, the
-//! gRPC services on the listeners, and an orderly stop when `shutdown` resolves.
+//! Wires the parts into a running daemon: listeners (bound, or passed by systemd), the clients
+//! from the config, the gRPC services, systemd notifications, reloads on request, and an
+//! orderly stop when `shutdown` resolves.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
 
-use ractor::Actor;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tracing::info;
-
-use ractor::ActorRef;
-use tokio::task::JoinHandle;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
-use crate::actor::TokenArgs;
-use crate::config::{Config, Grant, RefreshPolicy};
+use crate::clients::{Clients, StartError, client_spec, reconcile};
+use crate::config::Config;
 use crate::limit::EndpointLimiters;
 use crate::listen::{self, ListenError, SocketFile};
-use crate::oauth::{HttpTokenSource, TokenSource, http_client};
+use crate::oauth::http_client;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::TokenServiceImpl;
-use crate::store::{ClientSlot, TokenStore};
-use crate::supervisor::{Supervisor, SupervisorMsg};
+use crate::systemd::{self, Activated};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Listen(#[from] ListenError),
-    #[error("cannot start the supervisor: {0}")]
-    Supervisor(String),
+    #[error("cannot use the sockets systemd passed: {0}")]
+    Activation(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Runs the daemon until `shutdown` resolves.
+type Server = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Runs the daemon until `shutdown` resolves; each item of `reloads` (SIGHUP) re-reads the
+/// config file.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
+    mut reloads: impl Stream<Item = ()> + Send + Unpin,
 ) -> Result<(), RunError> {
-    // Bind first: a daemon that cannot be reached should fail before it fetches anything.
-    let (unix, _socket_file) = SocketFile::bind(&config.server.socket, config.socket_mode())?;
-    let tcp = match config.server.tcp {
-        Some(addr) => Some(listen::bind_tcp(addr).await?),
-        None => None,
-    };
+    // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
+    let activated = systemd::activated_listeners().map_err(RunError::Activation)?;
+    let mut unix = Vec::new();
+    let mut tcp = Vec::new();
+    let mut _socket_file = None;
+    if activated.is_empty() {
+        let (listener, file) = SocketFile::bind(&config.server.socket, config.socket_mode())?;
+        unix.push(listener);
+        _socket_file = Some(file);
+        if let Some(addr) = config.server.tcp {
+            tcp.push(listen::bind_tcp(addr).await?);
+        }
+    } else {
+        for listener in activated {
+            match listener {
+                Activated::Unix(l) => unix.push(l),
+                Activated::Tcp(l) => tcp.push(l),
+            }
+        }
+    }
 
-    let specs = client_specs(&config, &http_client());
+    let http = http_client();
+    let mut limiters = EndpointLimiters::new(
+        config.refresh.endpoint_concurrency,
+        config.refresh.endpoint_spacing,
+    );
+    let specs = config
+        .clients
+        .keys()
+        .map(|name| client_spec(&config, name, &http, &mut limiters))
+        .collect();
     let clients = Clients::start(specs, &config.refresh).await?;
-
     info!(
         socket = %config.server.socket.display(),
-        tcp = ?config.server.tcp,
+        socket_activated = _socket_file.is_none(),
+        tcp = tcp.len(),
         clients = config.clients.len(),
         "tokend serving"
     );
+
     let stopping = CancellationToken::new();
     let service = TokenServiceImpl::new(
         clients.store.clone(),
         config.server.default_wait,
         stopping.clone(),
     );
-    let unix_server = router(&service).await.serve_with_incoming_shutdown(
-        crate::authority::fix_incoming(UnixListenerStream::new(unix)),
-        stopping.clone().cancelled_owned(),
-    );
-    let tcp_server = async {
-        match tcp {
-            Some(listener) => {
-                router(&service)
-                    .await
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
-                        stopping.clone().cancelled_owned(),
-                    )
-                    .await
+    let mut servers: Vec<Server> = Vec::new();
+    for listener in unix {
+        let incoming = crate::authority::fix_incoming(UnixListenerStream::new(listener));
+        let router = router(&service).await;
+        let stop = stopping.clone().cancelled_owned();
+        servers.push(Box::pin(
+            router.serve_with_incoming_shutdown(incoming, stop),
+        ));
+    }
+    for listener in tcp {
+        let router = router(&service).await;
+        let stop = stopping.clone().cancelled_owned();
+        servers.push(Box::pin(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop,
+        )));
+    }
+    let mut servers = futures_util::future::try_join_all(servers);
+    let status = tokio::spawn(systemd::report_status(
+        clients.store.clone(),
+        config.server.startup_timeout,
+    ));
+    let mut running = config;
+    let result = {
+        let watchdog = systemd::watchdog(&clients);
+        tokio::pin!(shutdown, watchdog);
+        loop {
+            tokio::select! {
+                r = &mut servers => break r.map(drop),
+                () = &mut shutdown => {
+                    info!("shutting down");
+                    systemd::stopping();
+                    stopping.cancel();
+                    break servers.await.map(drop);
+                }
+                Some(()) = reloads.next() => {
+                    reload(&mut running, &clients, &http, &mut limiters).await;
+                }
+                () = &mut watchdog => {}
             }
-            None => Ok(()),
         }
     };
-    let servers = async { tokio::try_join!(unix_server, tcp_server) };
-    tokio::pin!(servers);
-    let result = tokio::select! {
-        r = &mut servers => r.map(drop),
-        () = shutdown => {
-            info!("shutting down");
-            stopping.cancel();
-            servers.await.map(drop)
-        }
-    };
+    status.abort();
     clients.stop().await;
     result.map_err(RunError::from)
 }
 
-/// A token source per configured client, fetching over `http`; clients of one token endpoint
-/// share that endpoint's request budget.
-pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> {
-    let mut limiters = EndpointLimiters::new(
-        config.refresh.endpoint_concurrency,
-        config.refresh.endpoint_spacing,
-    );
-    config
-        .clients
-        .iter()
-        .map(|(name, c)| ClientSpec {
-            name: name.clone(),
-            grant: c.grant,
-            authorize_command: (c.grant == Grant::RefreshToken).then(|| {
-                let config = config
-                    .source_path
-                    .as_ref()
-                    .map_or("CONFIG".into(), |p| p.display().to_string());
-                format!("tokend authorize {name} --config {config}")
-            }),
-            source: Arc::new(HttpTokenSource::new(
-                http.clone(),
-                c.clone(),
-                &config.refresh,
-                limiters.for_endpoint(&c.token_endpoint),
-            )),
-        })
-        .collect()
-}
-
-/// One client to run: its name, grant, and where its tokens come from.
-pub struct ClientSpec {
-    pub name: String,
-    pub grant: Grant,
-    /// What an operator runs when a refresh-token client must be authorized again.
-    pub authorize_command: Option<String>,
-    pub source: Arc<dyn TokenSource>,
-}
-
-/// The running token actors, under their supervisor, and the store they publish to.
-pub struct Clients {
-    pub store: Arc<TokenStore>,
-    supervisor: ActorRef<SupervisorMsg>,
-    task: JoinHandle<()>,
-    sources: Vec<Arc<dyn TokenSource>>,
-    request_timeout: Duration,
-}
-
-impl Clients {
-    pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, RunError> {
-        let slots: Vec<Arc<ClientSlot>> = specs
-            .iter()
-            .map(|s| {
-                Arc::new(ClientSlot::new(
-                    s.name.clone(),
-                    s.grant,
-                    s.authorize_command.clone(),
-                ))
-            })
-            .collect();
-        let sources = specs.iter().map(|s| s.source.clone()).collect();
-        let args = specs
-            .into_iter()
-            .zip(&slots)
-            .map(|(spec, slot)| TokenArgs {
-                slot: slot.clone(),
-                source: spec.source,
-                policy: policy.clone(),
-            })
-            .collect();
-        let (supervisor, task) = Actor::spawn(None, Supervisor, args)
-            .await
-            .map_err(|e| RunError::Supervisor(e.to_string()))?;
-        Ok(Self {
-            store: Arc::new(TokenStore::new(slots)),
-            supervisor,
-            task,
-            sources,
-            request_timeout: policy.request_timeout,
-        })
+/// Re-reads the config file. A bad one is reported and changes nothing; a good one is applied
+/// client by client. Server settings (sockets) take effect at the next start.
+async fn reload(
+    running: &mut Config,
+    clients: &Clients,
+    http: &reqwest::Client,
+    limiters: &mut EndpointLimiters,
+) {
+    systemd::reloading();
+    match running.source_path.clone() {
+        None => warn!("reload requested, but this daemon was not started from a config file"),
+        Some(path) => match Config::load(&path) {
+            Err(e) => error!("reload failed; the running configuration stays in effect: {e}"),
+            Ok(mut new) => {
+                if new.server != running.server {
+                    warn!("[server] settings changed; they take effect when tokend restarts");
+                    new.server = running.server.clone();
+                }
+                let changes = reconcile(clients, running, &new, http, limiters).await;
+                info!(
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    refetched = ?changes.refetched,
+                    rescheduled = ?changes.rescheduled,
+                    access_updated = ?changes.updated,
+                    "configuration reloaded"
+                );
+                *running = new;
+            }
+        },
     }
-
-    /// The supervisor, for tests that need to reach its children.
-    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
-        &self.supervisor
-    }
-
-    /// Stops every actor and waits until they are gone, then for requests still in flight
-    /// (bounded by the request timeout): a refresh token rotated by a request already sent
-    /// arrives in its reply, and must be saved rather than dropped with the process.
-    pub async fn stop(self) {
-        self.supervisor.stop(Some("daemon shutting down".into()));
-        let _ = self.task.await;
-        let idle = futures_util::future::join_all(self.sources.iter().map(|s| s.idle()));
-        let _ = tokio::time::timeout(self.request_timeout, idle).await;
-    }
+    systemd::ready_again(&clients.store);
 }
 
 /// The services every listener offers: tokend's own, standard health, and reflection (so

@@ -164,6 +164,7 @@ pub fn config(
                 client_id: id.to_string(),
                 client_secret_file: Some(path),
                 client_secret_env: None,
+                client_secret_credential: None,
                 auth_method: method,
                 grant: Grant::ClientCredentials,
                 refresh_token_file: None,
@@ -176,6 +177,10 @@ pub fn config(
                 redirect_uri: None,
                 pkce: false,
                 code_param: None,
+                allowed_users: Vec::new(),
+                allowed_groups: Vec::new(),
+                allow_tcp: false,
+                required: true,
             },
         );
     }

@@ -12,10 +12,13 @@
 //! - [`oauth`]: the token endpoint client (grant requests, client auth, reply parsing).
 //! - [`limit`]: the request budget each token endpoint's clients share.
 //! - [`store`]: per-client `watch` channels the gRPC handlers read without asking the actor.
+//! - [`access`]: who may read which client's token (peer credentials, allow-lists).
 //! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
 //! - [`authority`]: makes the `:authority` stock gRPC clients send over a Unix socket (the socket
 //!   path) acceptable to tonic's HTTP/2 layer.
+//! - [`clients`]: the running set of clients; applies a reloaded config as a difference.
+//! - [`systemd`]: readiness, status, watchdog, reload and stop notifications; socket activation.
 //! - [`daemon`]: wires the above together and runs until shutdown.
 //! - [`authorize`]: `tokend authorize`, the one-time authorization-code flow of refresh-token
 //!   clients.
@@ -23,9 +26,11 @@
 //! - [`demo`]: a built-in token endpoint for `tokend demo`, the newcomer's first run.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
 
+pub mod access;
 pub mod actor;
 pub mod authority;
 pub mod authorize;
+pub mod clients;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -38,6 +43,7 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {

@@ -146,7 +146,11 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EX_CONFIG, e),
     };
-    match tokend::run(config, shutdown_signal()).await {
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => tokio_stream::wrappers::SignalStream::new(signal),
+        Err(e) => return fail(1, format!("cannot handle SIGHUP: {e}")),
+    };
+    match tokend::run(config, shutdown_signal(), hangups).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, e),
     }
@@ -189,7 +193,8 @@ async fn run_demo(socket: PathBuf) -> ExitCode {
         let endpoint = demo::start_endpoint().await?;
         let config = demo::config(&endpoint, &socket, secrets.path())?;
         eprintln!("{}", demo::instructions(&socket, &endpoint));
-        tokend::run(config, shutdown_signal()).await?;
+        // The demo's config is built in memory: there is nothing to reload.
+        tokend::run(config, shutdown_signal(), tokio_stream::pending()).await?;
         Ok::<_, demo::DemoError>(())
     }
     .await;

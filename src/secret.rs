@@ -26,6 +26,10 @@ pub enum SecretError {
     Empty { path: PathBuf },
     #[error("{path}: is not UTF-8 text")]
     NotText { path: PathBuf },
+    #[error(
+        "{path}: is readable by other users (mode {mode:04o}); a secret file must not be: chmod 600 {path}"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("environment variable {var} is not set or empty")]
     MissingEnv { var: String },
     #[error("{path}: cannot write: {source}")]
@@ -55,6 +59,12 @@ pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
             path: path.to_path_buf(),
         });
     }
+    if exposed(path, &meta) {
+        return Err(SecretError::Exposed {
+            path: path.to_path_buf(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
     if meta.size() > MAX_SECRET_FILE {
         return Err(SecretError::TooLarge {
             path: path.to_path_buf(),
@@ -75,6 +85,20 @@ pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
         });
     }
     Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// Whether users other than the daemon's could read the file: any permission for others, or
+/// group read unless the group is the daemon's own (the usual `root:tokend 0640`). Files that
+/// systemd passed as credentials are private to the service by construction.
+fn exposed(path: &Path, meta: &std::fs::Metadata) -> bool {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
+        && path.starts_with(dir)
+    {
+        return false;
+    }
+    let mode = meta.mode();
+    let group_is_ours = meta.gid() == nix::unistd::getegid().as_raw();
+    mode & 0o007 != 0 || (mode & 0o040 != 0 && !group_is_ours)
 }
 
 /// Reads a secret from an environment variable.
@@ -158,6 +182,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         std::fs::write(&path, "pa:ss+wörd%\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_file(&path).unwrap().expose_secret(), "pa:ss+wörd%");
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(read_file(&path), Err(SecretError::Empty { .. })));
@@ -170,6 +195,21 @@ mod tests {
             read_file(dir.path()),
             Err(SecretError::NotAFile { .. })
         ));
+    }
+
+    #[test]
+    fn files_readable_by_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let err = read_file(&path).unwrap_err();
+        assert!(matches!(err, SecretError::Exposed { mode: 0o604, .. }));
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(!err.to_string().contains("secret\n"));
+        // Group-readable is fine when the group is the daemon's own.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_file(&path).is_ok());
     }
 
     #[test]

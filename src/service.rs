@@ -9,7 +9,9 @@ use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
 
+use crate::access::Caller;
 use crate::proto::{self, token_service_server::TokenService};
 use crate::store::{ClientSlot, ClientState, ClientView, Token, TokenStore};
 
@@ -39,15 +41,23 @@ impl TokenServiceImpl {
         }
     }
 
-    fn slot(&self, client: &str) -> Result<&Arc<ClientSlot>, Status> {
+    /// The client's slot, if it exists and `caller` may read it.
+    fn slot(&self, client: &str, caller: &Caller) -> Result<Arc<ClientSlot>, Status> {
         if client.is_empty() {
             return Err(Status::invalid_argument(
                 "client must name a configured client",
             ));
         }
-        self.store
-            .get(client)
-            .ok_or_else(|| Status::not_found(format!("no client named {client:?} is configured")))
+        let slot = self.store.get(client).ok_or_else(|| {
+            Status::not_found(format!("no client named {client:?} is configured"))
+        })?;
+        if !slot.allows(caller) {
+            warn!(client = %client, caller = %caller, "denied: caller is not allowed to read this client's token");
+            return Err(Status::permission_denied(format!(
+                "{caller} may not read the token of client {client:?}"
+            )));
+        }
+        Ok(slot)
     }
 
     /// How long a call may wait: the caller's deadline less headroom, else the default.
@@ -106,7 +116,8 @@ fn explain(slot: &ClientSlot, view: &ClientView) -> NoToken {
         )),
         ClientState::ReauthorizationRequired => NoToken::NeedsOperator(format!(
             "client {name:?} must be authorized again: {error}; run `{}`",
-            slot.authorize_command
+            slot.settings()
+                .authorize_command
                 .as_deref()
                 .unwrap_or("tokend authorize")
         )),
@@ -189,10 +200,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
         let wait = self.wait_budget(&request);
+        let caller = Caller::of(&request);
         let req = request.get_ref();
-        let slot = self.slot(&req.client)?;
+        let slot = self.slot(&req.client, &caller)?;
         let min_valid = Duration::from_secs(req.min_valid_seconds.into());
-        let token = self.token_for(slot, min_valid, None, wait).await?;
+        let token = self.token_for(&slot, min_valid, None, wait).await?;
+        audit(&slot.name, &caller, &token);
         Ok(Response::new(to_proto(&slot.name, &token)))
     }
 
@@ -202,17 +215,31 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<proto::WatchTokenRequest>,
     ) -> Result<Response<Self::WatchTokenStream>, Status> {
-        let slot = self.slot(&request.get_ref().client)?.clone();
+        let caller = Caller::of(&request);
+        let slot = self.slot(&request.get_ref().client, &caller)?;
         let name = slot.name.clone();
         let mut last = 0;
-        // Every view change wakes the stream; only a new token generation is sent.
-        let tokens = WatchStream::new(slot.subscribe()).filter_map(move |view| {
+        // Weak: a client removed by a reload drops its slot, which ends the stream.
+        let weak = Arc::downgrade(&slot);
+        let changes = WatchStream::new(slot.subscribe());
+        drop(slot);
+        // Every view change wakes the stream; only a new token generation is sent, and only
+        // while the caller may still read it (a reload can take that away).
+        let tokens = changes.filter_map(move |view| {
+            let allowed = weak.upgrade().is_some_and(|s| s.allows(&caller));
+            if !allowed {
+                return Some(Err(Status::permission_denied(format!(
+                    "{caller} may no longer read the token of client {name:?}"
+                ))));
+            }
             let token = view
                 .token
                 .filter(|t| t.generation > last && t.is_valid(Instant::now()))?;
             last = token.generation;
+            audit(&name, &caller, &token);
             Some(Ok(to_proto(&name, &token)))
         });
+        // tonic ends the response at the first error, so a denial is the stream's last item.
         let stream =
             futures_util::StreamExt::take_until(tokens, self.stopping.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
@@ -223,8 +250,9 @@ impl TokenService for TokenServiceImpl {
         request: Request<proto::RefreshTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
         let wait = self.wait_budget(&request);
+        let caller = Caller::of(&request);
         let req = request.get_ref();
-        let slot = self.slot(&req.client)?;
+        let slot = self.slot(&req.client, &caller)?;
         if req.rejected_access_token.is_empty() {
             return Err(Status::invalid_argument(
                 "rejected_access_token must be the token the API rejected",
@@ -237,19 +265,24 @@ impl TokenService for TokenServiceImpl {
             .filter(|t| t.access_token.expose() == req.rejected_access_token)
             .map(|t| t.generation);
         let token = self
-            .token_for(slot, Duration::ZERO, newer_than, wait)
+            .token_for(&slot, Duration::ZERO, newer_than, wait)
             .await?;
+        audit(&slot.name, &caller, &token);
         Ok(Response::new(to_proto(&slot.name, &token)))
     }
 
     async fn list_clients(
         &self,
-        _request: Request<proto::ListClientsRequest>,
+        request: Request<proto::ListClientsRequest>,
     ) -> Result<Response<proto::ListClientsResponse>, Status> {
+        let caller = Caller::of(&request);
         let now = Instant::now();
+        // Clients the caller may not read are not shown at all.
         let clients = self
             .store
-            .iter()
+            .all()
+            .into_iter()
+            .filter(|slot| slot.allows(&caller))
             .map(|slot| {
                 let view = slot.view();
                 let token = view.token.as_ref();
@@ -261,13 +294,23 @@ impl TokenService for TokenServiceImpl {
                     next_refresh_at: view.next_attempt.map(|(_, wall)| timestamp(wall)),
                     consecutive_failures: view.consecutive_failures,
                     last_error: view.last_error.clone().unwrap_or_default(),
-                    grant: slot.grant.as_str().to_string(),
+                    grant: slot.settings().grant.as_str().to_string(),
                     has_valid_token: token.is_some_and(|t| t.is_valid(now)),
                 }
             })
             .collect();
         Ok(Response::new(proto::ListClientsResponse { clients }))
     }
+}
+
+/// The audit record of a token handed out: who got which client's token, by fingerprint.
+fn audit(client: &str, caller: &Caller, token: &Token) {
+    debug!(
+        client = %client,
+        caller = %caller,
+        fingerprint = %token.access_token.fingerprint(),
+        "token handed out"
+    );
 }
 
 fn to_proto(client: &str, token: &Token) -> proto::Token {

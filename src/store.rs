@@ -3,13 +3,14 @@
 //! view; readers borrow it (the hot path) or wait on it (first fetch, rotation streams).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ractor::ActorRef;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::access::{Access, Caller};
 use crate::actor::TokenMsg;
 use crate::config::Grant;
 use crate::secret::AccessToken;
@@ -74,18 +75,29 @@ impl ClientView {
     }
 }
 
-/// One configured client's published state and the way to ask its actor for a refresh.
-pub struct ClientSlot {
-    pub name: String,
+/// What a slot knows of its client's configuration, beyond fetching tokens.
+#[derive(Debug, Clone)]
+pub struct SlotSettings {
     pub grant: Grant,
     /// For refresh-token clients, the command that authorizes the client again.
     pub authorize_command: Option<String>,
+    pub access: Access,
+    /// Whether systemd readiness waits for this client.
+    pub required: bool,
+}
+
+/// One configured client's published state and the way to ask its actor for a refresh.
+pub struct ClientSlot {
+    pub name: String,
+    settings: RwLock<Arc<SlotSettings>>,
     view: watch::Sender<ClientView>,
     actor: Mutex<Option<ActorRef<TokenMsg>>>,
+    /// Shared by every slot of a store: woken on any change (systemd status reporting).
+    changed: Arc<Notify>,
 }
 
 impl ClientSlot {
-    pub fn new(name: String, grant: Grant, authorize_command: Option<String>) -> Self {
+    pub fn new(name: String, settings: SlotSettings, changed: Arc<Notify>) -> Self {
         let (view, _) = watch::channel(ClientView {
             token: None,
             state: ClientState::Starting,
@@ -95,11 +107,39 @@ impl ClientSlot {
         });
         Self {
             name,
-            grant,
-            authorize_command,
+            settings: RwLock::new(Arc::new(settings)),
             view,
             actor: Mutex::new(None),
+            changed,
         }
+    }
+
+    pub fn settings(&self) -> Arc<SlotSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings in place (a reload that changed only who may read the token).
+    pub fn set_settings(&self, settings: SlotSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
+
+    pub fn allows(&self, caller: &Caller) -> bool {
+        self.settings().access.allows(caller)
+    }
+
+    /// Forgets the token and state: the client's fetch settings changed, so what it held no
+    /// longer answers for it. Waiters and `WatchToken` streams stay attached.
+    pub fn reset(&self) {
+        self.publish(|v| {
+            v.token = None;
+            v.state = ClientState::Starting;
+            v.next_attempt = None;
+            v.consecutive_failures = 0;
+            v.last_error = None;
+        });
     }
 
     /// The current view, cloned (cheap: the token is behind an `Arc`).
@@ -114,11 +154,24 @@ impl ClientSlot {
     /// Applies a change and wakes every waiter.
     pub fn publish(&self, change: impl FnOnce(&mut ClientView)) {
         self.view.send_modify(change);
+        self.changed.notify_one();
     }
 
     /// Records which actor serves this client now (a restart replaces it).
-    pub fn attach(&self, actor: Option<ActorRef<TokenMsg>>) {
-        *self.actor.lock().unwrap_or_else(|e| e.into_inner()) = actor;
+    pub fn attach(&self, actor: ActorRef<TokenMsg>) {
+        *self.actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+    }
+
+    /// Forgets `actor` if it is still the one recorded (a stopping actor must not detach its
+    /// successor).
+    pub fn detach(&self, actor: &ActorRef<TokenMsg>) {
+        let mut current = self.actor.lock().unwrap_or_else(|e| e.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|a| a.get_id() == actor.get_id())
+        {
+            *current = None;
+        }
     }
 
     /// Asks the actor to refresh now if `generation` is still the current token: callers that
@@ -132,25 +185,43 @@ impl ClientSlot {
     }
 }
 
-/// All clients' slots, by name.
+/// All clients' slots, by name. Reloads add and remove slots; readers take an `Arc` out.
 #[derive(Default)]
 pub struct TokenStore {
-    clients: BTreeMap<String, Arc<ClientSlot>>,
+    clients: RwLock<BTreeMap<String, Arc<ClientSlot>>>,
+    /// Woken whenever any client's view changes.
+    pub changed: Arc<Notify>,
 }
 
 impl TokenStore {
-    pub fn new(slots: impl IntoIterator<Item = Arc<ClientSlot>>) -> Self {
-        Self {
-            clients: slots.into_iter().map(|s| (s.name.clone(), s)).collect(),
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Arc<ClientSlot>> {
-        self.clients.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<ClientSlot>> {
+        self.read().get(name).cloned()
     }
 
     /// Every slot, in name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ClientSlot>> {
-        self.clients.values()
+    pub fn all(&self) -> Vec<Arc<ClientSlot>> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn insert(&self, slot: Arc<ClientSlot>) {
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot.name.clone(), slot);
+        self.changed.notify_one();
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<ClientSlot>> {
+        let removed = self
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.changed.notify_one();
+        removed
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ClientSlot>>> {
+        self.clients.read().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fault::{FaultEndpoint, Reply};
 use futures::future::join_all;
 use tokend::Config;
-use tokend::daemon::{Clients, client_specs};
+use tokend::clients::{Clients, client_specs};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
 use tokend::service::TokenServiceImpl;
@@ -31,6 +31,7 @@ async fn start(endpoint: FaultEndpoint, clients: &[&str], refresh: &str) -> Harn
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut toml = format!("[refresh]\nrequest_timeout = \"5s\"\n{refresh}\n");
     for name in clients {
         toml.push_str(&format!(

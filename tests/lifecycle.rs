@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
+use tokend::clients::{ClientSpec, Clients};
 use tokend::config::{Grant, RefreshPolicy};
-use tokend::daemon::{ClientSpec, Clients};
 use tokend::oauth::reply::{LifetimeSource, OAuthError};
 use tokend::oauth::{FetchError, TokenReply, TokenSource};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
 use tokend::secret::AccessToken;
 use tokend::service::TokenServiceImpl;
+use tokend::store::SlotSettings;
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
@@ -155,8 +156,12 @@ async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
     let clients = Clients::start(
         vec![ClientSpec {
             name: "app".into(),
-            grant: Grant::ClientCredentials,
-            authorize_command: None,
+            settings: SlotSettings {
+                grant: Grant::ClientCredentials,
+                authorize_command: None,
+                access: Default::default(),
+                required: true,
+            },
             source: Arc::new(source.clone()),
         }],
         &policy,

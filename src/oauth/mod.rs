@@ -204,7 +204,7 @@ impl TokenSource for HttpTokenSource {
         use std::os::unix::fs::MetadataExt;
         let c = &self.inner.client;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for path in [&c.client_secret_file, &c.refresh_token_file]
+        for path in [c.secret_file(), c.refresh_token_file.clone()]
             .into_iter()
             .flatten()
         {
@@ -298,8 +298,8 @@ pub async fn request_token(
     with_scope: bool,
     default_lifetime: Duration,
 ) -> Result<TokenReply, FetchError> {
-    let secret = match (&c.client_secret_file, &c.client_secret_env) {
-        (Some(path), _) => secret::read_file(path)?,
+    let secret = match (c.secret_file(), &c.client_secret_env) {
+        (Some(path), _) => secret::read_file(&path)?,
         (None, Some(var)) => secret::read_env(var)?,
         (None, None) => unreachable!("validated: one secret source is set"),
     };

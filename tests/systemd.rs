@@ -351,7 +351,11 @@ async fn reload_applies_the_difference_and_a_broken_config_changes_nothing() {
         ]
         .concat(),
     );
-    let proc = spawn(dir.path(), &mut serve(&config));
+    let notify = NotifySocket::bind(dir.path());
+    let proc = spawn(
+        dir.path(),
+        serve(&config).env("NOTIFY_SOCKET", &notify.path),
+    );
     let mut rpc = connect(&socket).await;
     let a_before = rpc
         .get_token(get("a", Duration::from_secs(10)))
@@ -386,6 +390,21 @@ async fn reload_applies_the_difference_and_a_broken_config_changes_nothing() {
     );
     proc.signal("HUP");
     proc.wait_log("configuration reloaded", 1).await;
+    // systemd hears RELOADING=1 (with the monotonic time it asks for), then READY=1 again.
+    let (reloading_at, reloading) = notify.first("RELOADING=1").await;
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let ready_again = eventually(
+        Duration::from_secs(5),
+        "READY=1 after the reload",
+        || async {
+            notify
+                .all()
+                .into_iter()
+                .find(|(t, m)| *t >= reloading_at && m.lines().any(|l| l == "READY=1"))
+        },
+    )
+    .await;
+    assert!(ready_again.1.contains("STATUS="), "{}", ready_again.1);
     let log = proc.log_text();
     assert!(
         log.contains("added=[\"d\"]")

@@ -217,7 +217,7 @@ impl Tracker {
                 // Indexed field. An empty `:authority` (static index 1, or an entry that kept
                 // one) is dropped: a request without `:authority` is served like any other.
                 let index = r.int(7)?;
-                if self.lookup(index)?.2 == Kind::BadAuthority {
+                if self.lookup(index)?.1 == Kind::BadAuthority {
                     edits.push(Edit {
                         range: start..r.pos,
                         bytes: Vec::new(),
@@ -266,7 +266,7 @@ impl Tracker {
             };
             (len, is_authority)
         } else {
-            let (name_len, _, kind) = self.lookup(index)?;
+            let (name_len, kind) = self.lookup(index)?;
             (name_len, kind != Kind::Other)
         };
         let value = r.string()?;
@@ -310,17 +310,17 @@ impl Tracker {
         Ok(())
     }
 
-    /// The name length, entry size (0 for static entries) and kind at HPACK `index`.
-    fn lookup(&self, index: usize) -> Result<(usize, usize, Kind), Malformed> {
+    /// The name length and kind of the entry at HPACK `index`.
+    fn lookup(&self, index: usize) -> Result<(usize, Kind), Malformed> {
         match index {
             0 => Err(Malformed("HPACK index 0")),
             // Static index 1 is `:authority` with an empty value.
-            1 => Ok((AUTHORITY.len(), 0, Kind::BadAuthority)),
-            2..=61 => Ok((STATIC_NAMES[index - 1].len(), 0, Kind::Other)),
+            1 => Ok((AUTHORITY.len(), Kind::BadAuthority)),
+            2..=61 => Ok((STATIC_NAMES[index - 1].len(), Kind::Other)),
             _ => self
                 .entries
                 .get(index - 62)
-                .map(|e| (e.name_len, e.size, e.kind))
+                .map(|e| (e.name_len, e.kind))
                 .ok_or(Malformed("an HPACK index beyond the table")),
         }
     }
@@ -409,7 +409,7 @@ fn replacement(len: usize, huffman_coded: bool, room: usize) -> Option<Vec<u8>> 
     let host = placeholder_host(len);
     let data = if huffman_coded {
         let coded = huffman(&host);
-        if string_repr_len(coded.len()) <= room {
+        if int_len(coded.len(), 7) + coded.len() <= room {
             coded
         } else {
             // `a` has a 5-bit code, the shortest there is, so `a`s take the fewest bytes any
@@ -431,10 +431,19 @@ fn replacement(len: usize, huffman_coded: bool, room: usize) -> Option<Vec<u8>> 
     (repr.len() <= room).then_some(repr)
 }
 
-fn string_repr_len(data_len: usize) -> usize {
-    let mut v = Vec::new();
-    push_int(&mut v, data_len, 7, 0);
-    v.len() + data_len
+/// How many bytes [`push_int`] writes for `value`.
+fn int_len(value: usize, prefix: u8) -> usize {
+    let mask = (1usize << prefix) - 1;
+    if value < mask {
+        return 1;
+    }
+    let mut rest = value - mask;
+    let mut len = 2;
+    while rest >= 0x80 {
+        rest >>= 7;
+        len += 1;
+    }
+    len
 }
 
 /// Appends an HPACK integer with a `prefix`-bit prefix, `flags` in the first byte's high bits.
@@ -506,6 +515,7 @@ mod tests {
                 let mut r = Reader { buf: &buf, pos: 0 };
                 assert_eq!(r.int(prefix).unwrap(), value);
                 assert_eq!(r.pos, buf.len());
+                assert_eq!(int_len(value, prefix), buf.len());
             }
         }
         let mut r = Reader {

@@ -475,6 +475,18 @@ fn the_adapter_delivers_what_came_before_an_error_then_the_error() {
     assert_equivalent(&input, &read_all(&input, 3, 5).unwrap());
 }
 
+#[tokio::test]
+async fn connect_info_is_the_wrapped_connections() {
+    use std::os::unix::fs::MetadataExt;
+    use tonic::transport::server::Connected;
+
+    let (server, _client) = tokio::net::UnixStream::pair().unwrap();
+    let info = AuthorityFix::new(server).connect_info();
+    let cred = info.peer_cred.expect("peer credentials");
+    assert_eq!(cred.uid(), std::fs::metadata("/proc/self").unwrap().uid());
+    assert_eq!(cred.pid(), Some(std::process::id() as i32));
+}
+
 // ----- property tests -----
 
 /// How a literal is represented.

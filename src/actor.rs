@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Grant, RefreshPolicy};
+use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, TokenReply, TokenSource};
 use crate::schedule;
 use crate::store::{ClientSlot, ClientState, Token};
@@ -182,6 +183,11 @@ impl TokenState {
         let delay = schedule::refresh_delay(&self.args.policy, reply.lifetime, rand::random());
         self.schedule(myself, delay);
         let slot = &self.args.slot;
+        let expires_unix = (wall + reply.lifetime)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        METRICS.token_received(&slot.name, expires_unix);
         info!(
             client = %slot.name,
             fingerprint = %reply.access_token.fingerprint(),
@@ -239,6 +245,14 @@ impl TokenState {
             FailureKind::NeedsOperator => ClientState::NeedsOperator,
         };
         let name = &slot.name;
+        METRICS.token_failed(
+            name,
+            match kind {
+                FailureKind::Transient => "transient",
+                FailureKind::NeedsOperator => "needs_operator",
+            },
+            &e,
+        );
         let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         match state {
             ClientState::ReauthorizationRequired if !self.operator_logged => {

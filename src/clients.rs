@@ -1,6 +1,7 @@
 //! The running set of clients: their store slots and token actors under the supervisor, built
 //! from the config at start and changed in place by a reload.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,14 +13,17 @@ use crate::actor::TokenArgs;
 use crate::config::{ClientConfig, Config, Grant, RefreshPolicy};
 use crate::limit::EndpointLimiters;
 use crate::oauth::{HttpTokenSource, TokenSource};
+use crate::sink::{self, FileSink};
 use crate::store::{ClientSlot, SlotSettings, TokenStore};
 use crate::supervisor::{Supervisor, SupervisorMsg};
 
-/// One client to run: its name, its slot settings, and where its tokens come from.
+/// One client to run: its name, its slot settings, where its tokens come from, and the file
+/// they are also written to.
 pub struct ClientSpec {
     pub name: String,
     pub settings: SlotSettings,
     pub source: Arc<dyn TokenSource>,
+    pub sink: Option<FileSink>,
 }
 
 /// The slot settings of a configured client (validated config: names resolve).
@@ -52,8 +56,11 @@ pub fn client_spec(
     ClientSpec {
         name: name.to_string(),
         settings: settings_of(config, name, c),
+        // Validated at load, as for the access lists.
+        sink: c.file_sink.as_ref().and_then(|s| s.resolve().ok()),
         source: Arc::new(HttpTokenSource::new(
             http.clone(),
+            name,
             c.clone(),
             &config.refresh,
             limiters.for_endpoint(&c.token_endpoint),
@@ -81,6 +88,8 @@ pub struct Clients {
     task: JoinHandle<()>,
     /// Every source ever started, to wait for their requests at shutdown.
     sources: Mutex<Vec<Arc<dyn TokenSource>>>,
+    /// The file sink task of each client that has one.
+    sinks: Mutex<HashMap<String, JoinHandle<()>>>,
     request_timeout: Duration,
 }
 
@@ -92,6 +101,7 @@ impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, StartError> {
         let store = Arc::new(TokenStore::default());
         let sources = specs.iter().map(|s| s.source.clone()).collect();
+        let mut sinks = HashMap::new();
         let args = specs
             .into_iter()
             .map(|spec| {
@@ -101,6 +111,9 @@ impl Clients {
                     store.changed.clone(),
                 ));
                 store.insert(slot.clone());
+                if let Some(sink) = spec.sink {
+                    sinks.insert(slot.name.clone(), sink::spawn(&slot, sink));
+                }
                 TokenArgs {
                     slot,
                     source: spec.source,
@@ -116,6 +129,7 @@ impl Clients {
             supervisor,
             task,
             sources: Mutex::new(sources),
+            sinks: Mutex::new(sinks),
             request_timeout: policy.request_timeout,
         })
     }
@@ -151,6 +165,15 @@ impl Clients {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(spec.source.clone());
+        {
+            let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = sinks.remove(&slot.name) {
+                old.abort();
+            }
+            if let Some(sink) = spec.sink {
+                sinks.insert(slot.name.clone(), sink::spawn(&slot, sink));
+            }
+        }
         let args = TokenArgs {
             slot,
             source: spec.source,
@@ -162,7 +185,16 @@ impl Clients {
     /// Stops a client and removes it: callers get NOT_FOUND, its streams end.
     pub async fn remove(&self, name: &str) {
         let _ = ractor::call!(self.supervisor, SupervisorMsg::Stop, name.to_string());
+        if let Some(sink) = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        {
+            sink.abort();
+        }
         self.store.remove(name);
+        crate::metrics::METRICS.forget(name);
     }
 
     /// Whether the supervisor is serving its mailbox (for the systemd watchdog).

@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub refresh: RefreshPolicy,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
     /// The file this was read from; named in messages that tell an operator what to run.
     #[serde(skip)]
@@ -66,6 +68,14 @@ impl Default for ServerConfig {
             startup_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback address to serve `GET /metrics` on; no listener when unset.
+    pub listen: Option<SocketAddr>,
 }
 
 /// When tokens are refreshed and how failures are retried.
@@ -219,6 +229,8 @@ pub struct ClientConfig {
     /// Whether systemd readiness waits for this client's first token.
     #[serde(default = "default_true")]
     pub required: bool,
+    /// Also write each new token to a file, for consumers that can only read files.
+    pub file_sink: Option<crate::sink::FileSinkConfig>,
 }
 
 fn default_true() -> bool {
@@ -343,6 +355,14 @@ impl Config {
                 format!(
                     "{tcp} is not a loopback address; tokens must not leave the host (use 127.0.0.1 or [::1])"
                 ),
+            ));
+        }
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(err(
+                "metrics.listen".into(),
+                format!("{addr} is not a loopback address (use 127.0.0.1 or [::1])"),
             ));
         }
         if self.server.default_wait.is_zero() {
@@ -481,6 +501,10 @@ impl ClientConfig {
         }
         crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
             .map_err(|(key, reason)| (key.to_string(), reason))?;
+        if let Some(sink) = &self.file_sink {
+            sink.resolve()
+                .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;
+        }
         match (self.grant, &self.refresh_token_file) {
             (Grant::RefreshToken, None) => {
                 return Err((

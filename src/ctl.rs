@@ -62,6 +62,23 @@ pub async fn get(
     Ok(rpc.get_token(request).await?.into_inner())
 }
 
+/// The token as one JSON object, for scripts: the token, its type and scopes, and its expiry
+/// both as RFC 3339 and as seconds from now.
+pub fn token_json(token: &proto::Token, now: SystemTime) -> String {
+    let expires = token.expires_at.as_ref().map(|t| {
+        SystemTime::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+    });
+    serde_json::json!({
+        "client": token.client,
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "scopes": token.scopes,
+        "expires_at": expires.map(|e| humantime::format_rfc3339_seconds(e).to_string()),
+        "expires_in": expires.map(|e| e.duration_since(now).unwrap_or_default().as_secs()),
+    })
+    .to_string()
+}
+
 /// Every client's status, rendered as a table.
 pub async fn status(socket: &Path) -> Result<String, CtlError> {
     let mut rpc = connect(socket).await?;
@@ -160,6 +177,27 @@ fn until(t: &prost_types::Timestamp, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_json_has_every_field() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let token = proto::Token {
+            client: "c".into(),
+            access_token: "t".into(),
+            token_type: "Bearer".into(),
+            scopes: vec!["a".into()],
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_300,
+                nanos: 0,
+            }),
+            issued_at: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&token_json(&token, now)).unwrap();
+        assert_eq!(v["access_token"], "t");
+        assert_eq!(v["scopes"], serde_json::json!(["a"]));
+        assert_eq!(v["expires_at"], "2023-11-14T22:18:20Z");
+        assert_eq!(v["expires_in"], 300);
+    }
 
     #[test]
     fn status_table_aligns_and_shows_state() {

@@ -61,6 +61,13 @@ pub async fn run(
         }
     }
 
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(tokio::spawn(crate::metrics::serve(
+            listen::bind_tcp(addr).await?,
+        ))),
+        None => None,
+    };
+
     let http = http_client();
     let mut limiters = EndpointLimiters::new(
         config.refresh.endpoint_concurrency,
@@ -129,6 +136,9 @@ pub async fn run(
         }
     };
     status.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     clients.stop().await;
     result.map_err(RunError::from)
 }

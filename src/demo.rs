@@ -181,6 +181,7 @@ pub fn config(
                 allowed_groups: Vec::new(),
                 allow_tcp: false,
                 required: true,
+                file_sink: None,
             },
         );
     }
@@ -191,6 +192,7 @@ pub fn config(
             ..ServerConfig::default()
         },
         refresh: RefreshPolicy::default(),
+        metrics: Default::default(),
         clients,
         source_path: None,
     })

@@ -14,6 +14,7 @@
 //! - [`store`]: per-client `watch` channels the gRPC handlers read without asking the actor.
 //! - [`access`]: who may read which client's token (peer credentials, allow-lists).
 //! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
+//! - [`sink`]: per-client files rewritten atomically with each new token.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
 //! - [`authority`]: makes the `:authority` stock gRPC clients send over a Unix socket (the socket
 //!   path) acceptable to tonic's HTTP/2 layer.
@@ -24,6 +25,8 @@
 //!   clients.
 //! - [`ctl`]: the `get` and `status` subcommands, gRPC clients of a running daemon.
 //! - [`demo`]: a built-in token endpoint for `tokend demo`, the newcomer's first run.
+//! - [`metrics`]: Prometheus metrics on an optional loopback listener.
+//! - [`logging`]: text or JSON log output.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
 
 pub mod access;
@@ -37,10 +40,13 @@ pub mod daemon;
 pub mod demo;
 pub mod limit;
 pub mod listen;
+pub mod logging;
+pub mod metrics;
 pub mod oauth;
 pub mod schedule;
 pub mod secret;
 pub mod service;
+pub mod sink;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

@@ -1,6 +1,5 @@
 //! The `tokend` binary: parses the command line, sets up logging, and hands over to the library.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,6 +18,9 @@ const EX_CONFIG: u8 = 78;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: tokend::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +53,9 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Print a JSON object (token, type, scopes, expiry) instead of the bare token.
+        #[arg(long)]
+        json: bool,
     },
     /// Show every client's state, scopes and expiry.
     ///
@@ -88,15 +93,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    tokend::logging::init(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,7 +113,12 @@ fn main() -> ExitCode {
                 socket,
                 min_valid,
                 timeout,
+                json,
             } => match ctl::get(&socket, &client, min_valid, Duration::from_secs(timeout)).await {
+                Ok(token) if json => {
+                    println!("{}", ctl::token_json(&token, std::time::SystemTime::now()));
+                    ExitCode::SUCCESS
+                }
                 Ok(token) => {
                     println!("{}", token.access_token);
                     ExitCode::SUCCESS

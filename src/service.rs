@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::access::Caller;
+use crate::metrics::{METRICS, WatchGuard};
 use crate::proto::{self, token_service_server::TokenService};
 use crate::store::{ClientSlot, ClientState, ClientView, Token, TokenStore};
 
@@ -193,9 +194,8 @@ impl TokenServiceImpl {
 
 type TokenStream = Pin<Box<dyn Stream<Item = Result<proto::Token, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl TokenService for TokenServiceImpl {
-    async fn get_token(
+impl TokenServiceImpl {
+    async fn get(
         &self,
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
@@ -209,23 +209,24 @@ impl TokenService for TokenServiceImpl {
         Ok(Response::new(to_proto(&slot.name, &token)))
     }
 
-    type WatchTokenStream = TokenStream;
-
-    async fn watch_token(
+    async fn watch(
         &self,
         request: Request<proto::WatchTokenRequest>,
-    ) -> Result<Response<Self::WatchTokenStream>, Status> {
+    ) -> Result<Response<TokenStream>, Status> {
         let caller = Caller::of(&request);
         let slot = self.slot(&request.get_ref().client, &caller)?;
         let name = slot.name.clone();
         let mut last = 0;
         // Weak: a client removed by a reload drops its slot, which ends the stream.
         let weak = Arc::downgrade(&slot);
+        let open = WatchGuard::open();
         let changes = WatchStream::new(slot.subscribe());
         drop(slot);
         // Every view change wakes the stream; only a new token generation is sent, and only
         // while the caller may still read it (a reload can take that away).
         let tokens = changes.filter_map(move |view| {
+            // Moved in so the stream counts as open exactly as long as it exists.
+            let _open = &open;
             let allowed = weak.upgrade().is_some_and(|s| s.allows(&caller));
             if !allowed {
                 return Some(Err(Status::permission_denied(format!(
@@ -245,7 +246,7 @@ impl TokenService for TokenServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn refresh_token(
+    async fn refresh(
         &self,
         request: Request<proto::RefreshTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
@@ -271,7 +272,7 @@ impl TokenService for TokenServiceImpl {
         Ok(Response::new(to_proto(&slot.name, &token)))
     }
 
-    async fn list_clients(
+    async fn list(
         &self,
         request: Request<proto::ListClientsRequest>,
     ) -> Result<Response<proto::ListClientsResponse>, Status> {
@@ -301,6 +302,48 @@ impl TokenService for TokenServiceImpl {
             .collect();
         Ok(Response::new(proto::ListClientsResponse { clients }))
     }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenServiceImpl {
+    async fn get_token(
+        &self,
+        request: Request<proto::GetTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        counted("GetToken", self.get(request).await)
+    }
+
+    type WatchTokenStream = TokenStream;
+
+    async fn watch_token(
+        &self,
+        request: Request<proto::WatchTokenRequest>,
+    ) -> Result<Response<Self::WatchTokenStream>, Status> {
+        counted("WatchToken", self.watch(request).await)
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<proto::RefreshTokenRequest>,
+    ) -> Result<Response<proto::Token>, Status> {
+        counted("RefreshToken", self.refresh(request).await)
+    }
+
+    async fn list_clients(
+        &self,
+        request: Request<proto::ListClientsRequest>,
+    ) -> Result<Response<proto::ListClientsResponse>, Status> {
+        counted("ListClients", self.list(request).await)
+    }
+}
+
+/// Counts a finished call by method and status code.
+fn counted<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    METRICS.grpc(method, code);
+    result
 }
 
 /// The audit record of a token handed out: who got which client's token, by fingerprint.

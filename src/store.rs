@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::access::{Access, Caller};
 use crate::actor::TokenMsg;
 use crate::config::Grant;
+use crate::metrics::METRICS;
 use crate::secret::AccessToken;
 
 /// A token as handed to callers, with both clocks: the monotonic one decides validity (immune
@@ -53,6 +54,21 @@ pub enum ClientState {
     NeedsOperator,
     ReauthorizationRequired,
     Failed,
+}
+
+impl ClientState {
+    /// The state's name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Starting => "starting",
+            ClientState::Fresh => "fresh",
+            ClientState::Refreshing => "refreshing",
+            ClientState::BackingOff => "backing_off",
+            ClientState::NeedsOperator => "needs_operator",
+            ClientState::ReauthorizationRequired => "reauthorization_required",
+            ClientState::Failed => "failed",
+        }
+    }
 }
 
 /// Everything a reader may want about one client, replaced as a whole on every change.
@@ -153,7 +169,12 @@ impl ClientSlot {
 
     /// Applies a change and wakes every waiter.
     pub fn publish(&self, change: impl FnOnce(&mut ClientView)) {
-        self.view.send_modify(change);
+        let mut state = ClientState::Starting;
+        self.view.send_modify(|v| {
+            change(v);
+            state = v.state;
+        });
+        METRICS.set_state(&self.name, state);
         self.changed.notify_one();
     }
 

@@ -163,6 +163,7 @@ async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
                 required: true,
             },
             source: Arc::new(source.clone()),
+            sink: None,
         }],
         &policy,
     )

@@ -13,6 +13,7 @@ use base64::Engine;
 
 use crate::config::{AuthMethod, ClientConfig, Grant, RefreshPolicy};
 use crate::limit::EndpointLimiter;
+use crate::metrics::METRICS;
 use crate::secret::{self, ExposeSecret, SecretError, SecretString};
 pub use reply::{OAuthError, ReplyError, TokenReply};
 
@@ -97,6 +98,24 @@ impl FetchError {
         }
     }
 
+    /// A short, bounded label for metrics: the OAuth error code, `http_NNN`, or the kind.
+    pub fn label(&self) -> String {
+        match self {
+            FetchError::OAuth { error, .. } => error
+                .error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect(),
+            FetchError::Status { status, .. } => format!("http_{status}"),
+            FetchError::Network(_) => "network".into(),
+            FetchError::Timeout(_) => "timeout".into(),
+            FetchError::TooLarge => "too_large".into(),
+            FetchError::Reply(_) => "bad_reply".into(),
+            FetchError::Secret(_) | FetchError::NoRefreshToken(_) => "credentials".into(),
+        }
+    }
+
     /// The delay the endpoint asked for with `Retry-After`, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -141,6 +160,8 @@ pub struct HttpTokenSource {
 
 struct Inner {
     http: reqwest::Client,
+    /// The client's name in the config, for logs.
+    name: String,
     client: ClientConfig,
     default_lifetime: Duration,
     timeout: Duration,
@@ -154,6 +175,7 @@ struct Inner {
 impl HttpTokenSource {
     pub fn new(
         http: reqwest::Client,
+        name: &str,
         client: ClientConfig,
         policy: &RefreshPolicy,
         limiter: Arc<EndpointLimiter>,
@@ -161,6 +183,7 @@ impl HttpTokenSource {
         Self {
             inner: Arc::new(Inner {
                 http,
+                name: name.to_string(),
                 client,
                 default_lifetime: policy.default_lifetime,
                 timeout: policy.request_timeout,
@@ -182,7 +205,7 @@ impl TokenSource for HttpTokenSource {
                 let wait = inflight::wait_before_use(path, inner.timeout);
                 if !wait.is_zero() {
                     tracing::info!(
-                        client_id = %inner.client.client_id,
+                        client = %inner.name,
                         wait = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
                         "an earlier refresh request may still be in flight; waiting until it is settled before reusing the refresh token"
                     );
@@ -192,10 +215,13 @@ impl TokenSource for HttpTokenSource {
             // Waiting for the endpoint's budget is not part of the request's timeout.
             let _permit = inner.limiter.acquire().await;
             let timeout = inner.timeout;
-            match tokio::time::timeout(timeout, inner.fetch()).await {
+            let started = tokio::time::Instant::now();
+            let result = match tokio::time::timeout(timeout, inner.fetch()).await {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout(timeout)),
-            }
+            };
+            METRICS.request_took(&inner.name, started.elapsed());
+            result
         })
     }
 

@@ -1,0 +1,247 @@
+//! Prometheus metrics (OpenMetrics text), served on an optional loopback listener
+//! (`[metrics] listen`). One registry for the process: the daemon has one set of clients.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::oauth::FetchError;
+use crate::store::ClientState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabel {
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub client: String,
+    /// "success" or "failure".
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub client: String,
+    /// "transient" (retried with backoff) or "needs_operator".
+    pub kind: &'static str,
+    /// The OAuth error code, `http_NNN`, or one of network, timeout, too_large, bad_reply,
+    /// credentials.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub client: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: &'static str,
+    pub code: String,
+}
+
+/// Every metric tokend exports.
+pub struct Metrics {
+    registry: Registry,
+    pub token_expiry: Family<ClientLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub refreshes: Family<RefreshLabels, Counter>,
+    pub request_duration: Family<ClientLabel, Histogram>,
+    pub endpoint_errors: Family<ErrorLabels, Counter>,
+    pub client_state: Family<StateLabels, Gauge>,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub watch_streams: Gauge,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+const STATES: [ClientState; 7] = [
+    ClientState::Starting,
+    ClientState::Fresh,
+    ClientState::Refreshing,
+    ClientState::BackingOff,
+    ClientState::NeedsOperator,
+    ClientState::ReauthorizationRequired,
+    ClientState::Failed,
+];
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tokend");
+        let m = Metrics {
+            token_expiry: Family::default(),
+            refreshes: Family::default(),
+            // 5 ms to about 40 s: loopback providers answer in milliseconds, remote ones in
+            // tenths of a second, and a stalled one runs into the request timeout.
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
+            endpoint_errors: Family::default(),
+            client_state: Family::default(),
+            grpc_requests: Family::default(),
+            watch_streams: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When the client's current token expires (Unix time)",
+            m.token_expiry.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "Token requests by result",
+            m.refreshes.clone(),
+        );
+        registry.register(
+            "token_request_duration_seconds",
+            "Duration of token requests to the token endpoint",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "token_endpoint_errors",
+            "Failed token requests by kind and OAuth error code",
+            m.endpoint_errors.clone(),
+        );
+        registry.register(
+            "client_state",
+            "1 for the state each client is in, 0 for the others",
+            m.client_state.clone(),
+        );
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            m.grpc_requests.clone(),
+        );
+        registry.register(
+            "watch_streams_active",
+            "Open WatchToken streams",
+            m.watch_streams.clone(),
+        );
+        registry.register(
+            "build",
+            "tokend's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn set_state(&self, client: &str, state: ClientState) {
+        for s in STATES {
+            let labels = StateLabels {
+                client: client.to_string(),
+                state: s.as_str(),
+            };
+            self.client_state
+                .get_or_create(&labels)
+                .set(i64::from(s == state));
+        }
+    }
+
+    pub fn token_received(&self, client: &str, expires_unix: f64) {
+        let label = ClientLabel {
+            client: client.to_string(),
+        };
+        self.token_expiry.get_or_create(&label).set(expires_unix);
+        self.refreshes
+            .get_or_create(&RefreshLabels {
+                client: client.to_string(),
+                result: "success",
+            })
+            .inc();
+    }
+
+    pub fn token_failed(&self, client: &str, kind: &'static str, error: &FetchError) {
+        self.refreshes
+            .get_or_create(&RefreshLabels {
+                client: client.to_string(),
+                result: "failure",
+            })
+            .inc();
+        self.endpoint_errors
+            .get_or_create(&ErrorLabels {
+                client: client.to_string(),
+                kind,
+                error: error.label(),
+            })
+            .inc();
+    }
+
+    pub fn request_took(&self, client: &str, took: Duration) {
+        self.request_duration
+            .get_or_create(&ClientLabel {
+                client: client.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn grpc(&self, method: &'static str, code: tonic::Code) {
+        self.grpc_requests
+            .get_or_create(&GrpcLabels {
+                method,
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    /// Drops the gauges of a client that was removed (its counters stay until restart).
+    pub fn forget(&self, client: &str) {
+        for s in STATES {
+            self.client_state.remove(&StateLabels {
+                client: client.to_string(),
+                state: s.as_str(),
+            });
+        }
+        self.token_expiry.remove(&ClientLabel {
+            client: client.to_string(),
+        });
+    }
+}
+
+/// Counts an open WatchToken stream for as long as it lives.
+pub struct WatchGuard;
+
+impl WatchGuard {
+    pub fn open() -> WatchGuard {
+        METRICS.watch_streams.inc();
+        WatchGuard
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        METRICS.watch_streams.dec();
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                METRICS.encode(),
+            )
+        }),
+    );
+    let _ = axum::serve(listener, app).await;
+}

@@ -1,0 +1,265 @@
+//! The file sink, for consumers that can only read a file: each new token of a client is
+//! written to a file of its own, replaced atomically (temporary file beside it with the final
+//! mode and owner, fsync, rename), so a reader never sees a partial or mixed file.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::store::{ClientSlot, Token};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    /// Octal file mode (default "0600").
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// User and group to own the file (names or ids); unchanged when unset.
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+fn default_mode() -> String {
+    "0600".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The bare token and a newline.
+    #[default]
+    Token,
+    /// A JSON object: access_token, token_type, scopes, expires_at (RFC 3339 and Unix seconds).
+    Json,
+}
+
+/// A sink ready to write: the config with mode and owner resolved.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    path: PathBuf,
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+    format: SinkFormat,
+}
+
+impl FileSinkConfig {
+    /// Checks and resolves the settings; errors name the key.
+    pub fn resolve(&self) -> Result<FileSink, (&'static str, String)> {
+        if !self.path.is_absolute() {
+            return Err((
+                "path",
+                format!("{} must be an absolute path", self.path.display()),
+            ));
+        }
+        match self.path.parent() {
+            Some(dir) if dir.is_dir() => {}
+            _ => {
+                return Err((
+                    "path",
+                    format!("the directory of {} does not exist", self.path.display()),
+                ));
+            }
+        }
+        let mode = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or((
+                "mode",
+                format!("{:?} is not an octal file mode such as \"0640\"", self.mode),
+            ))?;
+        let owner = match &self.owner {
+            None => None,
+            Some(name) => Some(match name.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => nix::unistd::User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or(("owner", format!("no user named {name:?} on this host")))?
+                    .uid
+                    .as_raw(),
+            }),
+        };
+        let group = match &self.group {
+            None => None,
+            Some(name) => Some(match name.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or(("group", format!("no group named {name:?} on this host")))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
+        Ok(FileSink {
+            path: self.path.clone(),
+            mode,
+            owner,
+            group,
+            format: self.format,
+        })
+    }
+}
+
+impl FileSink {
+    fn content(&self, token: &Token) -> String {
+        match self.format {
+            SinkFormat::Token => format!("{}\n", token.access_token.expose()),
+            SinkFormat::Json => {
+                let expires = token
+                    .expires_wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let mut text = serde_json::json!({
+                    "access_token": token.access_token.expose(),
+                    "token_type": token.token_type,
+                    "scopes": token.scopes,
+                    "expires_at": humantime::format_rfc3339_seconds(token.expires_wall).to_string(),
+                    "expires_at_unix": expires,
+                })
+                .to_string();
+                text.push('\n');
+                text
+            }
+        }
+    }
+
+    /// Replaces the file with `content`, atomically.
+    fn write(&self, content: &str) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            // Ownership and mode are final before the content goes in and the name appears.
+            if self.owner.is_some() || self.group.is_some() {
+                nix::unistd::fchown(
+                    &file,
+                    self.owner.map(nix::unistd::Uid::from_raw),
+                    self.group.map(nix::unistd::Gid::from_raw),
+                )?;
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+            file.write_all(content.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Writes every new token of `slot` to the sink until the client goes away (its slot is
+/// dropped) or the returned task is aborted (the client's sink changed).
+pub fn spawn(slot: &Arc<ClientSlot>, sink: FileSink) -> JoinHandle<()> {
+    let mut changes = slot.subscribe();
+    let name = slot.name.clone();
+    tokio::spawn(async move {
+        let mut written = 0;
+        loop {
+            let token = changes
+                .borrow_and_update()
+                .token
+                .clone()
+                .filter(|t| t.generation != written);
+            if let Some(token) = token {
+                written = token.generation;
+                let sink = sink.clone();
+                let content = sink.content(&token);
+                let path = sink.path.clone();
+                match tokio::task::spawn_blocking(move || sink.write(&content)).await {
+                    Ok(Ok(())) => {
+                        debug!(client = %name, path = %path.display(), "token written to file sink")
+                    }
+                    Ok(Err(e)) => {
+                        warn!(client = %name, path = %path.display(), "cannot write file sink: {e}")
+                    }
+                    Err(e) => warn!(client = %name, "file sink task failed: {e}"),
+                }
+            }
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = FileSinkConfig {
+            path: dir.path().join("t"),
+            mode: "0640".into(),
+            owner: Some("root".into()),
+            group: Some("0".into()),
+            format: SinkFormat::Json,
+        };
+        let sink = ok.resolve().unwrap();
+        assert_eq!(
+            (sink.mode, sink.owner, sink.group),
+            (0o640, Some(0), Some(0))
+        );
+        let bad = |f: fn(&mut FileSinkConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.resolve().unwrap_err().0
+        };
+        assert_eq!(bad(|c| c.path = "relative".into()), "path");
+        assert_eq!(bad(|c| c.path = "/no/such/dir/t".into()), "path");
+        assert_eq!(bad(|c| c.mode = "rw".into()), "mode");
+        assert_eq!(bad(|c| c.owner = Some("no-such-user-xyz".into())), "owner");
+        assert_eq!(bad(|c| c.group = Some("no-such-group-xyz".into())), "group");
+    }
+
+    #[test]
+    fn write_replaces_the_file_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSinkConfig {
+            path: dir.path().join("t"),
+            mode: "0640".into(),
+            owner: None,
+            group: None,
+            format: SinkFormat::Token,
+        }
+        .resolve()
+        .unwrap();
+        sink.write("one\n").unwrap();
+        sink.write("two\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("t")).unwrap(),
+            "two\n"
+        );
+        let mode = std::fs::metadata(dir.path().join("t"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+}

@@ -111,14 +111,27 @@ pub fn read_env(var: &str) -> Result<SecretString, SecretError> {
     }
 }
 
-/// Replaces `path` with `content` so that a crash at any moment leaves either the old or the new
-/// content, never a mix: write a temporary file beside it (mode 0600), fsync, rename over, fsync
-/// the directory so the rename itself survives a power loss.
+/// Replaces `path` with `content` and a newline, mode 0600, so that a crash at any moment
+/// leaves either the old or the new content (see [`replace_file`]).
 pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError> {
-    let write_err = |source| SecretError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    replace_file(path, format!("{content}\n").as_bytes(), 0o600, None, None).map_err(|source| {
+        SecretError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Replaces `path` atomically: a temporary file beside it gets the final owner and mode before
+/// the content goes in, is fsynced and renamed over `path`, and the directory is fsynced so the
+/// rename itself survives a power loss. Readers see the old file or the new one, never a mix.
+pub fn replace_file(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -132,9 +145,15 @@ pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError>
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(content.as_bytes())?;
-        file.write_all(b"\n")?;
+        if owner.is_some() || group.is_some() {
+            nix::unistd::fchown(
+                &file,
+                owner.map(nix::unistd::Uid::from_raw),
+                group.map(nix::unistd::Gid::from_raw),
+            )?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(content)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -142,7 +161,7 @@ pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError>
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(write_err)
+    result
 }
 
 /// An access token. Its `Debug` shows only a fingerprint, so it can sit in structs that are

@@ -2,9 +2,7 @@
 //! written to a file of its own, replaced atomically (temporary file beside it with the final
 //! mode and owner, fsync, rename), so a reader never sees a partial or mixed file.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -136,33 +134,13 @@ impl FileSink {
 
     /// Replaces the file with `content`, atomically.
     fn write(&self, content: &str) -> std::io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            // Ownership and mode are final before the content goes in and the name appears.
-            if self.owner.is_some() || self.group.is_some() {
-                nix::unistd::fchown(
-                    &file,
-                    self.owner.map(nix::unistd::Uid::from_raw),
-                    self.group.map(nix::unistd::Gid::from_raw),
-                )?;
-            }
-            file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
-            file.write_all(content.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        crate::secret::replace_file(
+            &self.path,
+            content.as_bytes(),
+            self.mode,
+            self.owner,
+            self.group,
+        )
     }
 }
 
@@ -204,6 +182,7 @@ pub fn spawn(slot: &Arc<ClientSlot>, sink: FileSink) -> JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn bad_settings_name_the_key() {

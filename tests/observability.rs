@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, OidcServer, eventually, secret_file};
+use common::{Daemon, OidcServer, eventually, free_port, secret_file};
 use tokend::proto::{GetTokenRequest, WatchTokenRequest};
 
 fn provider(ttl: u64) -> OidcServer {
@@ -24,14 +24,6 @@ fn client(name: &str, endpoint: &str, secret: &str, extra: &str) -> String {
     format!(
         "[clients.{name}]\ntoken_endpoint = \"{endpoint}\"\nclient_id = \"good\"\nclient_secret_file = \"{{dir}}/{secret}\"\nscope = \"api:read\"\n{extra}\n"
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The value of the first sample line starting with `series` (name and labels).

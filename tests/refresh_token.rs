@@ -12,20 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, OidcServer, eventually, jwt_claims, secret_file};
+use common::{Daemon, OidcServer, eventually, free_port, jwt_claims, secret_file};
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
 use tonic::Code;
 
 const WEB_SECRET: &str = "w3b-s3cret";
-
-/// A free loopback port for a redirect URI (the provider must know it before tokend listens).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn rotating_provider(redirect_uri: &str, ttl: u64) -> OidcServer {
     OidcServer::start(serde_json::json!({

@@ -258,6 +258,16 @@ where
     }
 }
 
+/// A loopback port that was free a moment ago (for a listener the test must name in advance,
+/// such as a redirect URI registered with the OAuth server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The claims of a JWT, without verification.
 pub fn jwt_claims(token: &str) -> serde_json::Value {
     use base64::Engine;

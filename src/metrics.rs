@@ -1,7 +1,7 @@
 //! Prometheus metrics (OpenMetrics text), served on an optional loopback listener
 //! (`[metrics] listen`). One registry for the process: the daemon has one set of clients.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -58,10 +58,20 @@ pub struct Metrics {
     pub endpoint_errors: Family<ErrorLabels, Counter>,
     pub client_state: Family<StateLabels, Gauge>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
+    /// Counters of `grpc_requests` already created, by method and code (clones share the
+    /// count).
+    grpc_counters: [OnceLock<Counter>; GRPC_METHODS.len() * GRPC_CODES],
     pub watch_streams: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The methods whose calls are counted; each (method, status code) pair's counter is looked up
+/// once and then kept, because every call counts and a lookup (label string, hash, lock) would
+/// be a good part of what a GetToken call costs.
+const GRPC_METHODS: [&str; 4] = ["GetToken", "WatchToken", "RefreshToken", "ListClients"];
+/// gRPC status codes are 0 to 16.
+const GRPC_CODES: usize = 17;
 
 const STATES: [ClientState; 7] = [
     ClientState::Starting,
@@ -87,6 +97,7 @@ impl Metrics {
             endpoint_errors: Family::default(),
             client_state: Family::default(),
             grpc_requests: Family::default(),
+            grpc_counters: std::array::from_fn(|_| OnceLock::new()),
             watch_streams: Gauge::default(),
             registry: Registry::default(),
         };
@@ -191,12 +202,22 @@ impl Metrics {
     }
 
     pub fn grpc(&self, method: &'static str, code: tonic::Code) {
-        self.grpc_requests
-            .get_or_create(&GrpcLabels {
-                method,
-                code: format!("{code:?}"),
-            })
-            .inc();
+        let create = || {
+            self.grpc_requests
+                .get_or_create(&GrpcLabels {
+                    method,
+                    code: format!("{code:?}"),
+                })
+                .clone()
+        };
+        let index = GRPC_METHODS.iter().position(|m| *m == method);
+        let code_index = usize::try_from(i32::from(code)).unwrap_or(GRPC_CODES);
+        match index.filter(|_| code_index < GRPC_CODES) {
+            Some(m) => self.grpc_counters[m * GRPC_CODES + code_index]
+                .get_or_init(create)
+                .inc(),
+            None => create().inc(),
+        };
     }
 
     /// Drops the gauges of a client that was removed (its counters stay until restart).
@@ -244,4 +265,32 @@ pub async fn serve(listener: tokio::net::TcpListener) {
         }),
     );
     let _ = axum::serve(listener, app).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_calls_are_counted_by_method_and_code() {
+        let metrics = Metrics::new();
+        metrics.grpc("GetToken", tonic::Code::Ok);
+        metrics.grpc("GetToken", tonic::Code::Ok);
+        metrics.grpc("GetToken", tonic::Code::NotFound);
+        metrics.grpc("ListClients", tonic::Code::Unauthenticated);
+        metrics.grpc("Unlisted", tonic::Code::Ok);
+        let text = metrics.encode();
+        for line in [
+            r#"tokend_grpc_requests_total{method="GetToken",code="Ok"} 2"#,
+            r#"tokend_grpc_requests_total{method="GetToken",code="NotFound"} 1"#,
+            r#"tokend_grpc_requests_total{method="ListClients",code="Unauthenticated"} 1"#,
+            r#"tokend_grpc_requests_total{method="Unlisted",code="Ok"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        assert_eq!(text.matches("tokend_grpc_requests_total{").count(), 4);
+    }
 }

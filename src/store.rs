@@ -143,7 +143,13 @@ impl ClientSlot {
     }
 
     pub fn allows(&self, caller: &Caller) -> bool {
-        self.settings().access.allows(caller)
+        // Under the lock rather than through `settings()`: every call asks, and the clone of
+        // the `Arc` would be two atomic operations for nothing.
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .access
+            .allows(caller)
     }
 
     /// Forgets the token and state: the client's fetch settings changed, so what it held no
@@ -161,6 +167,12 @@ impl ClientSlot {
     /// The current view, cloned (cheap: the token is behind an `Arc`).
     pub fn view(&self) -> ClientView {
         self.view.borrow().clone()
+    }
+
+    /// The current token if it is valid for at least `min_valid` from `now`: the hot path, a
+    /// borrow of the view, without subscribing to it or copying it.
+    pub fn usable(&self, now: Instant, min_valid: Duration) -> Option<Arc<Token>> {
+        self.view.borrow().usable(now, min_valid).cloned()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<ClientView> {

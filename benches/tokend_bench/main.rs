@@ -113,6 +113,7 @@ fn main() -> ExitCode {
     let pin = !args.no_pin
         && cpus >= 2
         && args.only.contains(&Part::GetToken)
+        && has_taskset()
         && pin_self(1..cpus)
             .inspect_err(|e| eprintln!("cannot pin the load generator ({e}); running unpinned"))
             .is_ok();
@@ -130,6 +131,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Servers are pinned with `taskset` (util-linux), which execs them: their pid stays theirs.
+fn has_taskset() -> bool {
+    let found = std::process::Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("taskset not found (util-linux); running unpinned");
+    }
+    found
 }
 
 fn pin_self(cpus: std::ops::Range<usize>) -> nix::Result<()> {

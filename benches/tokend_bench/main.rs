@@ -155,7 +155,7 @@ fn pin_self(cpus: std::ops::Range<usize>) -> nix::Result<()> {
 
 async fn run(args: &Args, pin: bool, cpus: usize) -> Result<Table, String> {
     let ticks = process::clock_ticks();
-    let mut table = Table::new(machine(cpus, args));
+    let mut table = Table::new(machine(cpus, args), args.tiny);
     // Servers under load get CPU 0; the others may use every CPU.
     let (load_cpus, other_cpus): (Cpus, Cpus) = if pin {
         (Some("0".into()), Some(format!("0-{}", cpus - 1)))

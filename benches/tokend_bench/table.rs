@@ -17,15 +17,18 @@ pub struct Table {
     rows: Vec<[String; 6]>,
     notes: Vec<String>,
     missed: Vec<String>,
+    /// A `--tiny` run: too short and too small for its figures to be held against targets.
+    tiny: bool,
 }
 
 impl Table {
-    pub fn new(heading: String) -> Table {
+    pub fn new(heading: String, tiny: bool) -> Table {
         Table {
             heading,
             rows: Vec::new(),
             notes: Vec::new(),
             missed: Vec::new(),
+            tiny,
         }
     }
 
@@ -208,7 +211,12 @@ impl fmt::Display for Table {
         for note in &self.notes {
             writeln!(f, "- {note}")?;
         }
-        if self.missed.is_empty() {
+        if self.tiny {
+            write!(
+                f,
+                "\nA --tiny run: it shows that everything works; its figures mean nothing."
+            )
+        } else if self.missed.is_empty() {
             write!(f, "\nEvery target met.")
         } else {
             write!(f, "\nTargets missed: {}.", self.missed.join("; "))

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, jwt_claims, secret_file};
+use common::{KillOnDrop, eventually, jwt_claims, secret_file};
 
 fn tokend(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
@@ -121,15 +121,5 @@ async fn demo_serves_both_clients_and_logs_refreshes() {
             (refreshed("demo-basic") >= 2 && refreshed("demo-post") >= 2).then_some(())
         })
         .await;
-    }
-}
-
-/// Stops the demo even when an assertion fails first.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, OidcServer, eventually, free_port, secret_file};
+use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, secret_file};
 use tokend::proto::{GetTokenRequest, WatchTokenRequest};
 
 fn provider(ttl: u64) -> OidcServer {
@@ -208,13 +208,14 @@ async fn json_logs_are_one_object_per_line_with_the_client_named() {
     .replace("{dir}", &dir.path().display().to_string());
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("log.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&config)
         .env("RUST_LOG", "tokend=debug")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let daemon = KillOnDrop(child);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     eventually(
         Duration::from_secs(10),
@@ -222,8 +223,7 @@ async fn json_logs_are_one_object_per_line_with_the_client_named() {
         || async { (read().matches("token refreshed").count() >= 2).then_some(()) },
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     let mut refreshed = 0;
     for line in read().lines() {
         let v: serde_json::Value =

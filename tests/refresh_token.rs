@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, OidcServer, eventually, free_port, jwt_claims, secret_file};
+use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, jwt_claims, secret_file};
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
 use tonic::Code;
 
@@ -529,11 +529,10 @@ async fn grant_survives_forty_sigkills_at_random_moments() {
     for round in 0..40 {
         let log = dir.path().join(format!("round-{round}.log"));
         let started = now_ms();
-        let mut daemon = serve(&log);
+        let daemon = KillOnDrop(serve(&log));
         let wait = Duration::from_millis(50 + rand::random::<u64>() % 2950);
         tokio::time::sleep(wait).await;
-        daemon.kill().unwrap(); // SIGKILL
-        daemon.wait().unwrap();
+        drop(daemon); // SIGKILL, and wait for it
         // Requests the provider received in this round, against those the daemon saw through.
         let sent = refreshes(started, &idp.requests().await);
         let finished = std::fs::read_to_string(&log)
@@ -546,7 +545,7 @@ async fn grant_survives_forty_sigkills_at_random_moments() {
     }
     // Afterwards the grant still works: a daemon starts, gets a token, and keeps rotating.
     let log = dir.path().join("final.log");
-    let mut daemon = serve(&log);
+    let daemon = KillOnDrop(serve(&log));
     let mut rpc = eventually(Duration::from_secs(10), "the final daemon", || async {
         tokend::ctl::connect(&socket).await.ok()
     })
@@ -557,8 +556,7 @@ async fn grant_survives_forty_sigkills_at_random_moments() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after: Vec<_> = idp.requests().await;
     assert!(refreshes(0, &after) >= before + 2, "still rotating");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     // Every refresh the provider processed succeeded; none was refused as a reuse.
     let rejected: Vec<_> = after.iter().filter(|r| r["status"] != 200).collect();
     assert!(rejected.is_empty(), "no refresh was refused: {rejected:?}");

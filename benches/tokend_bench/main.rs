@@ -283,48 +283,13 @@ async fn get_token(
         let mut sides = (load::Side::default(), load::Side::default());
         for round in 0..args.rounds {
             // Alternate which server goes first, too.
-            if round % 2 == 0 {
-                load::run(
-                    generator,
-                    &ceiling,
-                    &client,
-                    streams,
-                    &timing,
-                    ticks,
-                    &mut sides.1,
-                )
-                .await?;
-                load::run(
-                    generator,
-                    &tokend,
-                    &client,
-                    streams,
-                    &timing,
-                    ticks,
-                    &mut sides.0,
-                )
-                .await?;
-            } else {
-                load::run(
-                    generator,
-                    &tokend,
-                    &client,
-                    streams,
-                    &timing,
-                    ticks,
-                    &mut sides.0,
-                )
-                .await?;
-                load::run(
-                    generator,
-                    &ceiling,
-                    &client,
-                    streams,
-                    &timing,
-                    ticks,
-                    &mut sides.1,
-                )
-                .await?;
+            let tokend_first = round % 2 == 1;
+            for tokend_turn in [tokend_first, !tokend_first] {
+                let (server, side) = match tokend_turn {
+                    true => (&tokend, &mut sides.0),
+                    false => (&ceiling, &mut sides.1),
+                };
+                load::run(generator, server, &client, streams, &timing, ticks, side).await?;
             }
         }
         table.get_token(streams, &mut sides.0, &mut sides.1);

@@ -1,5 +1,12 @@
-//! One actor per configured client: fetches its token at start, refreshes it before expiry,
-//! backs off on failure, and publishes every outcome to the client's slot in the store.
+//! A client's token actor: fetches its token, refreshes it before expiry, backs off on failure,
+//! and publishes every outcome to the client's slot in the store.
+//!
+//! The actor runs only while it has work: a request to start or in flight, or rejected
+//! credentials to watch. Once it has published and is only waiting for its next refresh or
+//! retry, it reports [`SupervisorMsg::Settled`] and the supervisor lets it sleep: the actor
+//! stops and the client's wake-up time goes to the shared [`crate::alarm`] wheel. Everything
+//! the actor needs to resume lives in the slot's view (token, state, next attempt, failures),
+//! so the actor started at the wake-up carries on where the last one stopped.
 //!
 //! The actor never waits on the network inside a handler: each token request runs as its own
 //! task and reports back with [`TokenMsg::Fetched`], so the mailbox stays responsive and at most
@@ -17,13 +24,15 @@ use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, TokenReply, TokenSource};
 use crate::schedule;
 use crate::store::{ClientSlot, ClientState, Token};
+use crate::supervisor::SupervisorMsg;
 
 pub enum TokenMsg {
-    /// A scheduled refresh or retry is due; stale timers carry an old epoch and are ignored.
+    /// A retry of rejected credentials is due (the only timer a running actor keeps; other
+    /// waits are slept through); stale timers carry an old epoch and are ignored.
     Due { epoch: u64 },
     /// A caller needs a newer token than `generation` (too close to expiry, or rejected by its
-    /// API). Honoured only while the client is fresh: otherwise a request is already in flight
-    /// or deliberately scheduled, and callers wait for it.
+    /// API), forwarded by the supervisor. Honoured only while the client is fresh: otherwise a
+    /// request is already in flight or deliberately scheduled, and callers wait for it.
     Refresh { generation: u64 },
     /// The outcome of the request started by this actor.
     Fetched(Result<TokenReply, FetchError>),
@@ -35,18 +44,30 @@ pub enum TokenMsg {
 /// few metadata reads per client in that state, none otherwise.
 const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
 
-/// Everything a token actor needs; also what the supervisor keeps to restart it.
+/// Everything a token actor needs; also what the supervisor keeps to start it again.
 #[derive(Clone)]
 pub struct TokenArgs {
     pub slot: Arc<ClientSlot>,
     pub source: Arc<dyn TokenSource>,
-    pub policy: RefreshPolicy,
+    /// Shared by every client (one copy, not one per client).
+    pub policy: Arc<RefreshPolicy>,
+}
+
+/// What the supervisor starts an actor with.
+pub struct TokenStart {
+    pub args: TokenArgs,
+    /// Told when the actor has nothing to do until its next attempt.
+    pub supervisor: ActorRef<SupervisorMsg>,
 }
 
 pub struct TokenActor;
 
 pub struct TokenState {
     args: TokenArgs,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// How many refresh requests the supervisor forwarded that this actor has handled: the
+    /// supervisor puts the actor to sleep only if it has seen every one.
+    seen: u64,
     /// Bumped whenever the schedule changes, so an earlier timer that fires late is ignored.
     epoch: u64,
     in_flight: bool,
@@ -61,17 +82,19 @@ pub struct TokenState {
 impl Actor for TokenActor {
     type Msg = TokenMsg;
     type State = TokenState;
-    type Arguments = TokenArgs;
+    type Arguments = TokenStart;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: TokenArgs,
+        start: TokenStart,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.slot.attach(myself.clone());
+        let TokenStart { args, supervisor } = start;
         let view = args.slot.view();
         let mut state = TokenState {
             args,
+            supervisor,
+            seen: 0,
             epoch: 0,
             in_flight: false,
             failures: view.consecutive_failures,
@@ -91,28 +114,19 @@ impl Actor for TokenActor {
             state.watching_credentials = true;
             myself.send_after(CREDENTIALS_POLL, || TokenMsg::CheckCredentials);
         }
-        // A restart must not refetch a token that is still fresh: resume its schedule instead.
+        // Woken (or restarted) before anything is due, for instance by a caller's refresh
+        // request or after a crash: keep the schedule, never refetch a token that is fresh.
         match (&view.token, view.next_attempt) {
-            (Some(token), _) if view.state == ClientState::Fresh && token.refresh_due > now => {
-                let due = token.refresh_due;
-                state.schedule(&myself, due - now);
-                debug!(client = %state.args.slot.name, "restarted with a fresh token; refresh schedule kept");
-            }
+            (Some(token), _) if view.state == ClientState::Fresh && token.refresh_due > now => {}
             (_, Some((at, _))) if at > now && view.state != ClientState::Refreshing => {
-                state.schedule(&myself, at - now);
+                if state.watching_credentials {
+                    state.schedule(&myself, at - now);
+                }
             }
             _ => state.start_fetch(&myself),
         }
+        state.settle(&myself);
         Ok(state)
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.slot.detach(&myself);
-        Ok(())
     }
 
     async fn handle(
@@ -127,6 +141,7 @@ impl Actor for TokenActor {
             }
             TokenMsg::Due { .. } => {}
             TokenMsg::Refresh { generation } => {
+                state.seen += 1;
                 let view = state.args.slot.view();
                 let current = view.token.as_ref().map(|t| t.generation);
                 if !state.in_flight
@@ -137,10 +152,11 @@ impl Actor for TokenActor {
                     state.start_fetch(&myself);
                 }
             }
-            TokenMsg::Fetched(Ok(reply)) => state.on_token(&myself, reply),
+            TokenMsg::Fetched(Ok(reply)) => state.on_token(reply),
             TokenMsg::Fetched(Err(e)) => state.on_failure(&myself, e),
             TokenMsg::CheckCredentials => state.check_credentials(&myself),
         }
+        state.settle(&myself);
         Ok(())
     }
 }
@@ -174,14 +190,13 @@ impl TokenState {
         });
     }
 
-    fn on_token(&mut self, myself: &ActorRef<TokenMsg>, reply: TokenReply) {
+    fn on_token(&mut self, reply: TokenReply) {
         self.in_flight = false;
         self.failures = 0;
         self.operator_logged = false;
         let now = Instant::now();
         let wall = SystemTime::now();
         let delay = schedule::refresh_delay(&self.args.policy, reply.lifetime, rand::random());
-        self.schedule(myself, delay);
         let slot = &self.args.slot;
         let expires_unix = (wall + reply.lifetime)
             .duration_since(std::time::UNIX_EPOCH)
@@ -276,12 +291,15 @@ impl TokenState {
         }
         let now = Instant::now();
         let wall = SystemTime::now();
-        self.schedule(myself, delay);
-        if state != ClientState::BackingOff && !self.watching_credentials {
+        if state != ClientState::BackingOff {
             // Replacing the credential file (or running `tokend authorize`) is the operator's
-            // fix: notice it within a poll instead of after operator_retry.
-            self.watching_credentials = true;
-            myself.send_after(CREDENTIALS_POLL, || TokenMsg::CheckCredentials);
+            // fix: notice it within a poll instead of after operator_retry. The actor stays up
+            // to watch, and keeps its own retry timer meanwhile.
+            self.schedule(myself, delay);
+            if !self.watching_credentials {
+                self.watching_credentials = true;
+                myself.send_after(CREDENTIALS_POLL, || TokenMsg::CheckCredentials);
+            }
         }
         let failures = self.failures;
         self.args.slot.publish(|v| {
@@ -312,7 +330,21 @@ impl TokenState {
         }
     }
 
-    /// Arms the one timer that matters; returns its epoch.
+    /// Tells the supervisor that nothing is in flight: the client's next attempt is published,
+    /// and unless credentials are being watched the actor may sleep until then.
+    fn settle(&self, myself: &ActorRef<TokenMsg>) {
+        if self.in_flight {
+            return;
+        }
+        let _ = self.supervisor.cast(SupervisorMsg::Settled {
+            actor: myself.get_id(),
+            seen: self.seen,
+            can_sleep: !self.watching_credentials,
+        });
+    }
+
+    /// Arms the retry timer of a running actor (rejected credentials); a new schedule makes
+    /// earlier timers stale.
     fn schedule(&mut self, myself: &ActorRef<TokenMsg>, delay: Duration) {
         self.epoch += 1;
         let epoch = self.epoch;

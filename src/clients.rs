@@ -100,6 +100,7 @@ pub struct StartError(String);
 impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, StartError> {
         let store = Arc::new(TokenStore::default());
+        let policy = Arc::new(policy.clone());
         let sources = specs.iter().map(|s| s.source.clone()).collect();
         let mut sinks = HashMap::new();
         let args = specs
@@ -177,7 +178,7 @@ impl Clients {
         let args = TokenArgs {
             slot,
             source: spec.source,
-            policy: policy.clone(),
+            policy: Arc::new(policy.clone()),
         };
         let _ = ractor::call!(self.supervisor, SupervisorMsg::Start, args);
     }

@@ -6,8 +6,10 @@
 //! Data flows one way: config -> supervisor -> one actor per client -> token store -> gRPC.
 //!
 //! - [`config`]: the TOML file (with `TOKEND_*` environment overrides), parsed and validated once.
-//! - [`supervisor`]: spawns one token actor per client and restarts failed ones within a budget.
+//! - [`supervisor`]: runs one token actor per client while it has work, lets it sleep while it
+//!   has none, and restarts failed ones within a budget.
 //! - [`actor`]: a client's token actor; fetches, schedules refreshes, backs off, publishes.
+//! - [`alarm`]: the one timer wheel that wakes sleeping clients when their next attempt is due.
 //! - [`schedule`]: pure functions for refresh times and backoff delays.
 //! - [`oauth`]: the token endpoint client (grant requests, client auth, reply parsing).
 //! - [`limit`]: the request budget each token endpoint's clients share.
@@ -31,6 +33,7 @@
 
 pub mod access;
 pub mod actor;
+pub mod alarm;
 pub mod authority;
 pub mod authorize;
 pub mod clients;

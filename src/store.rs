@@ -11,10 +11,10 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::access::{Access, Caller};
-use crate::actor::TokenMsg;
 use crate::config::Grant;
 use crate::metrics::METRICS;
 use crate::secret::AccessToken;
+use crate::supervisor::SupervisorMsg;
 
 /// A token as handed to callers, with both clocks: the monotonic one decides validity (immune
 /// to wall-clock jumps), the wall one is what callers are told.
@@ -29,7 +29,7 @@ pub struct Token {
     pub received_wall: SystemTime,
     pub expires_at: Instant,
     pub expires_wall: SystemTime,
-    /// When the actor planned to refresh it; a restarted actor resumes this schedule.
+    /// When the actor planned to refresh it; a woken or restarted actor keeps this schedule.
     pub refresh_due: Instant,
 }
 
@@ -102,12 +102,14 @@ pub struct SlotSettings {
     pub required: bool,
 }
 
-/// One configured client's published state and the way to ask its actor for a refresh.
+/// One configured client's published state and the way to ask for a refresh.
 pub struct ClientSlot {
     pub name: String,
     settings: RwLock<Arc<SlotSettings>>,
     view: watch::Sender<ClientView>,
-    actor: Mutex<Option<ActorRef<TokenMsg>>>,
+    /// The supervisor that runs this client: refresh requests go through it, because the
+    /// client's actor may be asleep.
+    supervisor: Mutex<Option<ActorRef<SupervisorMsg>>>,
     /// Shared by every slot of a store: woken on any change (systemd status reporting).
     changed: Arc<Notify>,
 }
@@ -125,7 +127,7 @@ impl ClientSlot {
             name,
             settings: RwLock::new(Arc::new(settings)),
             view,
-            actor: Mutex::new(None),
+            supervisor: Mutex::new(None),
             changed,
         }
     }
@@ -190,30 +192,32 @@ impl ClientSlot {
         self.changed.notify_one();
     }
 
-    /// Records which actor serves this client now (a restart replaces it).
-    pub fn attach(&self, actor: ActorRef<TokenMsg>) {
-        *self.actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+    /// Records the supervisor that runs this client.
+    pub fn attach(&self, supervisor: ActorRef<SupervisorMsg>) {
+        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(supervisor);
     }
 
-    /// Forgets `actor` if it is still the one recorded (a stopping actor must not detach its
-    /// successor).
-    pub fn detach(&self, actor: &ActorRef<TokenMsg>) {
-        let mut current = self.actor.lock().unwrap_or_else(|e| e.into_inner());
-        if current
-            .as_ref()
-            .is_some_and(|a| a.get_id() == actor.get_id())
-        {
-            *current = None;
-        }
-    }
-
-    /// Asks the actor to refresh now if `generation` is still the current token: callers that
-    /// saw the same token coalesce into one request. Without an actor (between a failure and
-    /// its restart) the request is dropped; the restarted actor reschedules anyway.
+    /// Asks for a refresh now if `generation` is still the current, fresh token: callers that
+    /// saw the same token coalesce into one request (here, and again in the actor, which alone
+    /// knows whether a request is in flight).
     pub fn request_refresh(&self, generation: u64) {
-        let actor = self.actor.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(actor) = actor {
-            let _ = actor.cast(TokenMsg::Refresh { generation });
+        {
+            let view = self.view.borrow();
+            let current = view.token.as_ref().map(|t| t.generation);
+            if view.state != ClientState::Fresh || current != Some(generation) {
+                return;
+            }
+        }
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.cast(SupervisorMsg::Refresh {
+                client: self.name.clone(),
+                generation,
+            });
         }
     }
 }

@@ -1,16 +1,28 @@
-//! The supervisor: runs one linked [`TokenActor`] per client, starts and stops them as reloads
-//! ask, and restarts one that fails or stops unexpectedly, within a restart budget. The last
-//! good token lives in the client's store slot, not in the actor, so it survives the restart
-//! and keeps being served.
+//! The supervisor: keeps one [`TokenActor`] per client running while the client has work, lets
+//! it sleep while it has none, starts and stops clients as reloads ask, and restarts an actor
+//! that fails or stops unexpectedly, within a restart budget. The last good token lives in the
+//! client's store slot, not in the actor, so it survives sleep and restarts alike.
+//!
+//! A client is in one of three conditions here:
+//! - running: its actor is up (fetching, or watching rejected credentials);
+//! - waiting its turn: it has work, but its token endpoint already has [`starts_per_endpoint`]
+//!   actors started and not yet settled; it starts when one of them settles;
+//! - asleep: no actor; its next refresh or retry is an entry in the shared [`Alarms`].
+//!
+//! The turn keeps the number of actors alive at once bounded by what the endpoint can serve:
+//! 10,000 clients starting together wait as 10,000 queue entries, not as 10,000 actors with
+//! their mailboxes, all queued on the same endpoint budget.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
-use crate::actor::{TokenActor, TokenArgs, TokenMsg};
+use crate::actor::{TokenActor, TokenArgs, TokenMsg, TokenStart};
+use crate::alarm::Alarms;
 use crate::store::ClientState;
 
 /// At most this many restarts of one client within [`RESTART_WINDOW`]; past that the client is
@@ -20,13 +32,30 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Pause before a restart, so a crash on start-up does not spin.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
 
+/// How many actors of one token endpoint may be started and not yet settled: twice what the
+/// endpoint serves at once, so that its budget always has the next request queued.
+pub fn starts_per_endpoint(endpoint_concurrency: usize) -> usize {
+    endpoint_concurrency.max(1) * 2
+}
+
 pub enum SupervisorMsg {
-    /// Start (or replace) the actor of `args.slot.name`.
+    /// Start (or replace) the client `args.slot.name`.
     Start(TokenArgs, RpcReplyPort<()>),
-    /// Stop a client's actor for good; replies once it has stopped.
+    /// Stop a client for good; replies once its actor has stopped.
     Stop(String, RpcReplyPort<()>),
     /// Scheduled restart after a failure.
-    Restart { client: String },
+    Restart { client: Arc<str> },
+    /// A sleeping client's next attempt is due.
+    Wake { client: Arc<str> },
+    /// A caller needs a newer token than `generation`.
+    Refresh { client: String, generation: u64 },
+    /// An actor has nothing in flight. `seen`: forwarded refresh requests it has handled;
+    /// `can_sleep`: it waits only for its next attempt.
+    Settled {
+        actor: ActorId,
+        seen: u64,
+        can_sleep: bool,
+    },
     /// Answered while the supervisor's mailbox is being served (the systemd watchdog asks).
     Ping(RpcReplyPort<()>),
 }
@@ -34,14 +63,34 @@ pub enum SupervisorMsg {
 pub struct Supervisor;
 
 struct Child {
+    name: Arc<str>,
     args: TokenArgs,
     actor: Option<ActorRef<TokenMsg>>,
     restarts: VecDeque<Instant>,
+    /// Refresh requests forwarded to the running actor.
+    forwarded: u64,
+    /// Holds one of its endpoint's starts (started, not yet settled).
+    holds_start: bool,
+    /// In its endpoint's queue, waiting for a start.
+    queued: bool,
+    /// A caller's refresh request, delivered once the actor runs.
+    pending_refresh: Option<u64>,
+    /// The restart budget is spent: nothing starts it again but a reload.
+    given_up: bool,
+}
+
+/// The starts of one token endpoint.
+#[derive(Default)]
+struct Turns {
+    started: usize,
+    queue: VecDeque<Arc<str>>,
 }
 
 pub struct SupervisorState {
-    children: HashMap<String, Child>,
-    running: HashMap<ActorId, String>,
+    children: HashMap<Arc<str>, Child>,
+    running: HashMap<ActorId, Arc<str>>,
+    turns: HashMap<String, Turns>,
+    alarms: Alarms,
 }
 
 impl Actor for Supervisor {
@@ -57,9 +106,11 @@ impl Actor for Supervisor {
         let mut state = SupervisorState {
             children: HashMap::new(),
             running: HashMap::new(),
+            turns: HashMap::new(),
+            alarms: Alarms::start(myself.clone()),
         };
         for args in clients {
-            state.start(&myself, args).await?;
+            state.add(&myself, args).await;
         }
         Ok(state)
     }
@@ -72,24 +123,25 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Start(args, reply) => {
-                let name = args.slot.name.clone();
-                state.stop(&name).await;
-                if let Err(e) = state.start(&myself, args).await {
-                    error!(client = %name, "cannot start token actor: {e}");
-                }
+                state.remove(&myself, &args.slot.name).await;
+                state.add(&myself, args).await;
                 let _ = reply.send(());
             }
             SupervisorMsg::Stop(name, reply) => {
-                state.stop(&name).await;
-                state.children.remove(&name);
+                state.remove(&myself, &name).await;
                 let _ = reply.send(());
             }
-            SupervisorMsg::Restart { client } => {
-                if let Err(e) = state.spawn(&myself, &client).await {
-                    // Spawning itself failed (pre_start returned an error): count it as a crash.
-                    state.on_exit(&myself, client, &format!("restart failed: {e}"));
-                }
+            SupervisorMsg::Restart { client } | SupervisorMsg::Wake { client } => {
+                state.wake(&myself, &client).await;
             }
+            SupervisorMsg::Refresh { client, generation } => {
+                state.refresh(&myself, &client, generation).await;
+            }
+            SupervisorMsg::Settled {
+                actor,
+                seen,
+                can_sleep,
+            } => state.settled(&myself, actor, seen, can_sleep).await,
             SupervisorMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
@@ -116,12 +168,13 @@ impl Actor for Supervisor {
             ),
             _ => return Ok(()),
         };
-        // Actors stopped on purpose were removed from `running` first, so only unexpected
-        // exits get here.
+        // Actors stopped on purpose (asleep, reloaded) were removed from `running` first, so
+        // only unexpected exits get here.
         if let Some(client) = state.running.remove(&cell.get_id()) {
             if let Some(child) = state.children.get_mut(&client) {
                 child.actor = None;
             }
+            state.release_start_and_go_on(&myself, &client).await;
             state.on_exit(&myself, client, &reason);
         }
         Ok(())
@@ -129,55 +182,199 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
-    async fn start(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        args: TokenArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        let name = args.slot.name.clone();
+    async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: TokenArgs) {
+        let name: Arc<str> = args.slot.name.as_str().into();
+        args.slot.attach(myself.clone());
         self.children.insert(
             name.clone(),
             Child {
+                name: name.clone(),
                 args,
                 actor: None,
                 restarts: VecDeque::new(),
+                forwarded: 0,
+                holds_start: false,
+                queued: false,
+                pending_refresh: None,
+                given_up: false,
             },
         );
-        self.spawn(myself, &name).await
+        self.wake(myself, &name).await;
     }
 
-    async fn spawn(
+    /// Stops a client's actor on purpose (not counted as a failure), waits for it, and forgets
+    /// the client.
+    async fn remove(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
+        let Some(child) = self.children.get_mut(name) else {
+            return;
+        };
+        let name = child.name.clone();
+        self.alarms.cancel(name.clone());
+        if let Some(actor) = child.actor.take() {
+            self.running.remove(&actor.get_id());
+            let _ = actor
+                .stop_and_wait(Some("configuration reloaded".into()), None)
+                .await;
+        }
+        self.release_start_and_go_on(myself, &name).await;
+        // A queue entry of a removed client is skipped when its turn comes.
+        self.children.remove(&name);
+    }
+
+    /// The client has work (first start, alarm, restart, refresh request): start its actor,
+    /// or queue it for its endpoint's next start.
+    async fn wake(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
+        let Some(child) = self.children.get_mut(name) else {
+            return; // Removed by a reload meanwhile.
+        };
+        if child.actor.is_some() || child.queued || child.given_up {
+            return;
+        }
+        let endpoint = child.args.source.endpoint();
+        let limit = starts_per_endpoint(child.args.policy.endpoint_concurrency);
+        let turns = self.turns.entry(endpoint.to_string()).or_default();
+        if turns.started >= limit {
+            child.queued = true;
+            turns.queue.push_back(child.name.clone());
+            return;
+        }
+        turns.started += 1;
+        child.holds_start = true;
+        let name = child.name.clone();
+        self.spawn(myself, name).await;
+    }
+
+    /// Starts the actor of `name`, which holds one of its endpoint's starts; and should that
+    /// fail, the next client in the endpoint's queue, and so on.
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, name: Arc<str>) {
+        let mut next = Some(name);
+        while let Some(name) = next.take() {
+            next = self.spawn_one(myself, name).await;
+        }
+    }
+
+    /// Starts one actor; on failure, returns the client its released start went to.
+    async fn spawn_one(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        name: &str,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some(child) = self.children.get_mut(name) else {
-            return Ok(()); // Stopped by a reload while a restart was pending.
+        name: Arc<str>,
+    ) -> Option<Arc<str>> {
+        let child = self.children.get_mut(&name)?;
+        self.alarms.cancel(name.clone());
+        let start = TokenStart {
+            args: child.args.clone(),
+            supervisor: myself.clone(),
         };
-        if child.actor.is_some() {
-            return Ok(());
-        }
         // Unnamed: ractor's registry is process-wide, and names would collide between daemons
         // in one process (tests) without adding anything the store does not already index.
-        let (actor, _) =
-            Actor::spawn_linked(None, TokenActor, child.args.clone(), myself.get_cell()).await?;
-        self.running.insert(actor.get_id(), name.to_string());
-        child.actor = Some(actor);
-        Ok(())
+        match Actor::spawn_linked(None, TokenActor, start, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                child.forwarded = 0;
+                if let Some(generation) = child.pending_refresh.take() {
+                    child.forwarded += 1;
+                    let _ = actor.cast(TokenMsg::Refresh { generation });
+                }
+                self.running.insert(actor.get_id(), name);
+                child.actor = Some(actor);
+                None
+            }
+            Err(e) => {
+                // Starting failed (pre_start returned an error): count it as a crash.
+                let next = self.release_start(&name);
+                self.on_exit(myself, name, &format!("failed to start: {e}"));
+                next
+            }
+        }
     }
 
-    /// Stops a client's actor on purpose (not counted as a failure) and waits for it.
-    async fn stop(&mut self, name: &str) {
-        let Some(actor) = self.children.get_mut(name).and_then(|c| c.actor.take()) else {
+    /// A caller asks for a token newer than `generation`: forward to the running actor, or
+    /// wake the client if the token it would replace is still the current one.
+    async fn refresh(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str, generation: u64) {
+        let Some(child) = self.children.get_mut(name) else {
+            return;
+        };
+        if let Some(actor) = &child.actor {
+            child.forwarded += 1;
+            let _ = actor.cast(TokenMsg::Refresh { generation });
+            return;
+        }
+        let view = child.args.slot.view();
+        let current = view.token.as_ref().map(|t| t.generation);
+        if view.state != ClientState::Fresh || current != Some(generation) {
+            return; // Already replaced, or a request is scheduled anyway.
+        }
+        child.pending_refresh = Some(generation);
+        let name = child.name.clone();
+        self.wake(myself, &name).await;
+    }
+
+    async fn settled(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        actor: ActorId,
+        seen: u64,
+        can_sleep: bool,
+    ) {
+        let Some(name) = self.running.get(&actor).cloned() else {
+            return; // An actor stopped meanwhile.
+        };
+        self.release_start_and_go_on(myself, &name).await;
+        let Some(child) = self.children.get_mut(&name) else {
+            return;
+        };
+        // A refresh request forwarded after the actor reported is still in its mailbox: the
+        // actor reports again once it has handled it.
+        if !can_sleep || seen != child.forwarded {
+            return;
+        }
+        let Some(actor) = child.actor.take() else {
             return;
         };
         self.running.remove(&actor.get_id());
-        let _ = actor
-            .stop_and_wait(Some("configuration reloaded".into()), None)
-            .await;
+        actor.stop(Some("asleep until its next attempt".into()));
+        match child.args.slot.view().next_attempt {
+            Some((at, _)) => {
+                debug!(client = %name, in_s = at.saturating_duration_since(Instant::now()).as_secs(), "asleep");
+                self.alarms.set(name, at);
+            }
+            None => warn!(client = %name, "asleep with no next attempt"),
+        }
     }
 
-    fn on_exit(&mut self, myself: &ActorRef<SupervisorMsg>, client: String, reason: &str) {
+    /// The client's actor no longer holds one of its endpoint's starts: starts the next client
+    /// in that endpoint's queue.
+    async fn release_start_and_go_on(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
+        if let Some(next) = self.release_start(name) {
+            self.spawn(myself, next).await;
+        }
+    }
+
+    /// Gives the start `name` holds to the next client in its endpoint's queue, and returns
+    /// that client (to be spawned by the caller).
+    fn release_start(&mut self, name: &str) -> Option<Arc<str>> {
+        let child = self.children.get_mut(name)?;
+        if !child.holds_start {
+            return None;
+        }
+        child.holds_start = false;
+        let turns = self.turns.get_mut(child.args.source.endpoint())?;
+        turns.started -= 1;
+        while let Some(next) = turns.queue.pop_front() {
+            let Some(child) = self.children.get_mut(&next) else {
+                continue; // Removed while it waited.
+            };
+            if !child.queued {
+                continue; // Replaced by a reload while it waited.
+            }
+            child.queued = false;
+            child.holds_start = true;
+            turns.started += 1;
+            return Some(next);
+        }
+        None
+    }
+
+    fn on_exit(&mut self, myself: &ActorRef<SupervisorMsg>, client: Arc<str>, reason: &str) {
         let Some(child) = self.children.get_mut(&client) else {
             return;
         };
@@ -195,6 +392,7 @@ impl SupervisorState {
                 "token actor {reason}; {MAX_RESTARTS} restarts within {}s already, giving up on this client",
                 RESTART_WINDOW.as_secs()
             );
+            child.given_up = true;
             child.args.slot.publish(|v| {
                 v.state = ClientState::Failed;
                 v.next_attempt = None;

@@ -8,6 +8,7 @@ mod fault;
 use std::time::Duration;
 
 use fault::{FaultEndpoint, Reply};
+use futures::FutureExt;
 use futures::future::join_all;
 use tokend::Config;
 use tokend::clients::{Clients, client_specs};
@@ -475,6 +476,38 @@ async fn clients_sharing_an_endpoint_share_its_budget() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn clients_waiting_for_their_endpoint_wait_without_an_actor() {
+    let endpoint =
+        FaultEndpoint::start(Reply::token("t", 300).after(Duration::from_millis(500))).await;
+    let names: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let h = start(endpoint, &refs, "endpoint_concurrency = 2").await;
+    let limit = tokend::supervisor::starts_per_endpoint(2);
+    let mut most = 0;
+    // 40 requests, two at a time, half a second each: ten seconds.
+    for _ in 0..200 {
+        let running = h.clients.supervisor().get_cell().get_children().len();
+        most = most.max(running);
+        if h.endpoint.count() == 40 && running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        most, limit,
+        "at most {limit} actors at once, and that many used"
+    );
+    assert_eq!(h.endpoint.count(), 40);
+    for name in &refs {
+        assert_eq!(h.status(name).await.state, state(proto::ClientState::Fresh));
+    }
+    assert!(
+        h.clients.supervisor().get_cell().get_children().is_empty(),
+        "all asleep"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
     // On the paused clock the monotonic clock runs on while the wall clock stands still: the
     // sharpest possible disagreement between the two. Refreshes still come once per token,
@@ -498,32 +531,58 @@ async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_restarted_actor_keeps_its_token_and_an_exhausted_budget_is_visible() {
+async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible() {
     let endpoint = FaultEndpoint::start(Reply::token("t", 300)).await;
+    endpoint.then([
+        Reply::token("first", 300),
+        Reply::token("orphaned", 300).after(secs(3)),
+    ]);
     let h = start(endpoint, &["app"], "").await;
-    let first = h.get("app").await.unwrap();
-    let kill = || {
-        let children = h.clients.supervisor().get_cell().get_children();
-        assert_eq!(children.len(), 1, "one actor per client");
+    let running = || h.clients.supervisor().get_cell().get_children();
+    let kill = |when: &str| {
+        let children = running();
+        assert_eq!(
+            children.len(),
+            1,
+            "{when}: one actor while a request is in flight"
+        );
         children[0].kill();
     };
-    kill();
-    tokio::time::sleep(secs(5)).await;
-    // Restarted: the same token served, no request for a token that is still fresh.
-    assert_eq!(h.get("app").await.unwrap().expires_at, first.expires_at);
-    assert_eq!(h.endpoint.count(), 1);
-    // ...and the refresh still comes on the original schedule.
-    tokio::time::sleep(secs(240)).await;
-    let t = h.times();
-    assert_eq!(t.len(), 2, "{t:?}");
-    assert!((210.0..=240.0).contains(&t[1]), "{t:?}");
+    let first = h.get("app").await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    assert!(running().is_empty(), "no actor while nothing is due");
+    // A caller's report wakes the client; its request takes 3 s, and its actor dies meanwhile.
+    let report = h.service.refresh_token(Request::new(RefreshTokenRequest {
+        client: "app".into(),
+        rejected_access_token: "first".into(),
+    }));
+    let (reported, _) = tokio::join!(report, async {
+        tokio::time::sleep(secs(1)).await;
+        kill("reported");
+    });
+    // The restarted actor waited for the orphaned request, then asked again.
+    assert_eq!(reported.unwrap().into_inner().access_token, "t");
+    assert_eq!(h.endpoint.count(), 3);
+    assert_ne!(h.get("app").await.unwrap().expires_at, first.expires_at);
+    tokio::time::sleep(secs(1)).await;
+    assert!(running().is_empty(), "asleep again");
+    // Past the restart window: that restart no longer counts.
+    tokio::time::sleep(tokend::supervisor::RESTART_WINDOW).await;
 
-    for _ in 0..tokend::supervisor::MAX_RESTARTS {
-        kill();
+    // Every request now takes 4 s, and every restarted actor is killed before it is answered.
+    h.endpoint.otherwise(Reply::token("t", 300).after(secs(4)));
+    // Polled once: far enough to send the report, not to wait for its answer.
+    h.service
+        .refresh_token(Request::new(RefreshTokenRequest {
+            client: "app".into(),
+            rejected_access_token: "t".into(),
+        }))
+        .now_or_never();
+    tokio::time::sleep(secs(1)).await;
+    for i in 0..=tokend::supervisor::MAX_RESTARTS {
+        kill(&format!("restart {i}"));
         tokio::time::sleep(secs(1)).await;
     }
-    kill();
-    tokio::time::sleep(secs(1)).await;
     let s = h.status("app").await;
     assert_eq!(s.state, state(proto::ClientState::Failed));
     assert!(s.last_error.contains("restart budget"), "{}", s.last_error);

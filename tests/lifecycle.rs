@@ -418,39 +418,58 @@ async fn bad_requests_get_the_right_status() {
     assert_eq!(empty.code(), Code::InvalidArgument);
 }
 
+/// The client's actors, as the supervisor sees them.
+fn actors(h: &Harness) -> Vec<ractor::ActorCell> {
+    h.clients.supervisor().get_cell().get_children()
+}
+
 #[tokio::test(start_paused = true)]
-async fn restarted_actor_keeps_the_token_and_its_schedule() {
-    let source = Scripted::new([]);
+async fn a_client_sleeps_between_refreshes_and_a_crash_mid_refresh_keeps_its_token() {
+    let slow = Step::Token {
+        lifetime: secs(300),
+        after: secs(30),
+    };
+    let source = Scripted::new([token(300), slow]);
     let h = start(&source).await;
-    h.get(0).await.unwrap();
-    tokio::time::sleep(secs(60)).await;
-    for child in h.clients.supervisor().get_cell().get_children() {
-        child.kill();
-    }
-    tokio::time::sleep(secs(5)).await;
-    // Restarted, still serving the same token, and no refetch of a fresh token.
-    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
-    assert_eq!(source.requests(), 1);
-    assert_eq!(h.clients.supervisor().get_cell().get_children().len(), 1);
-    // The refresh still happens on the original schedule.
-    tokio::time::sleep(secs(200)).await;
+    let first = h.get(0).await.unwrap().access_token;
+    tokio::time::sleep(secs(1)).await;
+    assert!(actors(&h).is_empty(), "no actor while nothing is due");
+    // The alarm wakes it in 70-80% of the lifetime; this refresh takes 30 s.
+    tokio::time::sleep(secs(240)).await;
     let times = source.times(h.t0);
     assert_eq!(times.len(), 2, "{times:?}");
     assert!((210.0..=240.0).contains(&times[1]), "{times:?}");
+    let running = actors(&h);
+    assert_eq!(running.len(), 1, "running while its refresh is in flight");
+    running[0].kill();
+    // The last good token is served meanwhile.
+    assert_eq!(h.get(0).await.unwrap().access_token, first);
+    tokio::time::sleep(secs(5)).await;
+    // Restarted, it asked again, published, and went back to sleep.
+    assert_eq!(source.requests(), 3);
+    assert_ne!(h.get(0).await.unwrap().access_token, first);
+    assert_eq!(h.state().await.state, proto::ClientState::Fresh as i32);
+    assert!(actors(&h).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn exhausted_restart_budget_is_visible() {
-    let source = Scripted::new([]);
+    let slow = || Step::Token {
+        lifetime: secs(300),
+        after: secs(1000),
+    };
+    let source = Scripted::new([token(300)].into_iter().chain((0..10).map(|_| slow())));
     let h = start(&source).await;
     h.get(0).await.unwrap();
+    // The refresh is in flight (and takes long): the actor runs.
+    tokio::time::sleep(secs(241)).await;
     for _ in 0..=tokend::supervisor::MAX_RESTARTS {
-        let children = h.clients.supervisor().get_cell().get_children();
-        assert_eq!(children.len(), 1);
-        children[0].kill();
+        let running = actors(&h);
+        assert_eq!(running.len(), 1);
+        running[0].kill();
         tokio::time::sleep(secs(1)).await;
     }
-    assert!(h.clients.supervisor().get_cell().get_children().is_empty());
+    assert!(actors(&h).is_empty());
     let s = h.state().await;
     assert_eq!(s.state, proto::ClientState::Failed as i32);
     assert!(s.last_error.contains("restart budget"), "{}", s.last_error);

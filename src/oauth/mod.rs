@@ -146,6 +146,12 @@ pub trait TokenSource: Send + Sync + 'static {
         None
     }
 
+    /// The token endpoint: clients of one endpoint take turns to start (see
+    /// [`crate::supervisor`]).
+    fn endpoint(&self) -> &str {
+        ""
+    }
+
     /// Resolves once no request is in flight (waited for at shutdown, so that a rotated
     /// refresh token already on its way back is saved rather than lost).
     fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -240,6 +246,10 @@ impl TokenSource for HttpTokenSource {
                 .hash(&mut hasher);
         }
         Some(hasher.finish())
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.inner.client.token_endpoint
     }
 
     fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

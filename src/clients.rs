@@ -194,8 +194,9 @@ impl Clients {
         {
             sink.abort();
         }
-        self.store.remove(name);
-        crate::metrics::METRICS.forget(name);
+        if let Some(slot) = self.store.remove(name) {
+            crate::metrics::METRICS.forget(name, slot.view().state);
+        }
     }
 
     /// Whether the supervisor is serving its mailbox (for the systemd watchdog).

@@ -44,6 +44,11 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateOnly {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub method: &'static str,
     pub code: String,
@@ -57,6 +62,7 @@ pub struct Metrics {
     pub request_duration: Family<ClientLabel, Histogram>,
     pub endpoint_errors: Family<ErrorLabels, Counter>,
     pub client_state: Family<StateLabels, Gauge>,
+    pub clients: Family<StateOnly, Gauge>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     /// Counters of `grpc_requests` already created, by method and code (clones share the
     /// count).
@@ -73,16 +79,6 @@ const GRPC_METHODS: [&str; 4] = ["GetToken", "WatchToken", "RefreshToken", "List
 /// gRPC status codes are 0 to 16.
 const GRPC_CODES: usize = 17;
 
-const STATES: [ClientState; 7] = [
-    ClientState::Starting,
-    ClientState::Fresh,
-    ClientState::Refreshing,
-    ClientState::BackingOff,
-    ClientState::NeedsOperator,
-    ClientState::ReauthorizationRequired,
-    ClientState::Failed,
-];
-
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tokend");
@@ -96,6 +92,7 @@ impl Metrics {
             }),
             endpoint_errors: Family::default(),
             client_state: Family::default(),
+            clients: Family::default(),
             grpc_requests: Family::default(),
             grpc_counters: std::array::from_fn(|_| OnceLock::new()),
             watch_streams: Gauge::default(),
@@ -121,10 +118,17 @@ impl Metrics {
             "Failed token requests by kind and OAuth error code",
             m.endpoint_errors.clone(),
         );
+        // One series per client, for the state it is in: seven one-hot series per client
+        // would be most of tokend's memory per client, and of a host's series in Prometheus.
         registry.register(
             "client_state",
-            "1 for the state each client is in, 0 for the others",
+            "1 for the state each client is in (no series for the states it is not in)",
             m.client_state.clone(),
+        );
+        registry.register(
+            "clients",
+            "Configured clients in each state",
+            m.clients.clone(),
         );
         registry.register(
             "grpc_requests",
@@ -152,16 +156,35 @@ impl Metrics {
         out
     }
 
-    pub fn set_state(&self, client: &str, state: ClientState) {
-        for s in STATES {
-            let labels = StateLabels {
-                client: client.to_string(),
-                state: s.as_str(),
-            };
-            self.client_state
-                .get_or_create(&labels)
-                .set(i64::from(s == state));
+    /// A client moved from state `from` (`None`: it is new) to `to`.
+    pub fn set_state(&self, client: &str, from: Option<ClientState>, to: ClientState) {
+        if from == Some(to) {
+            return;
         }
+        if let Some(from) = from {
+            self.leave_state(client, from);
+        }
+        self.client_state
+            .get_or_create(&StateLabels {
+                client: client.to_string(),
+                state: to.as_str(),
+            })
+            .set(1);
+        self.clients
+            .get_or_create(&StateOnly { state: to.as_str() })
+            .inc();
+    }
+
+    fn leave_state(&self, client: &str, state: ClientState) {
+        self.client_state.remove(&StateLabels {
+            client: client.to_string(),
+            state: state.as_str(),
+        });
+        self.clients
+            .get_or_create(&StateOnly {
+                state: state.as_str(),
+            })
+            .dec();
     }
 
     pub fn token_received(&self, client: &str, expires_unix: f64) {
@@ -220,14 +243,10 @@ impl Metrics {
         };
     }
 
-    /// Drops the gauges of a client that was removed (its counters stay until restart).
-    pub fn forget(&self, client: &str) {
-        for s in STATES {
-            self.client_state.remove(&StateLabels {
-                client: client.to_string(),
-                state: s.as_str(),
-            });
-        }
+    /// Drops the gauges of a client that was removed in `state` (its counters stay until
+    /// restart).
+    pub fn forget(&self, client: &str, state: ClientState) {
+        self.leave_state(client, state);
         self.token_expiry.remove(&ClientLabel {
             client: client.to_string(),
         });
@@ -292,5 +311,29 @@ mod tests {
             );
         }
         assert_eq!(text.matches("tokend_grpc_requests_total{").count(), 4);
+    }
+
+    #[test]
+    fn a_client_has_one_state_series_and_the_totals_follow_it() {
+        let metrics = Metrics::new();
+        metrics.set_state("a", None, ClientState::Starting);
+        metrics.set_state("b", None, ClientState::Starting);
+        metrics.set_state("a", Some(ClientState::Starting), ClientState::Fresh);
+        metrics.set_state("a", Some(ClientState::Fresh), ClientState::Fresh);
+        let text = metrics.encode();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("tokend_client")).collect();
+        for line in [
+            r#"tokend_client_state{client="a",state="fresh"} 1"#,
+            r#"tokend_client_state{client="b",state="starting"} 1"#,
+            r#"tokend_clients{state="fresh"} 1"#,
+            r#"tokend_clients{state="starting"} 1"#,
+        ] {
+            assert!(lines.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        metrics.forget("a", ClientState::Fresh);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"client="a""#), "{text}");
+        assert!(text.contains(r#"tokend_clients{state="fresh"} 0"#), "{text}");
     }
 }

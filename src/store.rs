@@ -123,6 +123,7 @@ impl ClientSlot {
             consecutive_failures: 0,
             last_error: None,
         });
+        METRICS.set_state(&name, None, ClientState::Starting);
         Self {
             name,
             settings: RwLock::new(Arc::new(settings)),
@@ -183,12 +184,12 @@ impl ClientSlot {
 
     /// Applies a change and wakes every waiter.
     pub fn publish(&self, change: impl FnOnce(&mut ClientView)) {
-        let mut state = ClientState::Starting;
         self.view.send_modify(|v| {
+            let before = v.state;
             change(v);
-            state = v.state;
+            // Under the view's lock, so that concurrent changes reach the metrics in order.
+            METRICS.set_state(&self.name, Some(before), v.state);
         });
-        METRICS.set_state(&self.name, state);
         self.changed.notify_one();
     }
 

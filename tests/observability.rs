@@ -150,7 +150,12 @@ async fn metrics_count_refreshes_failures_and_calls_with_labels() {
     );
     assert_eq!(
         sample(&text, r#"tokend_client_state{client="bad",state="fresh"}"#),
-        Some(0.0)
+        None,
+        "only the current state has a series"
+    );
+    assert_eq!(
+        sample(&text, r#"tokend_clients{state="needs_operator"}"#),
+        Some(1.0)
     );
     assert_eq!(
         sample(

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -34,8 +35,9 @@ pub struct Config {
     pub refresh: RefreshPolicy,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Shared with the running clients (one copy per client, not one per user of it).
     #[serde(default)]
-    pub clients: BTreeMap<String, ClientConfig>,
+    pub clients: BTreeMap<String, Arc<ClientConfig>>,
     /// The file this was read from; named in messages that tell an operator what to run.
     #[serde(skip)]
     pub source_path: Option<PathBuf>,

@@ -159,7 +159,7 @@ pub fn config(
         })?;
         clients.insert(
             id.to_string(),
-            ClientConfig {
+            Arc::new(ClientConfig {
                 token_endpoint: token_endpoint.to_string(),
                 client_id: id.to_string(),
                 client_secret_file: Some(path),
@@ -182,7 +182,7 @@ pub fn config(
                 allow_tcp: false,
                 required: true,
                 file_sink: None,
-            },
+            }),
         );
     }
     Ok(Config {

@@ -321,7 +321,10 @@ mod tests {
         metrics.set_state("a", Some(ClientState::Starting), ClientState::Fresh);
         metrics.set_state("a", Some(ClientState::Fresh), ClientState::Fresh);
         let text = metrics.encode();
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("tokend_client")).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tokend_client"))
+            .collect();
         for line in [
             r#"tokend_client_state{client="a",state="fresh"} 1"#,
             r#"tokend_client_state{client="b",state="starting"} 1"#,
@@ -334,6 +337,9 @@ mod tests {
         metrics.forget("a", ClientState::Fresh);
         let text = metrics.encode();
         assert!(!text.contains(r#"client="a""#), "{text}");
-        assert!(text.contains(r#"tokend_clients{state="fresh"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"tokend_clients{state="fresh"} 0"#),
+            "{text}"
+        );
     }
 }

@@ -168,7 +168,7 @@ struct Inner {
     http: reqwest::Client,
     /// The client's name in the config, for logs.
     name: String,
-    client: ClientConfig,
+    client: Arc<ClientConfig>,
     default_lifetime: Duration,
     timeout: Duration,
     limiter: Arc<EndpointLimiter>,
@@ -182,7 +182,7 @@ impl HttpTokenSource {
     pub fn new(
         http: reqwest::Client,
         name: &str,
-        client: ClientConfig,
+        client: Arc<ClientConfig>,
         policy: &RefreshPolicy,
         limiter: Arc<EndpointLimiter>,
     ) -> Self {

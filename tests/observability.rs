@@ -110,13 +110,14 @@ async fn metrics_count_refreshes_failures_and_calls_with_labels() {
         expiry > now - 1.0 && expiry <= now + 3.0,
         "expiry {expiry} vs now {now}"
     );
+    // By endpoint: both clients of the provider count.
+    let duration = format!(
+        r#"tokend_token_request_duration_seconds_count{{endpoint="{}"}}"#,
+        idp.token_endpoint
+    );
     assert!(
-        sample(
-            &text,
-            r#"tokend_token_request_duration_seconds_count{client="good"}"#
-        )
-        .unwrap()
-            >= 2.0
+        sample(&text, &duration).unwrap() >= 3.0,
+        "{duration} in\n{text}"
     );
     assert_eq!(
         sample(

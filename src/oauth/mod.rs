@@ -226,7 +226,7 @@ impl TokenSource for HttpTokenSource {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout(timeout)),
             };
-            METRICS.request_took(&inner.name, started.elapsed());
+            METRICS.request_took(&inner.endpoint_label(), started.elapsed());
             result
         })
     }
@@ -275,6 +275,21 @@ pub fn http_client() -> reqwest::Client {
 }
 
 impl Inner {
+    /// The endpoint as metrics name it: without credentials, query or fragment, which may
+    /// carry secrets and would split one provider's series.
+    fn endpoint_label(&self) -> String {
+        match reqwest::Url::parse(&self.client.token_endpoint) {
+            Ok(mut url) => {
+                url.set_query(None);
+                url.set_fragment(None);
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            Err(_) => String::new(),
+        }
+    }
+
     async fn fetch(&self) -> Result<TokenReply, FetchError> {
         let c = &self.client;
         let refresh_token = match (c.grant, &c.refresh_token_file) {
@@ -593,6 +608,26 @@ mod tests {
         assert_eq!(
             form_body(&c, &secret, &code, false),
             "grant_type=authorization_code&code=c&foo=bar"
+        );
+    }
+
+    #[test]
+    fn metrics_name_the_endpoint_without_credentials_or_query() {
+        let c: ClientConfig = serde_json::from_value(serde_json::json!({
+            "token_endpoint": "https://user:pw@idp.example.com/oauth/token?key=k#f",
+            "client_id": "a", "client_secret_env": "X"
+        }))
+        .unwrap();
+        let source = HttpTokenSource::new(
+            http_client(),
+            "a",
+            Arc::new(c),
+            &RefreshPolicy::default(),
+            Arc::new(EndpointLimiter::new(1, Duration::ZERO)),
+        );
+        assert_eq!(
+            source.inner.endpoint_label(),
+            "https://idp.example.com/oauth/token"
         );
     }
 }

@@ -142,12 +142,7 @@ impl Actor for TokenActor {
             TokenMsg::Due { .. } => {}
             TokenMsg::Refresh { generation } => {
                 state.seen += 1;
-                let view = state.args.slot.view();
-                let current = view.token.as_ref().map(|t| t.generation);
-                if !state.in_flight
-                    && view.state == ClientState::Fresh
-                    && current == Some(generation)
-                {
+                if !state.in_flight && state.args.slot.view().refreshable(generation) {
                     debug!(client = %state.args.slot.name, "refresh requested by a caller");
                     state.start_fetch(&myself);
                 }

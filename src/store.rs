@@ -83,6 +83,14 @@ pub struct ClientView {
 }
 
 impl ClientView {
+    /// Whether `generation` is the current token and the client is fresh: only then does a
+    /// caller's request for a newer token start one (otherwise a request is already in flight
+    /// or scheduled, or the token was already replaced).
+    pub fn refreshable(&self, generation: u64) -> bool {
+        self.state == ClientState::Fresh
+            && self.token.as_ref().map(|t| t.generation) == Some(generation)
+    }
+
     /// The token if it is valid for at least `min_valid` from `now`.
     pub fn usable(&self, now: Instant, min_valid: Duration) -> Option<&Arc<Token>> {
         self.token
@@ -202,12 +210,8 @@ impl ClientSlot {
     /// saw the same token coalesce into one request (here, and again in the actor, which alone
     /// knows whether a request is in flight).
     pub fn request_refresh(&self, generation: u64) {
-        {
-            let view = self.view.borrow();
-            let current = view.token.as_ref().map(|t| t.generation);
-            if view.state != ClientState::Fresh || current != Some(generation) {
-                return;
-            }
+        if !self.view.borrow().refreshable(generation) {
+            return;
         }
         let supervisor = self
             .supervisor

@@ -298,10 +298,8 @@ impl SupervisorState {
             let _ = actor.cast(TokenMsg::Refresh { generation });
             return;
         }
-        let view = child.args.slot.view();
-        let current = view.token.as_ref().map(|t| t.generation);
-        if view.state != ClientState::Fresh || current != Some(generation) {
-            return; // Already replaced, or a request is scheduled anyway.
+        if !child.args.slot.view().refreshable(generation) {
+            return;
         }
         child.pending_refresh = Some(generation);
         let name = child.name.clone();

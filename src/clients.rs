@@ -143,7 +143,7 @@ impl Clients {
     /// Starts a client's actor on `spec`, replacing any running one. `keep_token`: the client's
     /// slot keeps its token, waiters and streams (only the schedule policy changed); otherwise
     /// it is forgotten and fetched anew, while waiters and streams stay attached.
-    pub async fn run(&self, spec: ClientSpec, policy: &RefreshPolicy, keep_token: bool) {
+    pub async fn run(&self, spec: ClientSpec, policy: &Arc<RefreshPolicy>, keep_token: bool) {
         let slot = match self.store.get(&spec.name) {
             Some(slot) => {
                 slot.set_settings(spec.settings);
@@ -178,7 +178,7 @@ impl Clients {
         let args = TokenArgs {
             slot,
             source: spec.source,
-            policy: Arc::new(policy.clone()),
+            policy: policy.clone(),
         };
         let _ = ractor::call!(self.supervisor, SupervisorMsg::Start, args);
     }
@@ -256,19 +256,21 @@ pub async fn reconcile(
         changes.removed.push(name.clone());
     }
     let policy_changed = old.refresh != new.refresh;
+    // One copy for every client the reload starts.
+    let policy = Arc::new(new.refresh.clone());
     for (name, c) in &new.clients {
         let mut spec = || client_spec(new, name, http, limiters);
         match old.clients.get(name) {
             None => {
-                clients.run(spec(), &new.refresh, false).await;
+                clients.run(spec(), &policy, false).await;
                 changes.added.push(name.clone());
             }
             Some(before) if before.fetch_settings() != c.fetch_settings() => {
-                clients.run(spec(), &new.refresh, false).await;
+                clients.run(spec(), &policy, false).await;
                 changes.refetched.push(name.clone());
             }
             Some(_) if policy_changed => {
-                clients.run(spec(), &new.refresh, true).await;
+                clients.run(spec(), &policy, true).await;
                 changes.rescheduled.push(name.clone());
             }
             Some(before) => {

@@ -1,0 +1,1 @@
+//! (placeholder: filled by the change that defends against this class)

@@ -193,7 +193,14 @@ impl TokenState {
         let wall = SystemTime::now();
         let delay = schedule::refresh_delay(&self.args.policy, reply.lifetime, rand::random());
         let slot = &self.args.slot;
-        let expires_unix = (wall + reply.lifetime)
+        // Parsed lifetimes are capped, but a token source is not obliged to cap them.
+        let expires_at = schedule::after(now, reply.lifetime);
+        let expires_wall = schedule::wall_after(wall, reply.lifetime);
+        let (refresh_due, refresh_wall) = (
+            schedule::after(now, delay),
+            schedule::wall_after(wall, delay),
+        );
+        let expires_unix = expires_wall
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
@@ -216,13 +223,14 @@ impl TokenState {
                 scopes: reply.scopes,
                 received_at: now,
                 received_wall: wall,
-                expires_at: now + reply.lifetime,
-                expires_wall: wall + reply.lifetime,
-                refresh_due: now + delay,
+                expires_at,
+                expires_wall,
+                refresh_due,
             }));
             v.state = ClientState::Fresh;
-            v.next_attempt = Some((now + delay, wall + delay));
+            v.next_attempt = Some((refresh_due, refresh_wall));
             v.consecutive_failures = 0;
+            v.retry_after_capped = false;
             v.last_error = None;
         });
     }
@@ -231,20 +239,27 @@ impl TokenState {
         self.in_flight = false;
         self.failures = self.failures.saturating_add(1);
         let kind = e.kind();
+        let policy = &self.args.policy;
         let delay = match kind {
-            FailureKind::Transient => schedule::backoff_delay(
-                &self.args.policy,
-                self.failures,
-                e.retry_after(),
-                rand::random(),
-            ),
-            FailureKind::NeedsOperator => self
-                .args
-                .policy
-                .operator_retry
-                .max(e.retry_after().unwrap_or_default()),
+            FailureKind::Transient => {
+                schedule::backoff_delay(policy, self.failures, e.retry_after(), rand::random())
+            }
+            FailureKind::NeedsOperator => schedule::operator_delay(policy, e.retry_after()),
         };
         let slot = &self.args.slot;
+        let capped = e
+            .retry_after()
+            .filter(|asked| *asked > policy.retry_after_max);
+        // Once per episode: a provider that keeps asking for years would otherwise fill the log.
+        let log_capped = capped.is_some() && !slot.view().retry_after_capped;
+        if let Some(asked) = capped.filter(|_| log_capped) {
+            warn!(
+                client = %slot.name,
+                asked = %humantime::format_duration(asked),
+                honoured = %humantime::format_duration(policy.retry_after_max),
+                "the token endpoint's Retry-After is longer than refresh.retry_after_max; capped"
+            );
+        }
         let settings = slot.settings();
         let reauthorize = kind == FailureKind::NeedsOperator
             && settings.grant == Grant::RefreshToken
@@ -299,8 +314,12 @@ impl TokenState {
         let failures = self.failures;
         self.args.slot.publish(|v| {
             v.state = state;
-            v.next_attempt = Some((now + delay, wall + delay));
+            v.next_attempt = Some((
+                schedule::after(now, delay),
+                schedule::wall_after(wall, delay),
+            ));
             v.consecutive_failures = failures;
+            v.retry_after_capped |= capped.is_some();
             v.last_error = Some(e.to_string());
         });
     }

@@ -7,43 +7,67 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::ActorRef;
+use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
-use crate::supervisor::SupervisorMsg;
+use crate::schedule::MAX_WAIT;
+use crate::supervisor::{SupervisorMsg, panic_text};
 
 enum Command {
     /// Wake `client` at the instant, replacing its earlier alarm.
     Set(Arc<str>, Instant),
     Cancel(Arc<str>),
+    /// Answered from the wheel's own loop: the watchdog's proof that the wheel still turns.
+    Ping(RpcReplyPort<()>),
 }
 
 /// The alarms of one supervisor; dropped with it, which ends the task.
 pub struct Alarms {
     commands: mpsc::UnboundedSender<Command>,
-    task: JoinHandle<()>,
+    task: AbortHandle,
 }
 
 impl Alarms {
     /// Starts the timer task; each alarm that goes off is sent to `supervisor` as
-    /// [`SupervisorMsg::Wake`].
+    /// [`SupervisorMsg::Wake`]. Should the task ever die, `supervisor` is told with
+    /// [`SupervisorMsg::WheelDied`]: without the wheel no sleeping client would wake again.
     pub fn start(supervisor: ActorRef<SupervisorMsg>) -> Alarms {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(serve(rx, supervisor));
+        let wheel = tokio::spawn(serve(rx, supervisor.clone()));
+        let task = wheel.abort_handle();
+        tokio::spawn(async move {
+            // The wheel ends by itself only when its `Alarms` are dropped, and is aborted by
+            // that drop: anything else (a panic) leaves the supervisor without a timer.
+            match wheel.await {
+                Err(e) if e.is_panic() => {
+                    let why = panic_text(&e.into_panic());
+                    let _ = supervisor.cast(SupervisorMsg::WheelDied(why));
+                }
+                _ => {}
+            }
+        });
         Alarms { commands, task }
     }
 
+    /// Wakes `client` at `at`, or [`MAX_WAIT`] from now if that is sooner: the wheel's range is
+    /// finite, and an early wake-up of a client that is not due only puts it back to sleep.
     pub fn set(&self, client: Arc<str>, at: Instant) {
+        let at = at.min(crate::schedule::after(Instant::now(), MAX_WAIT));
         let _ = self.commands.send(Command::Set(client, at));
     }
 
     pub fn cancel(&self, client: Arc<str>) {
         let _ = self.commands.send(Command::Cancel(client));
+    }
+
+    /// Asks the wheel to answer on `reply`; a dead or wedged wheel never does.
+    pub fn ping(&self, reply: RpcReplyPort<()>) {
+        let _ = self.commands.send(Command::Ping(reply));
     }
 }
 
@@ -74,6 +98,9 @@ async fn serve(
                     if let Some(key) = keys.remove(&client) {
                         queue.remove(&key);
                     }
+                }
+                Some(Command::Ping(reply)) => {
+                    let _ = reply.send(());
                 }
             },
             // An empty queue yields `None`, which disables this branch until the next command.

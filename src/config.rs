@@ -96,6 +96,10 @@ pub struct RefreshPolicy {
     pub backoff_min: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub backoff_max: Duration,
+    /// The longest `Retry-After` honoured: the header is the provider's, and a value of years
+    /// would stop the client for good (a longer one is logged once and waited for this long).
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_after_max: Duration,
     /// Retry interval while the endpoint rejects the credentials or grant: such errors need an
     /// operator, so hammering the endpoint only fills its logs.
     #[serde(with = "humantime_serde_compat")]
@@ -121,6 +125,7 @@ impl Default for RefreshPolicy {
             margin: Duration::from_secs(30),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            retry_after_max: Duration::from_secs(600),
             operator_retry: Duration::from_secs(300),
             default_lifetime: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
@@ -385,6 +390,10 @@ impl Config {
     }
 }
 
+/// The largest `refresh.retry_after_max`: the longest lifetime a token is given
+/// ([`crate::oauth::reply::MAX_LIFETIME`]).
+const MAX_RETRY_AFTER: Duration = crate::oauth::reply::MAX_LIFETIME;
+
 impl RefreshPolicy {
     fn validate(&self) -> Result<(), (String, String)> {
         let [lo, hi] = self.lifetime_fraction;
@@ -397,6 +406,7 @@ impl RefreshPolicy {
         let positive = [
             ("backoff_min", self.backoff_min),
             ("backoff_max", self.backoff_max),
+            ("retry_after_max", self.retry_after_max),
             ("operator_retry", self.operator_retry),
             ("default_lifetime", self.default_lifetime),
             ("request_timeout", self.request_timeout),
@@ -410,6 +420,17 @@ impl RefreshPolicy {
             return Err((
                 "refresh.endpoint_concurrency".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.retry_after_max > MAX_RETRY_AFTER {
+            return Err((
+                "refresh.retry_after_max".into(),
+                format!(
+                    "{} is longer than {}: a token lives at most that long, so waiting longer \
+                     for a provider would only leave the client without one",
+                    humantime::format_duration(self.retry_after_max),
+                    humantime::format_duration(MAX_RETRY_AFTER)
+                ),
             ));
         }
         if self.backoff_min > self.backoff_max {
@@ -725,6 +746,7 @@ mod tests {
         assert_eq!(c.server.socket, PathBuf::from("/run/tokend/tokend.sock"));
         assert_eq!(c.socket_mode(), 0o660);
         assert_eq!(c.refresh.margin, Duration::from_secs(30));
+        assert_eq!(c.refresh.retry_after_max, Duration::from_secs(600));
     }
 
     #[test]
@@ -804,6 +826,22 @@ mod tests {
                 ),
                 "refresh.backoff_min",
                 "larger",
+            ),
+            (
+                format!(
+                    "[refresh]\nretry_after_max = \"2d\"\n{}",
+                    client_toml(&s, "")
+                ),
+                "refresh.retry_after_max",
+                "longer than 1day",
+            ),
+            (
+                format!(
+                    "[refresh]\nretry_after_max = \"0s\"\n{}",
+                    client_toml(&s, "")
+                ),
+                "refresh.retry_after_max",
+                "must be positive",
             ),
             (
                 format!("[refresh]\nmargin = \"soon\"\n{}", client_toml(&s, "")),

@@ -1,13 +1,35 @@
 //! When to refresh and when to retry: pure functions of the policy, the token's lifetime, the
 //! failure count and a random draw, so they are tested directly and the actor only applies them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use crate::config::RefreshPolicy;
 
 /// No schedule fires sooner than this after the previous request, whatever a token claims:
 /// a token that lives one second must not turn tokend into a busy loop.
 pub const MIN_DELAY: Duration = Duration::from_secs(1);
+
+/// No schedule waits longer than this, whatever the provider or the config says: it keeps every
+/// `Instant` and `SystemTime` sum in range, and every wake-up within the timer wheel's range
+/// (about 2.2 years, beyond which `tokio_util`'s `DelayQueue` panics).
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `now + delay`, with `delay` at most [`MAX_WAIT`]: a provider's number never overflows it.
+pub fn after(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay.min(MAX_WAIT)).unwrap_or(now)
+}
+
+/// The wall-clock twin of [`after`], for times reported to callers.
+pub fn wall_after(now: SystemTime, delay: Duration) -> SystemTime {
+    now.checked_add(delay.min(MAX_WAIT)).unwrap_or(now)
+}
+
+/// The part of the endpoint's `Retry-After` that is honoured: at most `retry_after_max`.
+pub fn honoured_retry_after(policy: &RefreshPolicy, asked: Option<Duration>) -> Duration {
+    asked.unwrap_or_default().min(policy.retry_after_max)
+}
 
 /// Delay from receiving a token of `lifetime` until refreshing it. `draw` is uniform in [0, 1).
 ///
@@ -27,7 +49,7 @@ pub fn refresh_delay(policy: &RefreshPolicy, lifetime: Duration, draw: f64) -> D
 /// exponential from `backoff_min`, capped at `backoff_max`, with full jitter: uniform between
 /// `backoff_min` and the nominal delay, which spreads clients that failed together the most
 /// widely (the floor keeps a failing client from retrying in a tight loop). `retry_after` from
-/// the endpoint is honoured, never undercut.
+/// the endpoint is honoured up to `retry_after_max`, never undercut.
 pub fn backoff_delay(
     policy: &RefreshPolicy,
     failures: u32,
@@ -41,7 +63,17 @@ pub fn backoff_delay(
         .min(policy.backoff_max);
     let jittered =
         policy.backoff_min + (nominal - policy.backoff_min).mul_f64(draw.clamp(0.0, 1.0));
-    jittered.max(retry_after.unwrap_or_default()).max(MIN_DELAY)
+    jittered
+        .max(honoured_retry_after(policy, retry_after))
+        .max(MIN_DELAY)
+}
+
+/// Delay before retrying credentials or a grant the endpoint rejected: `operator_retry`, or
+/// longer if the endpoint asked for it with `Retry-After` (up to `retry_after_max`).
+pub fn operator_delay(policy: &RefreshPolicy, retry_after: Option<Duration>) -> Duration {
+    policy
+        .operator_retry
+        .max(honoured_retry_after(policy, retry_after))
 }
 
 #[cfg(test)]
@@ -116,6 +148,29 @@ mod tests {
         assert_eq!(backoff_delay(&p, 10, Some(secs(2)), 1.0), secs(60));
     }
 
+    #[test]
+    fn retry_after_is_capped_by_the_policy() {
+        let p = RefreshPolicy::default();
+        let years = Some(secs(3 * 365 * 86_400));
+        assert_eq!(backoff_delay(&p, 1, years, 0.3), secs(600));
+        assert_eq!(backoff_delay(&p, 1, Some(Duration::MAX), 0.3), secs(600));
+        assert_eq!(operator_delay(&p, Some(Duration::MAX)), secs(600));
+        assert_eq!(operator_delay(&p, Some(secs(2))), secs(300));
+        assert_eq!(operator_delay(&p, None), secs(300));
+    }
+
+    #[test]
+    fn time_sums_saturate_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(after(now, Duration::MAX), now + MAX_WAIT);
+        assert_eq!(after(now, secs(5)), now + secs(5));
+        let wall = SystemTime::UNIX_EPOCH;
+        assert_eq!(wall_after(wall, Duration::MAX), wall + MAX_WAIT);
+        // A host clock at the end of SystemTime's range stays where it is.
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        assert_eq!(wall_after(end, secs(1)), end);
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -166,8 +221,9 @@ mod tests {
                 let retry_after = retry_after.map(Duration::from_secs);
                 let d = backoff_delay(&p, failures, retry_after, draw);
                 prop_assert!(d >= p.backoff_min);
-                prop_assert!(d >= retry_after.unwrap_or_default());
-                prop_assert!(d <= p.backoff_max.max(retry_after.unwrap_or_default()));
+                let honoured = retry_after.unwrap_or_default().min(p.retry_after_max);
+                prop_assert!(d >= honoured);
+                prop_assert!(d <= p.backoff_max.max(honoured));
             }
         }
     }

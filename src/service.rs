@@ -103,11 +103,9 @@ impl From<NoToken> for Status {
 /// The reason a client has no usable token, with when the next attempt is, for the caller.
 fn explain(slot: &ClientSlot, view: &ClientView) -> NoToken {
     let error = view.last_error.as_deref().unwrap_or("no error recorded");
-    let next = match view.next_attempt {
-        Some((_, wall)) => format!(
-            "; next attempt at {}",
-            humantime::format_rfc3339_seconds(wall)
-        ),
+    let next = match view.next_attempt.map(|(_, wall)| rfc3339(wall)) {
+        Some(Some(at)) => format!("; next attempt at {at}"),
+        Some(None) => "; next attempt after year 9999".into(),
         None => String::new(),
     };
     let name = &slot.name;
@@ -390,6 +388,13 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
+/// `t` in RFC 3339 to the second; `None` after year 9999, which RFC 3339 cannot write (and
+/// humantime panics on).
+pub fn rfc3339(t: SystemTime) -> Option<String> {
+    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    (t <= last).then(|| humantime::format_rfc3339_seconds(t).to_string())
+}
+
 /// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -411,6 +416,17 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_after_year_9999_are_not_formatted() {
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(
+            rfc3339(at(253_402_300_799)).as_deref(),
+            Some("9999-12-31T23:59:59Z")
+        );
+        assert_eq!(rfc3339(at(253_402_300_800)), None);
+        assert_eq!(rfc3339(at(i64::MAX as u64)), None);
+    }
 
     #[test]
     fn grpc_timeout_units() {

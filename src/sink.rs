@@ -122,7 +122,7 @@ impl FileSink {
                     "access_token": token.access_token.expose(),
                     "token_type": token.token_type,
                     "scopes": token.scopes,
-                    "expires_at": humantime::format_rfc3339_seconds(token.expires_wall).to_string(),
+                    "expires_at": crate::service::rfc3339(token.expires_wall),
                     "expires_at_unix": expires,
                 })
                 .to_string();

@@ -80,6 +80,9 @@ pub struct ClientView {
     pub next_attempt: Option<(Instant, SystemTime)>,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    /// A `Retry-After` longer than the policy allows was capped in this failure episode (and
+    /// logged, once).
+    pub retry_after_capped: bool,
 }
 
 impl ClientView {
@@ -130,6 +133,7 @@ impl ClientSlot {
             next_attempt: None,
             consecutive_failures: 0,
             last_error: None,
+            retry_after_capped: false,
         });
         METRICS.set_state(&name, None, ClientState::Starting);
         Self {
@@ -172,6 +176,7 @@ impl ClientSlot {
             v.next_attempt = None;
             v.consecutive_failures = 0;
             v.last_error = None;
+            v.retry_after_capped = false;
         });
     }
 

@@ -56,8 +56,20 @@ pub enum SupervisorMsg {
         seen: u64,
         can_sleep: bool,
     },
-    /// Answered while the supervisor's mailbox is being served (the systemd watchdog asks).
+    /// Answered by the timer wheel, through the supervisor's mailbox: both are live (the
+    /// systemd watchdog asks).
     Ping(RpcReplyPort<()>),
+    /// The timer wheel's task died (it panicked), with what it said.
+    WheelDied(String),
+}
+
+/// What a panic said, for the log line that names the task it killed.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 pub struct Supervisor;
@@ -91,6 +103,8 @@ pub struct SupervisorState {
     running: HashMap<ActorId, Arc<str>>,
     turns: HashMap<String, Turns>,
     alarms: Alarms,
+    /// When the timer wheel was restarted, within the restart window.
+    wheel_restarts: VecDeque<Instant>,
 }
 
 impl Actor for Supervisor {
@@ -108,6 +122,7 @@ impl Actor for Supervisor {
             running: HashMap::new(),
             turns: HashMap::new(),
             alarms: Alarms::start(myself.clone()),
+            wheel_restarts: VecDeque::new(),
         };
         for args in clients {
             state.add(&myself, args).await;
@@ -142,9 +157,8 @@ impl Actor for Supervisor {
                 seen,
                 can_sleep,
             } => state.settled(&myself, actor, seen, can_sleep).await,
-            SupervisorMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
+            SupervisorMsg::Ping(reply) => state.alarms.ping(reply),
+            SupervisorMsg::WheelDied(why) => state.restart_wheel(&myself, &why)?,
         }
         Ok(())
     }
@@ -370,6 +384,49 @@ impl SupervisorState {
             return Some(next);
         }
         None
+    }
+
+    /// A new timer wheel in place of one that died, with every sleeping client's alarm set
+    /// again from its published next attempt. Past the restart budget the supervisor fails,
+    /// and the daemon with it: a wheel that keeps dying is a bug no restart will fix.
+    fn restart_wheel(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        why: &str,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        let restarts = &mut self.wheel_restarts;
+        while restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            restarts.pop_front();
+        }
+        if restarts.len() >= MAX_RESTARTS {
+            let e = format!(
+                "the timer wheel died: {why}; {MAX_RESTARTS} restarts within {}s already",
+                RESTART_WINDOW.as_secs()
+            );
+            error!("{e}; stopping the supervisor");
+            return Err(e.into());
+        }
+        restarts.push_back(now);
+        self.alarms = Alarms::start(myself.clone());
+        let mut asleep = 0;
+        for child in self.children.values() {
+            if child.actor.is_some() || child.queued || child.given_up {
+                continue;
+            }
+            if let Some((at, _)) = child.args.slot.view().next_attempt {
+                self.alarms.set(child.name.clone(), at);
+                asleep += 1;
+            }
+        }
+        error!(
+            asleep,
+            "the timer wheel died: {why}; restarted it with the sleeping clients' alarms"
+        );
+        Ok(())
     }
 
     fn on_exit(&mut self, myself: &ActorRef<SupervisorMsg>, client: Arc<str>, reason: &str) {

@@ -3,6 +3,7 @@
 
 mod inflight;
 pub mod reply;
+mod retry_after;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use crate::limit::EndpointLimiter;
 use crate::metrics::METRICS;
 use crate::secret::{self, ExposeSecret, SecretError, SecretString};
 pub use reply::{OAuthError, ReplyError, TokenReply};
+pub use retry_after::parse_retry_after;
 
 /// Token replies are a few KiB; anything much larger is a misconfigured endpoint, and reading
 /// it whole would let a broken or hostile endpoint exhaust memory.
@@ -453,44 +455,6 @@ pub fn basic_authorization(client_id: &str, secret: &str) -> String {
     )
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 section 10.2.3).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate(value)?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-fn httpdate(value: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(&imf_fixdate_to_rfc3339(value)?).ok()
-}
-
-/// Converts `Sun, 06 Nov 1994 08:49:37 GMT` (the only date form senders may generate) to
-/// `1994-11-06 08:49:37`.
-fn imf_fixdate_to_rfc3339(value: &str) -> Option<String> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let mut parts = value.split_whitespace();
-    let (_day_name, day, month, year, time, zone) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if zone != "GMT" || parts.next().is_some() {
-        return None;
-    }
-    let month = MONTHS.iter().position(|m| *m == month)? + 1;
-    let day: u32 = day.parse().ok()?;
-    let year: u32 = year.parse().ok()?;
-    Some(format!("{year:04}-{month:02}-{day:02} {time}"))
-}
-
 /// reqwest's error text with its source chain, which carries the useful part ("connection
 /// refused"). No secret can be in it: credentials travel in headers and body, never the URL.
 fn describe(e: &reqwest::Error) -> String {
@@ -532,24 +496,6 @@ mod tests {
             decode_basic(&basic_authorization("ïd", "sé cret")),
             "%C3%AFd:s%C3%A9+cret"
         );
-    }
-
-    #[test]
-    fn retry_after_seconds_and_http_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]

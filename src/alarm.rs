@@ -112,3 +112,93 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{Actor, ActorProcessingErr};
+    use std::time::Duration;
+
+    /// Stands in for the supervisor: forwards what the wheel tells it.
+    struct Recorder;
+
+    impl Actor for Recorder {
+        type Msg = SupervisorMsg;
+        type State = mpsc::UnboundedSender<String>;
+        type Arguments = mpsc::UnboundedSender<String>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<SupervisorMsg>,
+            out: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(out)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<SupervisorMsg>,
+            msg: SupervisorMsg,
+            out: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = out.send(match msg {
+                SupervisorMsg::Wake { client } => format!("wake {client}"),
+                SupervisorMsg::WheelDied(why) => format!("died: {why}"),
+                _ => "other".into(),
+            });
+            Ok(())
+        }
+    }
+
+    async fn wheel() -> (Alarms, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (recorder, _) = Actor::spawn(None, Recorder, tx).await.unwrap();
+        (Alarms::start(recorder), rx)
+    }
+
+    async fn pong(alarms: &Alarms) -> bool {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        alarms.ping(tx.into());
+        tokio::time::timeout(Duration::from_secs(1), rx)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alarms_beyond_the_wheels_range_are_clamped_not_fatal() {
+        let (alarms, mut told) = wheel().await;
+        let years = Duration::from_secs(100 * 365 * 86_400);
+        alarms.set("far".into(), Instant::now() + years);
+        alarms.set("soon".into(), Instant::now() + Duration::from_secs(5));
+        assert_eq!(told.recv().await.unwrap(), "wake soon");
+        assert!(pong(&alarms).await, "the wheel still turns");
+        let start = Instant::now();
+        assert_eq!(told.recv().await.unwrap(), "wake far");
+        let waited = start.elapsed() + Duration::from_secs(5);
+        assert!(
+            waited.abs_diff(MAX_WAIT) < Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wheel_that_dies_says_so_and_stops_answering_pings() {
+        let (alarms, mut told) = wheel().await;
+        assert!(pong(&alarms).await);
+        // What an unclamped alarm of years did to the wheel: DelayQueue panics past its range.
+        let years = Duration::from_secs(3 * 365 * 86_400);
+        let _ = alarms
+            .commands
+            .send(Command::Set("hostile".into(), Instant::now() + years));
+        let said = told.recv().await.unwrap();
+        assert!(said.starts_with("died: "), "{said}");
+        assert!(
+            said.len() > "died: ".len(),
+            "the panic's text is kept: {said}"
+        );
+        assert!(
+            !pong(&alarms).await,
+            "a dead wheel must not feed the watchdog"
+        );
+    }
+}

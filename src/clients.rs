@@ -199,7 +199,8 @@ impl Clients {
         }
     }
 
-    /// Whether the supervisor is serving its mailbox (for the systemd watchdog).
+    /// Whether the supervisor serves its mailbox and its timer wheel turns: the ping goes
+    /// through both (for the systemd watchdog).
     pub async fn responsive(&self, within: Duration) -> bool {
         matches!(
             ractor::call_t!(
@@ -209,6 +210,12 @@ impl Clients {
             ),
             Ok(())
         )
+    }
+
+    /// Resolves if the supervisor stops (it never does before [`Clients::stop`] unless it
+    /// failed): without it no client is refreshed again.
+    pub async fn stopped(&self) {
+        let _ = self.supervisor.wait(None).await;
     }
 
     /// Stops every actor and waits until they are gone, then for requests still in flight

@@ -3,7 +3,10 @@
 //! orderly stop when `shutdown` resolves.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+
+use futures_util::FutureExt;
 
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
@@ -17,6 +20,7 @@ use crate::listen::{self, ListenError, SocketFile};
 use crate::oauth::http_client;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::TokenServiceImpl;
+use crate::supervisor::panic_text;
 use crate::systemd::{self, Activated};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,39 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{task} stopped: {why}")]
+    TaskDied { task: &'static str, why: String },
+}
+
+/// The daemon's long-lived tasks. None of them ends while the daemon runs, so one that does
+/// (returned or panicked) is fatal: it is named in the error, and the daemon exits non-zero so
+/// that systemd restarts it, instead of running on without it. Dropping the set aborts them.
+#[derive(Default)]
+struct Tasks(tokio::task::JoinSet<(&'static str, String)>);
+
+impl Tasks {
+    /// Runs `task`; the text it returns (or its panic's) says why it ended.
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = String> + Send + 'static) {
+        self.0.spawn(async move {
+            let why = match AssertUnwindSafe(task).catch_unwind().await {
+                Ok(why) => why,
+                Err(panic) => format!("panicked: {}", panic_text(&*panic)),
+            };
+            (name, why)
+        });
+    }
+
+    /// The first task to end, and why; pending while none has (or there are none).
+    async fn ended(&mut self) -> RunError {
+        match self.0.join_next().await {
+            Some(Ok((task, why))) => RunError::TaskDied { task, why },
+            Some(Err(e)) => RunError::TaskDied {
+                task: "an internal task",
+                why: e.to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    }
 }
 
 type Server = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -61,12 +98,16 @@ pub async fn run(
         }
     }
 
-    let metrics = match config.metrics.listen {
-        Some(addr) => Some(tokio::spawn(crate::metrics::serve(
-            listen::bind_tcp(addr).await?,
-        ))),
-        None => None,
-    };
+    let mut tasks = Tasks::default();
+    if let Some(addr) = config.metrics.listen {
+        let listener = listen::bind_tcp(addr).await?;
+        tasks.spawn("the metrics listener", async move {
+            match crate::metrics::serve(listener).await {
+                Ok(()) => "it stopped serving".into(),
+                Err(e) => e.to_string(),
+            }
+        });
+    }
 
     let http = http_client();
     let mut limiters = EndpointLimiters::new(
@@ -111,36 +152,52 @@ pub async fn run(
         )));
     }
     let mut servers = futures_util::future::try_join_all(servers);
-    let status = tokio::spawn(systemd::report_status(
-        clients.store.clone(),
-        config.server.startup_timeout,
-    ));
+    let status = systemd::report_status(clients.store.clone(), config.server.startup_timeout);
+    tasks.spawn("systemd status reporting", async move {
+        status.await;
+        "it returned".into()
+    });
     let mut running = config;
     let result = {
         let watchdog = systemd::watchdog(&clients);
         tokio::pin!(shutdown, watchdog);
         loop {
             tokio::select! {
-                r = &mut servers => break r.map(drop),
+                r = &mut servers => break match r {
+                    Ok(_) => Err(RunError::TaskDied {
+                        task: "the gRPC listeners",
+                        why: "they stopped accepting connections".into(),
+                    }),
+                    Err(e) => Err(e.into()),
+                },
                 () = &mut shutdown => {
                     info!("shutting down");
                     systemd::stopping();
                     stopping.cancel();
-                    break servers.await.map(drop);
+                    break servers.await.map(drop).map_err(RunError::from);
                 }
-                Some(()) = reloads.next() => {
-                    reload(&mut running, &clients, &http, &mut limiters).await;
-                }
+                reload_requested = reloads.next() => match reload_requested {
+                    Some(()) => reload(&mut running, &clients, &http, &mut limiters).await,
+                    None => break Err(RunError::TaskDied {
+                        task: "reload signal handling",
+                        why: "the stream of reload requests ended".into(),
+                    }),
+                },
+                () = clients.stopped() => break Err(RunError::TaskDied {
+                    task: "the client supervisor",
+                    why: "no client would be refreshed again".into(),
+                }),
+                e = tasks.ended() => break Err(e),
                 () = &mut watchdog => {}
             }
         }
     };
-    status.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
+    if let Err(e) = &result {
+        error!("{e}; exiting so that the service manager restarts tokend");
     }
+    drop(tasks);
     clients.stop().await;
-    result.map_err(RunError::from)
+    result
 }
 
 /// Re-reads the config file. A bad one is reported and changes nothing; a good one is applied
@@ -199,4 +256,26 @@ async fn router(service: &TokenServiceImpl) -> tonic::transport::server::Router 
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_returns_is_named_with_why() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("the forever task", std::future::pending());
+        tasks.spawn("the panicking task", async { panic!("index out of range") });
+        match tasks.ended().await {
+            RunError::TaskDied { task, why } => {
+                assert_eq!(task, "the panicking task");
+                assert_eq!(why, "panicked: index out of range");
+            }
+            e => panic!("{e}"),
+        }
+        tasks.spawn("the returning task", async { "it returned".to_string() });
+        let e = tasks.ended().await.to_string();
+        assert_eq!(e, "the returning task stopped: it returned");
+    }
 }

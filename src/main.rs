@@ -152,7 +152,11 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(signal) => tokio_stream::wrappers::SignalStream::new(signal),
         Err(e) => return fail(1, format!("cannot handle SIGHUP: {e}")),
     };
-    match tokend::run(config, shutdown_signal(), hangups).await {
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("cannot handle SIGTERM and SIGINT: {e}")),
+    };
+    match tokend::run(config, shutdown, hangups).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, e),
     }
@@ -191,12 +195,16 @@ async fn run_demo(socket: PathBuf) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(1, e),
     };
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("cannot handle SIGTERM and SIGINT: {e}")),
+    };
     let result = async {
         let endpoint = demo::start_endpoint().await?;
         let config = demo::config(&endpoint, &socket, secrets.path())?;
         eprintln!("{}", demo::instructions(&socket, &endpoint));
         // The demo's config is built in memory: there is nothing to reload.
-        tokend::run(config, shutdown_signal(), tokio_stream::pending()).await?;
+        tokend::run(config, shutdown, tokio_stream::pending()).await?;
         Ok::<_, demo::DemoError>(())
     }
     .await;
@@ -212,12 +220,18 @@ fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT, installed before the daemon starts: a handler that cannot be installed
+/// is an error at start-up, not a panic inside the running daemon.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        // `None` means the runtime's signal driver is gone, which only happens as the process
+        // ends: stopping in order is all there is left to do.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

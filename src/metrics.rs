@@ -277,8 +277,8 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener) {
+/// Serves `GET /metrics` on `listener` until the process ends (or the listener fails).
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(|| async {
@@ -291,7 +291,7 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             )
         }),
     );
-    let _ = axum::serve(listener, app).await;
+    axum::serve(listener, app).await
 }
 
 #[cfg(test)]

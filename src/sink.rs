@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::store::{ClientSlot, Token};
 
@@ -160,15 +160,23 @@ pub fn spawn(slot: &Arc<ClientSlot>, sink: FileSink) -> JoinHandle<()> {
             if let Some(token) = token {
                 written = token.generation;
                 let sink = sink.clone();
-                let content = sink.content(&token);
                 let path = sink.path.clone();
-                match tokio::task::spawn_blocking(move || sink.write(&content)).await {
+                // All the work on a token runs in its own task, so that a panic there costs
+                // that one write (logged) and this writer carries on with the next token.
+                let write = move || sink.write(&sink.content(&token));
+                match tokio::task::spawn_blocking(write).await {
                     Ok(Ok(())) => {
                         debug!(client = %name, path = %path.display(), "token written to file sink")
                     }
                     Ok(Err(e)) => {
                         warn!(client = %name, path = %path.display(), "cannot write file sink: {e}")
                     }
+                    Err(e) if e.is_panic() => error!(
+                        client = %name,
+                        path = %path.display(),
+                        "file sink write panicked: {}; writing the next token again",
+                        crate::supervisor::panic_text(&e.into_panic())
+                    ),
                     Err(e) => warn!(client = %name, "file sink task failed: {e}"),
                 }
             }

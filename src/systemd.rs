@@ -93,7 +93,8 @@ pub fn ready_again(store: &TokenStore) {
 }
 
 /// Pings the watchdog at half the interval systemd asks for, but only while the supervisor
-/// answers: a wedged actor system must let systemd restart the daemon.
+/// and its timer wheel answer: a wedged actor system, or a wheel that no longer wakes sleeping
+/// clients, must let systemd restart the daemon.
 pub async fn watchdog(clients: &Clients) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return std::future::pending().await;
@@ -106,7 +107,7 @@ pub async fn watchdog(clients: &Clients) {
         if clients.responsive(period).await {
             notify(&[NotifyState::Watchdog]);
         } else {
-            warn!("supervisor did not answer; withholding the watchdog ping");
+            warn!("supervisor or timer wheel did not answer; withholding the watchdog ping");
         }
     }
 }

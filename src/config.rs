@@ -82,9 +82,9 @@ impl Default for ServerConfig {
             default_wait: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
-            // A stream costs about 4 KiB in the daemon (measured with 2,000 open, release
-            // build): 4,096 of them stay under 20 MiB, and a host whose every process watches
-            // a token has far fewer.
+            // A stream costs about 6 KiB in the daemon (2,000 open, tests/hostile_caller
+            // streams.rs): 4,096 of them stay under 26 MiB, and a host whose every process
+            // watches a token has far fewer.
             max_watch_streams: 4096,
             max_watch_streams_per_uid: 1024,
             // A waiting call costs less than a stream; these callers are only waiting for a

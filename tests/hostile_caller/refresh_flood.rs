@@ -92,7 +92,9 @@ async fn a_thousand_reports_over_ten_seconds_cause_at_most_one_request_per_inter
     let during = requests_since(&endpoint, t0);
     assert!(
         (2..=3).contains(&during.len()),
-        "10 s / 5 s + 1 at most, and reports still cause refreshes: {during:?}"
+        "10 s / 5 s + 1 at most, and reports still cause refreshes: {} requests, the first at {:?}",
+        during.len(),
+        &during[..during.len().min(5)]
     );
     for pair in during.windows(2) {
         assert!(pair[1] - pair[0] >= 5.0, "{during:?}");
@@ -127,7 +129,7 @@ async fn demands_of_min_valid_are_limited_the_same_way() {
     }
     assert!(limited > 0, "some demands fell within an interval");
     let during = requests_since(&endpoint, t0);
-    assert!(during.len() <= 3, "{during:?}");
+    assert!(during.len() <= 3, "{} requests", during.len());
 }
 
 #[tokio::test(start_paused = true)]

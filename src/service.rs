@@ -198,7 +198,7 @@ impl TokenServiceImpl {
         let mut rx = slot.subscribe();
         let mut asked_for: Option<u64> = None;
         // Taken at the first wait: a call answered without waiting holds nothing.
-        let mut _waiting = None;
+        let mut place = None;
         loop {
             let view = rx.borrow_and_update().clone();
             let now = Instant::now();
@@ -237,8 +237,8 @@ impl TokenServiceImpl {
             if !worth_waiting(&view, until) {
                 return Err(explain(slot, &view));
             }
-            if _waiting.is_none() {
-                _waiting = Some(
+            if place.is_none() {
+                place = Some(
                     self.limits
                         .waiting
                         .admit(caller)

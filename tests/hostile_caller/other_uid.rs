@@ -189,8 +189,11 @@ async fn calls() {
             spec.count
         ];
         let deadline = tokio::time::Instant::now() + settle;
-        while let Ok(Some((i, outcome))) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            got[i] = outcome;
+        for _ in 0..spec.count {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((i, outcome))) => got[i] = outcome,
+                _ => break,
+            }
         }
         outcomes.push(got);
     }

@@ -58,6 +58,19 @@ pub struct ServerConfig {
     /// long, with the clients still without one named in STATUS=.
     #[serde(with = "humantime_serde_compat")]
     pub startup_timeout: Duration,
+    /// The longest any call waits for a token, whatever deadline the caller sends: a waiting
+    /// call holds memory, and a caller must not be able to hold it for hours.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_wait: Duration,
+    /// Open `WatchToken` streams, in all...
+    pub max_watch_streams: usize,
+    /// ...and per caller uid (TCP callers count as one caller), so one local user cannot take
+    /// them all.
+    pub max_watch_streams_per_uid: usize,
+    /// `GetToken` and `RefreshToken` calls waiting for a token (none usable yet), in all...
+    pub max_waiting_calls: usize,
+    /// ...and per caller uid.
+    pub max_waiting_calls_per_uid: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +81,16 @@ impl Default for ServerConfig {
             tcp: None,
             default_wait: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(60),
+            // A stream costs about 6 KiB in the daemon (2,000 open, tests/hostile_caller
+            // streams.rs): 4,096 of them stay under 26 MiB, and a host whose every process
+            // watches a token has far fewer.
+            max_watch_streams: 4096,
+            max_watch_streams_per_uid: 1024,
+            // A waiting call costs less than a stream; these callers are only waiting for a
+            // first token or a refresh, a few per process at most.
+            max_waiting_calls: 4096,
+            max_waiting_calls_per_uid: 1024,
         }
     }
 }
@@ -110,6 +133,11 @@ pub struct RefreshPolicy {
     /// Timeout of one token request, connect to last byte.
     #[serde(with = "humantime_serde_compat")]
     pub request_timeout: Duration,
+    /// Token requests that callers cause (`RefreshToken` reports, `GetToken` with
+    /// `min_valid_seconds`) start at most once per this interval per client: each one costs
+    /// the provider's quota and may rotate a refresh token.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_interval: Duration,
     /// Clients that share a token endpoint share this many concurrent requests...
     pub endpoint_concurrency: usize,
     /// ...and start them at least this far apart, so a start-up with many clients, a restart
@@ -129,6 +157,7 @@ impl Default for RefreshPolicy {
             operator_retry: Duration::from_secs(300),
             default_lifetime: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            min_interval: Duration::from_secs(5),
             endpoint_concurrency: 4,
             endpoint_spacing: Duration::from_millis(10),
         }
@@ -275,6 +304,22 @@ fn default_grant() -> Grant {
     Grant::ClientCredentials
 }
 
+/// The longest client name a config can hold; callers naming a longer one are refused before
+/// the name goes anywhere (a log line, an error message).
+pub const MAX_CLIENT_NAME: usize = 128;
+
+/// The upper bound of `server.max_wait`: beyond an hour, a "wait" is a held connection.
+const MAX_MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Whether `name` can be a configured client's name: 1 to [`MAX_CLIENT_NAME`] ASCII letters,
+/// digits, '-', '_' and '.'.
+pub fn is_client_name(name: &str) -> bool {
+    (1..=MAX_CLIENT_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
 /// Form parameters a client may not override through `extra_params`: tokend sets them itself.
 const RESERVED_PARAMS: &[&str] = &[
     "grant_type",
@@ -375,6 +420,7 @@ impl Config {
         if self.server.default_wait.is_zero() {
             return Err(err("server.default_wait".into(), "must be positive".into()));
         }
+        self.server.validate_limits().map_err(|(k, r)| err(k, r))?;
         self.refresh.validate().map_err(|(k, r)| err(k, r))?;
         for (name, client) in &self.clients {
             client
@@ -394,6 +440,57 @@ impl Config {
 /// ([`crate::oauth::reply::MAX_LIFETIME`]).
 const MAX_RETRY_AFTER: Duration = crate::oauth::reply::MAX_LIFETIME;
 
+impl ServerConfig {
+    fn validate_limits(&self) -> Result<(), (String, String)> {
+        if self.max_wait.is_zero() || self.max_wait > MAX_MAX_WAIT {
+            return Err((
+                "server.max_wait".into(),
+                format!(
+                    "must be between 1s and {}",
+                    humantime::format_duration(MAX_MAX_WAIT)
+                ),
+            ));
+        }
+        if self.default_wait > self.max_wait {
+            return Err((
+                "server.default_wait".into(),
+                format!(
+                    "{} is longer than server.max_wait ({})",
+                    humantime::format_duration(self.default_wait),
+                    humantime::format_duration(self.max_wait)
+                ),
+            ));
+        }
+        let caps = [
+            (
+                "max_watch_streams",
+                self.max_watch_streams,
+                self.max_watch_streams_per_uid,
+            ),
+            (
+                "max_waiting_calls",
+                self.max_waiting_calls,
+                self.max_waiting_calls_per_uid,
+            ),
+        ];
+        for (key, total, per_uid) in caps {
+            if total == 0 || per_uid == 0 {
+                return Err((
+                    format!("server.{key}"),
+                    "this cap and its _per_uid cap must be at least 1".into(),
+                ));
+            }
+            if per_uid > total {
+                return Err((
+                    format!("server.{key}_per_uid"),
+                    format!("{per_uid} is larger than server.{key} ({total})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RefreshPolicy {
     fn validate(&self) -> Result<(), (String, String)> {
         let [lo, hi] = self.lifetime_fraction;
@@ -410,6 +507,7 @@ impl RefreshPolicy {
             ("operator_retry", self.operator_retry),
             ("default_lifetime", self.default_lifetime),
             ("request_timeout", self.request_timeout),
+            ("min_interval", self.min_interval),
         ];
         for (key, value) in positive {
             if value.is_zero() {
@@ -449,14 +547,12 @@ impl RefreshPolicy {
 
 impl ClientConfig {
     fn validate(&self, name: &str) -> Result<(), (String, String)> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !is_client_name(name) {
             return Err((
                 String::new(),
-                format!("client name {name:?} may only use letters, digits, '-', '_' and '.'"),
+                format!(
+                    "client name {name:?} must be 1 to {MAX_CLIENT_NAME} letters, digits, '-', '_' and '.'"
+                ),
             ));
         }
         validate_endpoint(&self.token_endpoint, self.allow_insecure_http)
@@ -849,6 +945,39 @@ mod tests {
                 "not a duration",
             ),
             (
+                format!(
+                    "[server]\nmax_watch_streams = 10\nmax_watch_streams_per_uid = 20\n{}",
+                    client_toml(&s, "")
+                ),
+                "server.max_watch_streams_per_uid",
+                "larger than server.max_watch_streams",
+            ),
+            (
+                format!("[server]\nmax_waiting_calls = 0\n{}", client_toml(&s, "")),
+                "server.max_waiting_calls",
+                "at least 1",
+            ),
+            (
+                format!("[server]\ndefault_wait = \"2m\"\n{}", client_toml(&s, "")),
+                "server.default_wait",
+                "longer than server.max_wait",
+            ),
+            (
+                format!("[server]\nmax_wait = \"2h\"\n{}", client_toml(&s, "")),
+                "server.max_wait",
+                "between 1s and 1h",
+            ),
+            (
+                format!("[refresh]\nmin_interval = \"0s\"\n{}", client_toml(&s, "")),
+                "refresh.min_interval",
+                "positive",
+            ),
+            (
+                client_toml(&s, "").replace("billing", &"b".repeat(129)),
+                "clients.",
+                "1 to 128 letters",
+            ),
+            (
                 client_toml(Path::new("/nonexistent/secret"), ""),
                 "clients.billing.client_secret_file",
                 "/nonexistent/secret",
@@ -860,6 +989,16 @@ mod tests {
             assert!(err.key.starts_with(key), "want key {key}, got {err}");
             assert!(err.to_string().contains(reason), "want {reason:?} in {err}");
         }
+    }
+
+    #[test]
+    fn client_names_are_short_and_plain() {
+        assert!(is_client_name("billing-svc_2.prod"));
+        assert!(is_client_name(&"a".repeat(MAX_CLIENT_NAME)));
+        for bad in ["", "a b", "a/b", "bill\ning", "b\u{e9}", "a\0"] {
+            assert!(!is_client_name(bad), "{bad:?}");
+        }
+        assert!(!is_client_name(&"a".repeat(MAX_CLIENT_NAME + 1)));
     }
 
     #[test]

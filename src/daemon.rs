@@ -133,7 +133,8 @@ pub async fn run(
         clients.store.clone(),
         config.server.default_wait,
         stopping.clone(),
-    );
+    )
+    .with_limits(crate::call_limits::CallLimits::of(&config.server));
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
         let incoming = crate::authority::fix_incoming(UnixListenerStream::new(listener));

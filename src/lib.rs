@@ -16,6 +16,7 @@
 //! - [`store`]: per-client `watch` channels the gRPC handlers read without asking the actor.
 //! - [`access`]: who may read which client's token (peer credentials, allow-lists).
 //! - [`service`]: the `tokend.v1.TokenService` gRPC implementation and status mapping.
+//! - [`call_limits`]: caps on the streams and waiting calls callers hold, in all and per uid.
 //! - [`sink`]: per-client files rewritten atomically with each new token.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
 //! - [`authority`]: makes the `:authority` stock gRPC clients send over a Unix socket (the socket
@@ -36,6 +37,7 @@ pub mod actor;
 pub mod alarm;
 pub mod authority;
 pub mod authorize;
+pub mod call_limits;
 pub mod clients;
 pub mod config;
 pub mod ctl;

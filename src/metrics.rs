@@ -55,6 +55,14 @@ pub struct StateOnly {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The `[server]` key of the cap: max_watch_streams or max_waiting_calls.
+    pub cap: &'static str,
+    /// "total", or "per_uid" (the caller's own cap).
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub method: &'static str,
     pub code: String,
@@ -76,6 +84,7 @@ pub struct Metrics {
     /// count).
     grpc_counters: [OnceLock<Counter>; GRPC_METHODS.len() * GRPC_CODES],
     pub watch_streams: Gauge,
+    pub calls_refused: Family<RefusedLabels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -104,6 +113,7 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_counters: std::array::from_fn(|_| OnceLock::new()),
             watch_streams: Gauge::default(),
+            calls_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +159,11 @@ impl Metrics {
             m.watch_streams.clone(),
         );
         registry.register(
+            "calls_refused",
+            "Calls refused at a cap (RESOURCE_EXHAUSTED), by cap",
+            m.calls_refused.clone(),
+        );
+        registry.register(
             "build",
             "tokend's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -162,6 +177,13 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// A call was refused at `cap` (a `[server]` key), its total or the caller's own.
+    pub fn call_refused(&self, cap: &'static str, scope: &'static str) {
+        self.calls_refused
+            .get_or_create(&RefusedLabels { cap, scope })
+            .inc();
     }
 
     /// A client moved from state `from` (`None`: it is new) to `to`.

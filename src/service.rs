@@ -12,9 +12,11 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::access::Caller;
+use crate::call_limits::CallLimits;
+use crate::config::{MAX_CLIENT_NAME, is_client_name};
 use crate::metrics::{METRICS, WatchGuard};
 use crate::proto::{self, token_service_server::TokenService};
-use crate::store::{ClientSlot, ClientState, ClientView, Token, TokenStore};
+use crate::store::{ClientSlot, ClientState, ClientView, RefreshRequest, Token, TokenStore};
 
 /// Answers are given this much before the caller's deadline, so that the caller sees why no
 /// token came (UNAVAILABLE with a reason) rather than a bare DEADLINE_EXCEEDED.
@@ -24,6 +26,7 @@ const DEADLINE_HEADROOM: Duration = Duration::from_millis(100);
 pub struct TokenServiceImpl {
     store: Arc<TokenStore>,
     default_wait: Duration,
+    limits: Arc<CallLimits>,
     /// Cancelled at shutdown: `WatchToken` streams never end by themselves, and the server's
     /// graceful stop would otherwise wait for them forever.
     stopping: CancellationToken,
@@ -38,30 +41,35 @@ impl TokenServiceImpl {
         Self {
             store,
             default_wait,
+            limits: Arc::new(CallLimits::default()),
             stopping,
         }
     }
 
-    /// The client's slot, if it exists and `caller` may read it.
+    /// Replaces the default caps on streams, waiting calls and waits.
+    pub fn with_limits(mut self, limits: CallLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The client's slot, if it exists and `caller` may read it. A client the caller may not
+    /// read is answered exactly as a name nobody configured, so that callers cannot tell which
+    /// clients exist (ListClients hides them too).
     fn slot(&self, client: &str, caller: &Caller) -> Result<Arc<ClientSlot>, Status> {
-        if client.is_empty() {
-            return Err(Status::invalid_argument(
-                "client must name a configured client",
-            ));
-        }
-        let slot = self.store.get(client).ok_or_else(|| {
-            Status::not_found(format!("no client named {client:?} is configured"))
-        })?;
+        // Looked up before it is checked: every configured name is valid, so a found one needs
+        // no check and the common call pays for none.
+        let Some(slot) = self.store.get(client) else {
+            return Err(unknown_client(client));
+        };
         if !slot.allows(caller) {
             warn!(client = %client, caller = %caller, "denied: caller is not allowed to read this client's token");
-            return Err(Status::permission_denied(format!(
-                "{caller} may not read the token of client {client:?}"
-            )));
+            return Err(unknown_client(client));
         }
         Ok(slot)
     }
 
-    /// How long a call may wait: the caller's deadline less headroom, else the default.
+    /// How long a call may wait: the caller's deadline less headroom, else the default; never
+    /// longer than `server.max_wait`.
     fn wait_budget<T>(&self, request: &Request<T>) -> Duration {
         request
             .metadata()
@@ -70,7 +78,19 @@ impl TokenServiceImpl {
             .and_then(parse_grpc_timeout)
             .map(|d| d.saturating_sub(DEADLINE_HEADROOM.min(d / 10)))
             .unwrap_or(self.default_wait)
+            .min(self.limits.max_wait)
     }
+}
+
+/// NOT_FOUND for a name that is not (visibly to this caller) configured. Only a name that could
+/// be configured is repeated back, so the message stays short whatever the caller sent.
+fn unknown_client(client: &str) -> Status {
+    if !is_client_name(client) {
+        return Status::invalid_argument(format!(
+            "client must name a configured client: 1 to {MAX_CLIENT_NAME} ASCII letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Status::not_found(format!("no client named {client:?} is configured"))
 }
 
 /// Why a call got no token; converted to the status code that tells the caller what to do.
@@ -81,6 +101,15 @@ enum NoToken {
         min_valid: Duration,
         lifetime: Duration,
     },
+    /// Callers already made this client send a request within `refresh.min_interval`, and the
+    /// next one comes after this caller's deadline. `current` is still valid.
+    RateLimited {
+        client: String,
+        current: Arc<Token>,
+        next_in: Duration,
+    },
+    /// Past a cap on waiting calls.
+    Refused(Status),
 }
 
 impl From<NoToken> for Status {
@@ -96,6 +125,13 @@ impl From<NoToken> for Status {
                 min_valid.as_secs(),
                 lifetime.as_secs()
             )),
+            NoToken::RateLimited {
+                client, next_in, ..
+            } => Status::unavailable(format!(
+                "client {client:?}: callers already caused a token request within refresh.min_interval; the next may start in {}s, after this call's deadline",
+                next_in.as_secs_f64().ceil()
+            )),
+            NoToken::Refused(status) => status,
         }
     }
 }
@@ -151,6 +187,7 @@ impl TokenServiceImpl {
     async fn token_for(
         &self,
         slot: &ClientSlot,
+        caller: &Caller,
         min_valid: Duration,
         newer_than: Option<u64>,
         wait: Duration,
@@ -158,6 +195,8 @@ impl TokenServiceImpl {
         let until = Instant::now() + wait;
         let mut rx = slot.subscribe();
         let mut asked_for: Option<u64> = None;
+        // Taken at the first wait: a call answered without waiting holds nothing.
+        let mut place = None;
         loop {
             let view = rx.borrow_and_update().clone();
             let now = Instant::now();
@@ -166,21 +205,43 @@ impl TokenServiceImpl {
                 return Ok(token.clone());
             }
             if let Some(token) = view.token.as_ref().filter(|t| t.is_valid(now)) {
-                // A token newer than the one we asked to replace still falls short: waiting
-                // longer would only ask again for the same.
-                if asked_for.is_some_and(|g| token.generation > g) && newer(token) {
+                let lifetime = token
+                    .expires_at
+                    .saturating_duration_since(token.received_at);
+                // Longer than the whole lifetime of the current token, or a token newer than
+                // the one we asked to replace still falls short: asking (again) would only cost
+                // a request for the same.
+                if min_valid > lifetime
+                    || (asked_for.is_some_and(|g| token.generation > g) && newer(token))
+                {
                     return Err(NoToken::TooShortLived {
                         min_valid,
-                        lifetime: token.expires_at - token.received_at,
+                        lifetime,
                     });
                 }
                 if asked_for != Some(token.generation) {
                     asked_for = Some(token.generation);
-                    slot.request_refresh(token.generation);
+                    if let RefreshRequest::Deferred(at) = slot.request_refresh(token.generation)
+                        && at >= until
+                    {
+                        return Err(NoToken::RateLimited {
+                            client: slot.name.clone(),
+                            current: token.clone(),
+                            next_in: at - now,
+                        });
+                    }
                 }
             }
             if !worth_waiting(&view, until) {
                 return Err(explain(slot, &view));
+            }
+            if place.is_none() {
+                place = Some(
+                    self.limits
+                        .waiting
+                        .admit(caller)
+                        .map_err(|e| NoToken::Refused(e.into()))?,
+                );
             }
             match tokio::time::timeout_at(until, rx.changed()).await {
                 Ok(Ok(())) => continue,
@@ -207,7 +268,8 @@ impl TokenServiceImpl {
             Some(token) => token,
             None => {
                 let wait = self.wait_budget(&request);
-                self.token_for(&slot, min_valid, None, wait).await?
+                self.token_for(&slot, &caller, min_valid, None, wait)
+                    .await?
             }
         };
         audit(&slot.name, &caller, &token);
@@ -220,6 +282,7 @@ impl TokenServiceImpl {
     ) -> Result<Response<TokenStream>, Status> {
         let caller = Caller::of(&request);
         let slot = self.slot(&request.get_ref().client, &caller)?;
+        let streams = self.limits.streams.admit(&caller)?;
         let name = slot.name.clone();
         let mut last = 0;
         // Weak: a client removed by a reload drops its slot, which ends the stream.
@@ -231,12 +294,11 @@ impl TokenServiceImpl {
         // while the caller may still read it (a reload can take that away).
         let tokens = changes.filter_map(move |view| {
             // Moved in so the stream counts as open exactly as long as it exists.
-            let _open = &open;
+            let _open = (&open, &streams);
             let allowed = weak.upgrade().is_some_and(|s| s.allows(&caller));
             if !allowed {
-                return Some(Err(Status::permission_denied(format!(
-                    "{caller} may no longer read the token of client {name:?}"
-                ))));
+                warn!(client = %name, caller = %caller, "stream ended: the client was removed or the caller may no longer read it");
+                return Some(Err(unknown_client(&name)));
             }
             let token = view
                 .token
@@ -270,9 +332,16 @@ impl TokenServiceImpl {
         let newer_than = current
             .filter(|t| t.access_token.expose() == req.rejected_access_token)
             .map(|t| t.generation);
-        let token = self
-            .token_for(&slot, Duration::ZERO, newer_than, wait)
-            .await?;
+        let token = match self
+            .token_for(&slot, &caller, Duration::ZERO, newer_than, wait)
+            .await
+        {
+            Ok(token) => token,
+            // The report is noted (a request is deferred to the end of the interval); until
+            // then the current token is the best answer there is.
+            Err(NoToken::RateLimited { current, .. }) => current,
+            Err(e) => return Err(e.into()),
+        };
         audit(&slot.name, &caller, &token);
         Ok(Response::new(to_proto(&slot.name, &token)))
     }

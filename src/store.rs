@@ -113,6 +113,34 @@ pub struct SlotSettings {
     pub required: bool,
 }
 
+/// What became of a caller's request for a token newer than the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRequest {
+    /// Sent, coalesced with one already sent or in flight, or moot (the token was replaced):
+    /// the view changes when there is news.
+    Pending,
+    /// A caller-driven request started less than `refresh.min_interval` ago; the next one
+    /// starts at this time, unless the token is replaced before.
+    Deferred(Instant),
+}
+
+/// The supervisor that runs a client, and how often callers may make it send a request.
+struct Runner {
+    supervisor: ActorRef<SupervisorMsg>,
+    min_interval: Duration,
+}
+
+/// The caller-driven token requests of one client. It lives in the slot, not in the actor,
+/// because the actor sleeps (stops) between refreshes and would forget it.
+#[derive(Default)]
+struct RefreshGate {
+    /// The generation the last caller-driven request replaced, and when it was sent.
+    last: Option<(u64, Instant)>,
+    /// The request deferred to the end of the interval: when, and the newest generation
+    /// callers asked to replace meanwhile.
+    deferred: Option<(Instant, u64)>,
+}
+
 /// One configured client's published state and the way to ask for a refresh.
 pub struct ClientSlot {
     pub name: String,
@@ -120,7 +148,8 @@ pub struct ClientSlot {
     view: watch::Sender<ClientView>,
     /// The supervisor that runs this client: refresh requests go through it, because the
     /// client's actor may be asleep.
-    supervisor: Mutex<Option<ActorRef<SupervisorMsg>>>,
+    runner: Mutex<Option<Runner>>,
+    gate: Arc<Mutex<RefreshGate>>,
     /// Shared by every slot of a store: woken on any change (systemd status reporting).
     changed: Arc<Notify>,
 }
@@ -140,7 +169,8 @@ impl ClientSlot {
             name,
             settings: RwLock::new(Arc::new(settings)),
             view,
-            supervisor: Mutex::new(None),
+            runner: Mutex::new(None),
+            gate: Arc::default(),
             changed,
         }
     }
@@ -206,29 +236,69 @@ impl ClientSlot {
         self.changed.notify_one();
     }
 
-    /// Records the supervisor that runs this client.
-    pub fn attach(&self, supervisor: ActorRef<SupervisorMsg>) {
-        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(supervisor);
+    /// Records the supervisor that runs this client, and the least time between two token
+    /// requests callers cause. What callers caused before is kept: a restart or a reload does
+    /// not reopen the gate.
+    pub fn attach(&self, supervisor: ActorRef<SupervisorMsg>, min_interval: Duration) {
+        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(Runner {
+            supervisor,
+            min_interval,
+        });
     }
 
-    /// Asks for a refresh now if `generation` is still the current, fresh token: callers that
-    /// saw the same token coalesce into one request (here, and again in the actor, which alone
-    /// knows whether a request is in flight).
-    pub fn request_refresh(&self, generation: u64) {
+    /// Asks for a refresh if `generation` is still the current, fresh token. Callers that saw
+    /// the same token coalesce into one request (here, and again in the actor, which alone
+    /// knows whether a request is in flight), and callers together start at most one request
+    /// per `min_interval`: a later one is deferred to the end of the interval.
+    pub fn request_refresh(&self, generation: u64) -> RefreshRequest {
         if !self.view.borrow().refreshable(generation) {
-            return;
+            return RefreshRequest::Pending;
         }
-        let supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(supervisor) = supervisor {
-            let _ = supervisor.cast(SupervisorMsg::Refresh {
-                client: self.name.clone(),
-                generation,
+        let (supervisor, min_interval) = {
+            let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner());
+            match runner.as_ref() {
+                Some(r) => (r.supervisor.clone(), r.min_interval),
+                None => return RefreshRequest::Pending,
+            }
+        };
+        let now = Instant::now();
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, newest)) = gate.deferred.as_mut()
+            && *at > now
+        {
+            *newest = (*newest).max(generation);
+            return RefreshRequest::Deferred(*at);
+        }
+        if let Some((last, sent)) = gate.last
+            && now < sent + min_interval
+        {
+            if last == generation {
+                return RefreshRequest::Pending;
+            }
+            let at = sent + min_interval;
+            gate.deferred = Some((at, generation));
+            let gate = self.gate.clone();
+            let view = self.view.subscribe();
+            let client = self.name.clone();
+            supervisor.send_after(at - now, move || {
+                let mut gate = gate.lock().unwrap_or_else(|e| e.into_inner());
+                let generation = gate.deferred.take().map_or(generation, |(_, g)| g);
+                // Only a request that will go out counts against the interval; a token replaced
+                // meanwhile (its scheduled refresh) makes this one moot.
+                if view.borrow().refreshable(generation) {
+                    gate.last = Some((generation, Instant::now()));
+                }
+                SupervisorMsg::Refresh { client, generation }
             });
+            return RefreshRequest::Deferred(at);
         }
+        gate.last = Some((generation, now));
+        drop(gate);
+        let _ = supervisor.cast(SupervisorMsg::Refresh {
+            client: self.name.clone(),
+            generation,
+        });
+        RefreshRequest::Pending
     }
 }
 

@@ -198,7 +198,7 @@ impl Actor for Supervisor {
 impl SupervisorState {
     async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: TokenArgs) {
         let name: Arc<str> = args.slot.name.as_str().into();
-        args.slot.attach(myself.clone());
+        args.slot.attach(myself.clone(), args.policy.min_interval);
         self.children.insert(
             name.clone(),
             Child {

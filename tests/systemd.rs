@@ -550,8 +550,11 @@ async fn callers_get_exactly_what_their_allow_lists_say() {
             assert!(out.trim().len() > 20);
         } else {
             assert_ne!(code, 0, "nobody must not get {name}");
+            // Exactly what a name nobody configured gets: no hint that the client exists.
             assert!(
-                err.contains("PermissionDenied") && err.contains("uid 65534"),
+                err.contains(&format!(
+                    "NotFound: no client named \"{name}\" is configured"
+                )),
                 "{err}"
             );
         }
@@ -577,7 +580,7 @@ async fn callers_get_exactly_what_their_allow_lists_say() {
             true => assert!(r.is_ok(), "root gets {name}: {r:?}"),
             false => assert_eq!(
                 r.unwrap_err().code(),
-                Code::PermissionDenied,
+                Code::NotFound,
                 "root must not get {name}"
             ),
         }
@@ -599,7 +602,7 @@ async fn callers_get_exactly_what_their_allow_lists_say() {
             .get_token(get(name, Duration::from_secs(10)))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{name} over TCP");
+        assert_eq!(err.code(), Code::NotFound, "{name} over TCP");
     }
 
     // Audit: grants at debug with uid, pid and fingerprint; denials at warn; never the token.

@@ -127,10 +127,15 @@ impl Daemon {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, clients: &str) -> Daemon {
+        Self::start_with_server(dir, "", clients).await
+    }
+
+    /// As [`Daemon::start_in`], with further `[server]` keys (`server`, TOML lines).
+    pub async fn start_with_server(dir: tempfile::TempDir, server: &str, clients: &str) -> Daemon {
         let socket = dir.path().join("tokend.sock");
         let log = dir.path().join("tokend.log");
         let config = format!(
-            "[server]\nsocket = \"{}\"\n\n{}",
+            "[server]\nsocket = \"{}\"\n{server}\n\n{}",
             socket.display(),
             clients.replace("{dir}", &dir.path().display().to_string())
         );
@@ -185,6 +190,20 @@ impl Daemon {
             }))
             .await
             .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The daemon's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     pub fn log_text(&self) -> String {
@@ -287,4 +306,47 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
         .decode(payload)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The daemon's parts in this process (clients, supervisor, the gRPC service without a socket),
+/// for tests on tokio's paused clock. Every client of `names` uses `token_endpoint`.
+pub struct InProcess {
+    pub service: tokend::service::TokenServiceImpl,
+    pub clients: tokend::clients::Clients,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// `settings`: TOML put before the client tables (`[server]` and `[refresh]` keys).
+    pub async fn start(token_endpoint: &str, names: &[&str], settings: &str) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = secret_file(dir.path(), "secret", "s3cret");
+        let mut toml = format!("{settings}\n");
+        for name in names {
+            toml.push_str(&format!(
+                "[clients.{name}]\ntoken_endpoint = \"{token_endpoint}\"\nclient_id = \"{name}\"\nclient_secret_file = \"{}\"\n",
+                secret.display()
+            ));
+        }
+        let path = dir.path().join("tokend.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = tokend::Config::load_with_env(&path, []).unwrap();
+        let clients = tokend::clients::Clients::start(
+            tokend::clients::client_specs(&config, &tokend::oauth::http_client()),
+            &config.refresh,
+        )
+        .await
+        .unwrap();
+        let service = tokend::service::TokenServiceImpl::new(
+            clients.store.clone(),
+            config.server.default_wait,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .with_limits(tokend::call_limits::CallLimits::of(&config.server));
+        InProcess {
+            service,
+            clients,
+            _dir: dir,
+        }
+    }
 }

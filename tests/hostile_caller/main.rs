@@ -5,11 +5,14 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../fault/mod.rs"]
+mod fault;
 
 mod authority;
 mod connections;
 mod enumeration;
 mod files;
 mod names;
+mod other_uid;
 mod refresh_flood;
 mod streams;

@@ -528,6 +528,17 @@ impl ClientConfig {
             }
             _ => {}
         }
+        if let Some(path) = &self.refresh_token_file {
+            // Its directory gets the file sinks' rule: written into by tokend, it must not be
+            // writable by anyone who could plant a file or swap the token there.
+            crate::atomic_file::split(path)
+                .map_err(|e| e.to_string())
+                .and_then(|(dir, _)| {
+                    crate::atomic_file::SafeDir::open(dir, &crate::atomic_file::Trust::state())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|r| ("refresh_token_file".to_string(), r))?;
+        }
         if let Some(endpoint) = &self.authorize_endpoint {
             validate_endpoint(endpoint, self.allow_insecure_http)
                 .map_err(|r| ("authorize_endpoint".to_string(), r))?;

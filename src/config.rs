@@ -73,11 +73,41 @@ impl Default for ServerConfig {
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Loopback address to serve `GET /metrics` on; no listener when unset.
+    /// Loopback address to serve `GET /metrics` on; no listener when unset. Anyone on the host
+    /// can connect to it and read every client's name and state.
     pub listen: Option<SocketAddr>,
+    /// Unix socket to serve `GET /metrics` on, its file mode deciding who may scrape; no
+    /// socket when unset.
+    pub socket: Option<PathBuf>,
+    /// Octal file mode applied to the metrics socket after bind.
+    pub socket_mode: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            socket: None,
+            socket_mode: "0600".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The socket mode as a number; valid after [`Config::validate`].
+    pub fn socket_mode(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o600)
+    }
+}
+
+/// An octal file mode such as "0660" (or "0o660"), permission bits only.
+fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
 }
 
 /// When tokens are refreshed and how failures are retried.
@@ -366,6 +396,29 @@ impl Config {
                 "metrics.listen".into(),
                 format!("{addr} is not a loopback address (use 127.0.0.1 or [::1])"),
             ));
+        }
+        if parse_mode(&self.metrics.socket_mode).is_none() {
+            return Err(err(
+                "metrics.socket_mode".into(),
+                format!(
+                    "{:?} is not an octal file mode such as \"0600\"",
+                    self.metrics.socket_mode
+                ),
+            ));
+        }
+        if let Some(socket) = &self.metrics.socket {
+            if !socket.is_absolute() {
+                return Err(err(
+                    "metrics.socket".into(),
+                    format!("{} must be an absolute path", socket.display()),
+                ));
+            }
+            if *socket == self.server.socket {
+                return Err(err(
+                    "metrics.socket".into(),
+                    "is server.socket; metrics need a socket of their own".into(),
+                ));
+            }
         }
         if self.server.default_wait.is_zero() {
             return Err(err("server.default_wait".into(), "must be positive".into()));

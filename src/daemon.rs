@@ -61,12 +61,13 @@ pub async fn run(
         }
     }
 
-    let metrics = match config.metrics.listen {
-        Some(addr) => Some(tokio::spawn(crate::metrics::serve(
-            listen::bind_tcp(addr).await?,
-        ))),
-        None => None,
-    };
+    let metrics = crate::metrics::bind(
+        config.metrics.listen,
+        config.metrics.socket.as_deref(),
+        config.metrics.socket_mode(),
+    )
+    .await?;
+    let metrics = (!metrics.is_empty()).then(|| tokio::spawn(crate::metrics::serve(metrics)));
 
     let http = http_client();
     let mut limiters = EndpointLimiters::new(

@@ -400,11 +400,11 @@ mod tests {
         );
     }
 
-    /// A directory over a table the test edits: group name to its members, or a lookup error.
-    fn directory() -> (
-        Arc<GroupDirectory>,
-        Arc<Mutex<HashMap<String, Result<Vec<u32>, String>>>>,
-    ) {
+    /// Group name to its members, or a lookup error.
+    type Table = Arc<Mutex<HashMap<String, Result<Vec<u32>, String>>>>;
+
+    /// A directory over a table the test edits.
+    fn directory() -> (Arc<GroupDirectory>, Table) {
         let table = Arc::new(Mutex::new(HashMap::from([(
             "ops".to_string(),
             Ok::<_, String>(vec![1001, 1002]),

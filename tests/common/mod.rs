@@ -187,6 +187,11 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The daemon's process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -513,10 +513,12 @@ fn check(steps: &[Step], trust: &Trust) -> Result<(), DirError> {
                 trusted: trust.describe(),
             });
         }
-        let is_last = i == steps.len() - 1;
         // A sticky directory above (/tmp) lets others add names but not rename or remove
         // ours; in the directory itself, others could still claim the file's name first.
-        let writable_by = if mode & 0o002 != 0 && (is_last || mode & 0o1000 == 0) {
+        let sticky_above = i < steps.len() - 1 && mode & 0o1000 != 0;
+        let writable_by = if sticky_above {
+            None
+        } else if mode & 0o002 != 0 {
             Some("everyone")
         } else if mode & 0o020 != 0 && !trust.trusts_group(gid) {
             Some("its group, which has other members")

@@ -792,6 +792,47 @@ mod tests {
     }
 
     #[test]
+    fn metrics_socket_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let with = |metrics: &str| {
+            load(
+                &format!("[metrics]\n{metrics}\n{}", client_toml(&s, "")),
+                &[],
+            )
+        };
+        let c = with("socket = \"/run/tokend/metrics.sock\"").unwrap();
+        assert_eq!(c.metrics.socket_mode(), 0o600, "private by default");
+        let key = |metrics: &str| with(metrics).unwrap_err().key;
+        assert_eq!(key("socket_mode = \"rw\""), "metrics.socket_mode");
+        assert_eq!(key("socket = \"metrics.sock\""), "metrics.socket");
+        assert_eq!(
+            key("socket = \"/run/tokend/tokend.sock\""),
+            "metrics.socket"
+        );
+    }
+
+    #[test]
+    fn refresh_token_directories_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let extra = format!(
+            "grant = \"refresh_token\"\nrefresh_token_file = \"{}/rt\"",
+            state.display()
+        );
+        let err = load(&client_toml(&s, &extra), &[]).unwrap_err();
+        assert_eq!(err.key, "clients.billing.refresh_token_file");
+        assert!(err.reason.contains("writable by everyone"), "{err}");
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        assert!(load(&client_toml(&s, &extra), &[]).is_ok());
+    }
+
+    #[test]
     fn environment_overrides_nested_keys() {
         let dir = tempfile::tempdir().unwrap();
         let s = secret(&dir);

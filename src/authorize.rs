@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
+use crate::atomic_file::{self, Trust};
 use crate::config::{ClientConfig, Config, Grant, redirect_listen_addr};
 use crate::oauth::{self, FetchError};
 use crate::secret::{self, ExposeSecret};
@@ -220,10 +221,12 @@ pub async fn interactive(
 /// `state` is then checked). The PKCE verifier comes from the pending authorization.
 pub async fn pasted(config: &Config, name: &str, pasted: &str) -> Result<PathBuf, AuthorizeError> {
     let (c, _, rt_file) = client(config, name)?;
-    let pending: Option<Pending> = std::fs::read_to_string(pending_path(rt_file))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .filter(|p: &Pending| now_secs().saturating_sub(p.created) < PENDING_MAX_AGE.as_secs());
+    let pending: Option<Pending> =
+        atomic_file::read(&pending_path(rt_file), &Trust::state(), 64 * 1024)
+            .ok()
+            .flatten()
+            .and_then(|text| serde_json::from_slice(&text).ok())
+            .filter(|p: &Pending| now_secs().saturating_sub(p.created) < PENDING_MAX_AGE.as_secs());
     let code = match reqwest::Url::parse(pasted.trim()) {
         Ok(url) => {
             let params: HashMap<String, String> = url.query_pairs().into_owned().collect();
@@ -305,7 +308,7 @@ async fn finish(
     .await?;
     let refresh_token = reply.refresh_token.ok_or(AuthorizeError::NoRefreshToken)?;
     secret::write_file_durably(rt_file, refresh_token.expose_secret())?;
-    let _ = std::fs::remove_file(pending_path(rt_file));
+    let _ = atomic_file::remove(&pending_path(rt_file), &Trust::state());
     Ok(rt_file.to_path_buf())
 }
 

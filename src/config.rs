@@ -96,11 +96,41 @@ impl Default for ServerConfig {
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Loopback address to serve `GET /metrics` on; no listener when unset.
+    /// Loopback address to serve `GET /metrics` on; no listener when unset. Anyone on the host
+    /// can connect to it and read every client's name and state.
     pub listen: Option<SocketAddr>,
+    /// Unix socket to serve `GET /metrics` on, its file mode deciding who may scrape; no
+    /// socket when unset.
+    pub socket: Option<PathBuf>,
+    /// Octal file mode applied to the metrics socket after bind.
+    pub socket_mode: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            socket: None,
+            socket_mode: "0600".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The socket mode as a number; valid after [`Config::validate`].
+    pub fn socket_mode(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o600)
+    }
+}
+
+/// An octal file mode such as "0660" (or "0o660"), permission bits only.
+fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
 }
 
 /// When tokens are refreshed and how failures are retried.
@@ -417,6 +447,29 @@ impl Config {
                 format!("{addr} is not a loopback address (use 127.0.0.1 or [::1])"),
             ));
         }
+        if parse_mode(&self.metrics.socket_mode).is_none() {
+            return Err(err(
+                "metrics.socket_mode".into(),
+                format!(
+                    "{:?} is not an octal file mode such as \"0600\"",
+                    self.metrics.socket_mode
+                ),
+            ));
+        }
+        if let Some(socket) = &self.metrics.socket {
+            if !socket.is_absolute() {
+                return Err(err(
+                    "metrics.socket".into(),
+                    format!("{} must be an absolute path", socket.display()),
+                ));
+            }
+            if *socket == self.server.socket {
+                return Err(err(
+                    "metrics.socket".into(),
+                    "is server.socket; metrics need a socket of their own".into(),
+                ));
+            }
+        }
         if self.server.default_wait.is_zero() {
             return Err(err("server.default_wait".into(), "must be positive".into()));
         }
@@ -645,6 +698,17 @@ impl ClientConfig {
             }
             _ => {}
         }
+        if let Some(path) = &self.refresh_token_file {
+            // Its directory gets the file sinks' rule: written into by tokend, it must not be
+            // writable by anyone who could plant a file or swap the token there.
+            crate::atomic_file::split(path)
+                .map_err(|e| e.to_string())
+                .and_then(|(dir, _)| {
+                    crate::atomic_file::SafeDir::open(dir, &crate::atomic_file::Trust::state())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|r| ("refresh_token_file".to_string(), r))?;
+        }
         if let Some(endpoint) = &self.authorize_endpoint {
             validate_endpoint(endpoint, self.allow_insecure_http)
                 .map_err(|r| ("authorize_endpoint".to_string(), r))?;
@@ -843,6 +907,47 @@ mod tests {
         assert_eq!(c.socket_mode(), 0o660);
         assert_eq!(c.refresh.margin, Duration::from_secs(30));
         assert_eq!(c.refresh.retry_after_max, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn metrics_socket_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let with = |metrics: &str| {
+            load(
+                &format!("[metrics]\n{metrics}\n{}", client_toml(&s, "")),
+                &[],
+            )
+        };
+        let c = with("socket = \"/run/tokend/metrics.sock\"").unwrap();
+        assert_eq!(c.metrics.socket_mode(), 0o600, "private by default");
+        let key = |metrics: &str| with(metrics).unwrap_err().key;
+        assert_eq!(key("socket_mode = \"rw\""), "metrics.socket_mode");
+        assert_eq!(key("socket = \"metrics.sock\""), "metrics.socket");
+        assert_eq!(
+            key("socket = \"/run/tokend/tokend.sock\""),
+            "metrics.socket"
+        );
+    }
+
+    #[test]
+    fn refresh_token_directories_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let extra = format!(
+            "grant = \"refresh_token\"\nrefresh_token_file = \"{}/rt\"",
+            state.display()
+        );
+        let err = load(&client_toml(&s, &extra), &[]).unwrap_err();
+        assert_eq!(err.key, "clients.billing.refresh_token_file");
+        assert!(err.reason.contains("writable by everyone"), "{err}");
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        assert!(load(&client_toml(&s, &extra), &[]).is_ok());
     }
 
     #[test]

@@ -99,10 +99,15 @@ pub async fn run(
     }
 
     let mut tasks = Tasks::default();
-    if let Some(addr) = config.metrics.listen {
-        let listener = listen::bind_tcp(addr).await?;
+    let metrics = crate::metrics::bind(
+        config.metrics.listen,
+        config.metrics.socket.as_deref(),
+        config.metrics.socket_mode(),
+    )
+    .await?;
+    if !metrics.is_empty() {
         tasks.spawn("the metrics listener", async move {
-            match crate::metrics::serve(listener).await {
+            match crate::metrics::serve(metrics).await {
                 Ok(()) => "it stopped serving".into(),
                 Err(e) => e.to_string(),
             }

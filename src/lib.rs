@@ -31,10 +31,13 @@
 //! - [`metrics`]: Prometheus metrics on an optional loopback listener.
 //! - [`logging`]: text or JSON log output.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
+//! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
+//!   write against the host (no symlink or name they plant is followed).
 
 pub mod access;
 pub mod actor;
 pub mod alarm;
+pub mod atomic_file;
 pub mod authority;
 pub mod authorize;
 pub mod call_limits;

@@ -2,11 +2,13 @@
 //! `Debug` never shows them, and written durably.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use secrecy::{ExposeSecret, SecretString};
+
+use crate::atomic_file;
 
 /// Secret files larger than this are not secrets but a mistake (a certificate bundle, a log).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
@@ -112,56 +114,20 @@ pub fn read_env(var: &str) -> Result<SecretString, SecretError> {
 }
 
 /// Replaces `path` with `content` and a newline, mode 0600, so that a crash at any moment
-/// leaves either the old or the new content (see [`replace_file`]).
+/// leaves either the old or the new content, in a directory no one but root, the daemon's user
+/// and the directory's owner can write (see [`crate::atomic_file`]).
 pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError> {
-    replace_file(path, format!("{content}\n").as_bytes(), 0o600, None, None).map_err(|source| {
-        SecretError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
+    atomic_file::replace(
+        path,
+        format!("{content}\n").as_bytes(),
+        atomic_file::Perms::PRIVATE,
+        &atomic_file::Trust::state(),
+        atomic_file::Durability::Durable,
+    )
+    .map_err(|source| SecretError::Write {
+        path: path.to_path_buf(),
+        source,
     })
-}
-
-/// Replaces `path` atomically: a temporary file beside it gets the final owner and mode before
-/// the content goes in, is fsynced and renamed over `path`, and the directory is fsynced so the
-/// rename itself survives a power loss. Readers see the old file or the new one, never a mix.
-pub fn replace_file(
-    path: &Path,
-    content: &[u8],
-    mode: u32,
-    owner: Option<u32>,
-    group: Option<u32>,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        if owner.is_some() || group.is_some() {
-            nix::unistd::fchown(
-                &file,
-                owner.map(nix::unistd::Uid::from_raw),
-                group.map(nix::unistd::Gid::from_raw),
-            )?;
-        }
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// An access token. Its `Debug` shows only a fingerprint, so it can sit in structs that are
@@ -195,6 +161,7 @@ impl fmt::Debug for AccessToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn secret_file_is_trimmed_and_checked() {

@@ -1,14 +1,17 @@
 //! The file sink, for consumers that can only read a file: each new token of a client is
 //! written to a file of its own, replaced atomically (temporary file beside it with the final
-//! mode and owner, fsync, rename), so a reader never sees a partial or mixed file.
+//! mode and owner, fsync, rename), so a reader never sees a partial or mixed file. The sink's
+//! directory may belong to the consumer, so the write follows nothing the consumer can plant
+//! there ([`crate::atomic_file`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
+use crate::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
 use crate::store::{ClientSlot, Token};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -58,15 +61,6 @@ impl FileSinkConfig {
                 format!("{} must be an absolute path", self.path.display()),
             ));
         }
-        match self.path.parent() {
-            Some(dir) if dir.is_dir() => {}
-            _ => {
-                return Err((
-                    "path",
-                    format!("the directory of {} does not exist", self.path.display()),
-                ));
-            }
-        }
         let mode = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
@@ -98,6 +92,7 @@ impl FileSinkConfig {
                     .as_raw(),
             }),
         };
+        check_path(&self.path, &Trust::sink(owner)).map_err(|reason| ("path", reason))?;
         Ok(FileSink {
             path: self.path.clone(),
             mode,
@@ -134,13 +129,40 @@ impl FileSink {
 
     /// Replaces the file with `content`, atomically.
     fn write(&self, content: &str) -> std::io::Result<()> {
-        crate::secret::replace_file(
+        let perms = Perms {
+            mode: self.mode,
+            owner: self.owner,
+            group: self.group,
+        };
+        // The directory is checked again at every write: it may have changed since the load.
+        atomic_file::replace(
             &self.path,
             content.as_bytes(),
-            self.mode,
-            self.owner,
-            self.group,
+            perms,
+            &Trust::sink(self.owner),
+            Durability::Durable,
         )
+    }
+}
+
+/// A sink's directory must be one only trusted users can write (see [`crate::atomic_file`]),
+/// and its path a regular file or nothing yet: a symlink there would send the token wherever
+/// whoever made it chose (writes replace such a symlink; refusing it tells the operator).
+fn check_path(path: &Path, trust: &Trust) -> Result<(), String> {
+    let (dir, name) = atomic_file::split(path).map_err(|e| e.to_string())?;
+    let dir = SafeDir::open(dir, trust).map_err(|e| e.to_string())?;
+    let shown = dir.path().join(name);
+    match dir.entry(name) {
+        Ok(Entry::Missing | Entry::File) => Ok(()),
+        Ok(Entry::Symlink) => Err(format!(
+            "{} is a symlink; a file sink must be a regular file tokend replaces, not a link to one",
+            shown.display()
+        )),
+        Ok(Entry::Other) => Err(format!(
+            "{} exists and is not a regular file",
+            shown.display()
+        )),
+        Err(e) => Err(format!("{}: cannot inspect: {e}", shown.display())),
     }
 }
 
@@ -217,6 +239,33 @@ mod tests {
         assert_eq!(bad(|c| c.mode = "rw".into()), "mode");
         assert_eq!(bad(|c| c.owner = Some("no-such-user-xyz".into())), "owner");
         assert_eq!(bad(|c| c.group = Some("no-such-group-xyz".into())), "group");
+    }
+
+    #[test]
+    fn directories_others_can_write_and_symlinked_paths_are_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("consumer");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let config = |owner: Option<&str>| FileSinkConfig {
+            path: dir.join("t"),
+            mode: "0600".into(),
+            owner: owner.map(Into::into),
+            group: None,
+            format: SinkFormat::Token,
+        };
+        let (key, reason) = config(None).resolve().unwrap_err();
+        assert_eq!(key, "path");
+        assert!(
+            reason.contains(&dir.display().to_string())
+                && reason.contains("uid 65534")
+                && reason.contains("0755"),
+            "{reason}"
+        );
+        assert!(config(Some("65534")).resolve().is_ok(), "the sink's owner");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("t")).unwrap();
+        let (_, reason) = config(Some("65534")).resolve().unwrap_err();
+        assert!(reason.contains("is a symlink"), "{reason}");
     }
 
     #[test]

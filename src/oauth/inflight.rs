@@ -10,18 +10,22 @@
 //! the old token once more; strict ones answer invalid_grant, and the client asks for
 //! `tokend authorize`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-fn marker_path(refresh_token_file: &Path) -> PathBuf {
-    let mut name = refresh_token_file
-        .file_name()
-        .unwrap_or_default()
-        .to_os_string();
-    name.push(".inflight");
-    refresh_token_file.with_file_name(name)
+use crate::atomic_file::{Durability, Perms, SafeDir, Trust};
+
+/// A marker holds a decimal timestamp and a newline; anything longer is not one of ours.
+const MAX_MARKER: u64 = 64;
+
+/// The refresh token file's directory (reached safely: it may be shared) and the marker's
+/// name in it.
+fn marker(refresh_token_file: &Path) -> std::io::Result<(SafeDir, OsString)> {
+    let (dir, name) = SafeDir::of_file(refresh_token_file, &Trust::state())?;
+    let mut marker = name.to_os_string();
+    marker.push(".inflight");
+    Ok((dir, marker))
 }
 
 fn now_ms() -> u128 {
@@ -34,8 +38,13 @@ fn now_ms() -> u128 {
 /// How long to wait before the refresh token may be sent again: the rest of `timeout` since
 /// a request that was left in flight, or zero.
 pub fn wait_before_use(refresh_token_file: &Path, timeout: Duration) -> Duration {
-    let Ok(text) = std::fs::read_to_string(marker_path(refresh_token_file)) else {
-        return Duration::ZERO;
+    // Not followed if it is a symlink, not waited on if it is a FIFO: anything but a marker
+    // of ours reads as unreadable.
+    let read = marker(refresh_token_file).and_then(|(dir, name)| dir.read(&name, MAX_MARKER));
+    let text = match read {
+        Ok(None) => return Duration::ZERO,
+        Ok(Some(bytes)) => String::from_utf8(bytes).unwrap_or_default(),
+        Err(_) => String::new(),
     };
     let Ok(sent) = text.trim().parse::<u128>() else {
         return timeout; // Unreadable: assume the worst, wait the full timeout.
@@ -48,18 +57,20 @@ pub fn wait_before_use(refresh_token_file: &Path, timeout: Duration) -> Duration
 /// the process is what matters (the page cache keeps it); after a power loss the request is
 /// long settled, so no fsync.
 pub fn mark(refresh_token_file: &Path) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(marker_path(refresh_token_file))?;
-    writeln!(f, "{}", now_ms())
+    let (dir, name) = marker(refresh_token_file)?;
+    dir.replace(
+        &name,
+        format!("{}\n", now_ms()).as_bytes(),
+        Perms::PRIVATE,
+        Durability::ProcessCrash,
+    )
 }
 
 /// The request's outcome is known (an answer arrived): no wait is owed any more.
 pub fn clear(refresh_token_file: &Path) {
-    let _ = std::fs::remove_file(marker_path(refresh_token_file));
+    if let Ok((dir, name)) = marker(refresh_token_file) {
+        let _ = dir.remove(&name);
+    }
 }
 
 #[cfg(test)]
@@ -80,7 +91,11 @@ mod tests {
         );
         clear(&rt);
         assert_eq!(wait_before_use(&rt, timeout), Duration::ZERO);
-        std::fs::write(marker_path(&rt), format!("{}\n", now_ms() - 60_000)).unwrap();
+        std::fs::write(
+            dir.path().join("rt.inflight"),
+            format!("{}\n", now_ms() - 60_000),
+        )
+        .unwrap();
         assert_eq!(
             wait_before_use(&rt, timeout),
             Duration::ZERO,

@@ -192,8 +192,9 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The daemon's process id (0 once stopped).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The daemon's resident memory (VmRSS), in KiB.

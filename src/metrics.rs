@@ -76,6 +76,9 @@ pub struct Metrics {
     /// count).
     grpc_counters: [OnceLock<Counter>; GRPC_METHODS.len() * GRPC_CODES],
     pub watch_streams: Gauge,
+    /// 1 while a client's newest refresh token is in memory only (see `oauth::unsaved`); no
+    /// series otherwise.
+    pub refresh_token_unsaved: Family<ClientLabel, Gauge>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -104,6 +107,7 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_counters: std::array::from_fn(|_| OnceLock::new()),
             watch_streams: Gauge::default(),
+            refresh_token_unsaved: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +151,11 @@ impl Metrics {
             "watch_streams_active",
             "Open WatchToken streams",
             m.watch_streams.clone(),
+        );
+        registry.register(
+            "refresh_token_unsaved",
+            "1 while the client's newest refresh token could not be written and is held in memory only (lost if tokend stops)",
+            m.refresh_token_unsaved.clone(),
         );
         registry.register(
             "build",
@@ -222,6 +231,18 @@ impl Metrics {
                 error: error.label(),
             })
             .inc();
+    }
+
+    /// Whether `client`'s newest refresh token is in memory only.
+    pub fn refresh_token_unsaved(&self, client: &str, unsaved: bool) {
+        let label = ClientLabel {
+            client: client.to_string(),
+        };
+        if unsaved {
+            self.refresh_token_unsaved.get_or_create(&label).set(1);
+        } else {
+            self.refresh_token_unsaved.remove(&label);
+        }
     }
 
     pub fn request_took(&self, endpoint: &str, took: Duration) {

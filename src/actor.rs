@@ -360,7 +360,15 @@ impl TokenState {
     /// While the newest refresh token is in memory only, retries writing it with backoff (the
     /// source also tries before each request), and keeps the actor up to do so.
     fn watch_unsaved(&mut self, myself: &ActorRef<TokenMsg>) {
-        if self.saving || self.args.source.unsaved().is_none() {
+        if self.in_flight || self.args.source.unsaved().is_none() {
+            return;
+        }
+        // An actor that stays up keeps its own timer for the next attempt (a sleeping one has
+        // the alarm wheel's).
+        if let Some((at, _)) = self.args.slot.view().next_attempt {
+            self.schedule(myself, at.saturating_duration_since(Instant::now()));
+        }
+        if self.saving {
             return;
         }
         self.saving = true;

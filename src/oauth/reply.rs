@@ -67,7 +67,7 @@ pub enum ReplyError {
         "refresh_token is not a string of RFC 6749 VSCHAR (printable ASCII) of at most {MAX_REFRESH_TOKEN} bytes; it was not saved"
     )]
     BadRefreshToken,
-    #[error("token_type {0:?} is not supported (only Bearer)")]
+    #[error("token_type \"{0}\" is not supported (only Bearer)")]
     UnsupportedTokenType(String),
     #[error("the token's exp claim is {0} s in the past (is this host's clock right?)")]
     AlreadyExpired(u64),

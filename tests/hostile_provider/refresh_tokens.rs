@@ -30,7 +30,7 @@ pub struct Harness {
     pub name: String,
     pub config: Config,
     pub rt_file: PathBuf,
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 pub async fn start(endpoint: FaultEndpoint, name: &str, client_id: &str) -> Harness {
@@ -68,7 +68,7 @@ pub async fn start(endpoint: FaultEndpoint, name: &str, client_id: &str) -> Harn
         name: name.to_string(),
         config,
         rt_file,
-        dir,
+        _dir: dir,
     }
 }
 

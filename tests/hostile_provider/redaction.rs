@@ -9,7 +9,7 @@ use base64::Engine;
 use tonic::Code;
 
 use crate::fault::{FaultEndpoint, Reply};
-use crate::refresh_tokens::{SECRET, start};
+use crate::refresh_tokens::{SECRET, start, until};
 use crate::strings::Logs;
 
 const CLIENT_ID: &str = "my app";
@@ -113,12 +113,13 @@ async fn echoed_credentials_are_redacted_everywhere() {
     // The refresh is rejected: reauthorization required, and once the token has expired
     // callers are told why.
     h.requests(5).await;
-    let err = loop {
-        match h.get().await {
-            Err(e) if e.code() == Code::FailedPrecondition => break e,
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    let err = until("FAILED_PRECONDITION", || async {
+        h.get()
+            .await
+            .err()
+            .filter(|e| e.code() == Code::FailedPrecondition)
+    })
+    .await;
     assert!(err.message().contains("invalid_grant"), "{}", err.message());
     assert_clean("a GetToken error", err.message(), &later());
     assert_clean("last_error", &h.status().await.last_error, &later());

@@ -135,6 +135,22 @@ impl Harness {
     }
 }
 
+/// Polls `check` every 100 ms of the paused clock until it answers, for at most 10 minutes of
+/// it (a regression then fails instead of hanging).
+pub async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..6000 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {what} within 10 minutes");
+}
+
 /// A JWS-compact token with `claims`, unsigned (tokend only reads the claims).
 pub fn jwt(claims: serde_json::Value) -> String {
     let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
@@ -250,12 +266,7 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     };
     // The reply is published although its refresh token could not be written; the condition
     // is in last_error and the metric.
-    let token = loop {
-        if let Ok(t) = h.get().await {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let token = until("token", || async { h.get().await.ok() }).await;
     assert_eq!(token.access_token, "at-1");
     let status = h.status().await;
     assert!(

@@ -5,12 +5,11 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::fault::{FaultEndpoint, Reply};
-use crate::refresh_tokens::{jwt, start};
+use crate::refresh_tokens::{jwt, start, until};
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -118,12 +117,7 @@ async fn provider_control_characters_never_forge_a_log_line() {
     ]);
     let h = start(endpoint, "forging", "forging").await;
     h.requests(3).await;
-    let token = loop {
-        if let Ok(t) = h.get().await {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let token = until("token", || async { h.get().await.ok() }).await;
     assert_eq!(token.scopes, ["ok", "good"]);
     assert!(!token.token_type.chars().any(char::is_control));
     assert_eq!(h.status().await.scopes, ["ok", "good"]);
@@ -160,13 +154,10 @@ async fn an_access_token_outside_vschar_is_never_handed_out() {
     )]);
     let h = start(endpoint, "crlf_token", "crlf_token").await;
     h.requests(1).await;
-    let status = loop {
-        let s = h.status().await;
-        if s.consecutive_failures > 0 {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = until("failure", || async {
+        Some(h.status().await).filter(|s| s.consecutive_failures > 0)
+    })
+    .await;
     assert!(status.last_error.contains("VSCHAR"), "{status:?}");
     let err = h
         .get()
@@ -174,12 +165,7 @@ async fn an_access_token_outside_vschar_is_never_handed_out() {
         .expect_err("no token until a good one arrives");
     assert!(!err.message().contains("evil"), "{}", err.message());
     h.requests(2).await;
-    let token = loop {
-        if let Ok(t) = h.get().await {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let token = until("token", || async { h.get().await.ok() }).await;
     assert_eq!(token.access_token, "good");
 }
 
@@ -202,12 +188,7 @@ async fn scope_arrays_are_split_and_filtered_like_scope_strings() {
     )]);
     let h = start(endpoint, "scope_array", "scope_array").await;
     h.requests(1).await;
-    let token = loop {
-        if let Ok(t) = h.get().await {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let token = until("token", || async { h.get().await.ok() }).await;
     assert_eq!(token.scopes, ["profile", "read:like", "ok"]);
     let log = logs.all();
     assert!(

@@ -267,6 +267,11 @@ fn code_from_redirect(
                 )
             })
             .unwrap_or_default();
+        // The provider's text reaches the operator's terminal: no control characters.
+        let error: String = crate::oauth::redact::escape(error)
+            .chars()
+            .take(40)
+            .collect();
         return Err(AuthorizeError::Denied(format!("{error}{description}")));
     }
     if params.get("state").map(String::as_str) != Some(state) {

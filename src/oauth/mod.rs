@@ -279,7 +279,7 @@ impl TokenSource for HttpTokenSource {
             {
                 tracing::error!(
                     client = %self.inner.name,
-                    "tokend stops while the newest refresh token is not saved: the grant is lost; run `tokend authorize {}` once the refresh token file can be written",
+                    "tokend stops while the newest refresh token is not saved: the grant is likely lost (the file holds a spent one); if so, run `tokend authorize {}` once the refresh token file can be written",
                     self.inner.name
                 );
             }

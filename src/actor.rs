@@ -38,11 +38,19 @@ pub enum TokenMsg {
     Fetched(Result<TokenReply, FetchError>),
     /// While the credentials are rejected: have their files changed?
     CheckCredentials,
+    /// While the newest refresh token is in memory only: time to try writing it again.
+    SaveRefreshToken,
+    /// That try is over.
+    SaveTried,
 }
 
 /// How often a client whose credentials were rejected looks for replaced credential files: a
 /// few metadata reads per client in that state, none otherwise.
 const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
+
+/// Between a request's error and an unsaved refresh token's warning in `last_error`, where a
+/// restarted actor finds the error again.
+const UNSAVED_SEP: &str = "; and: ";
 
 /// Everything a token actor needs; also what the supervisor keeps to start it again.
 #[derive(Clone)]
@@ -77,6 +85,13 @@ pub struct TokenState {
     /// The credential files' stamp when the last request started.
     stamp_at_fetch: Option<u64>,
     watching_credentials: bool,
+    /// A retry of writing an unsaved refresh token is scheduled or running; the actor stays up
+    /// until the write succeeds.
+    saving: bool,
+    save_attempts: u32,
+    /// The last request's error, which `last_error` shows together with an unsaved refresh
+    /// token's warning.
+    failure: Option<String>,
 }
 
 impl Actor for TokenActor {
@@ -104,6 +119,15 @@ impl Actor for TokenActor {
             ),
             stamp_at_fetch: None,
             watching_credentials: false,
+            saving: false,
+            save_attempts: 0,
+            // A failure (not a warning alone) is in last_error while failures are counted.
+            failure: view
+                .last_error
+                .as_deref()
+                .filter(|_| view.consecutive_failures > 0)
+                .and_then(|e| e.split(UNSAVED_SEP).next())
+                .map(str::to_string),
         };
         let now = Instant::now();
         if matches!(
@@ -125,6 +149,7 @@ impl Actor for TokenActor {
             }
             _ => state.start_fetch(&myself),
         }
+        state.watch_unsaved(&myself);
         state.settle(&myself);
         Ok(state)
     }
@@ -147,9 +172,24 @@ impl Actor for TokenActor {
                     state.start_fetch(&myself);
                 }
             }
-            TokenMsg::Fetched(Ok(reply)) => state.on_token(reply),
-            TokenMsg::Fetched(Err(e)) => state.on_failure(&myself, e),
+            TokenMsg::Fetched(Ok(reply)) => {
+                state.on_token(reply);
+                state.watch_unsaved(&myself);
+            }
+            TokenMsg::Fetched(Err(e)) => {
+                state.on_failure(&myself, e);
+                state.watch_unsaved(&myself);
+            }
             TokenMsg::CheckCredentials => state.check_credentials(&myself),
+            TokenMsg::SaveRefreshToken => {
+                let save = state.args.source.save_unsaved();
+                let myself = myself.clone();
+                tokio::spawn(async move {
+                    save.await;
+                    let _ = myself.cast(TokenMsg::SaveTried);
+                });
+            }
+            TokenMsg::SaveTried => state.saved_or_not(&myself),
         }
         state.settle(&myself);
         Ok(())
@@ -214,6 +254,8 @@ impl TokenState {
             scopes = %reply.scopes.join(" "),
             "token refreshed"
         );
+        self.failure = None;
+        let last_error = self.args.source.unsaved();
         slot.publish(|v| {
             let generation = v.token.as_ref().map_or(1, |t| t.generation + 1);
             v.token = Some(Arc::new(Token {
@@ -231,7 +273,7 @@ impl TokenState {
             v.next_attempt = Some((refresh_due, refresh_wall));
             v.consecutive_failures = 0;
             v.retry_after_capped = false;
-            v.last_error = None;
+            v.last_error = last_error;
         });
     }
 
@@ -312,6 +354,8 @@ impl TokenState {
             }
         }
         let failures = self.failures;
+        self.failure = Some(e.to_string());
+        let last_error = self.last_error();
         self.args.slot.publish(|v| {
             v.state = state;
             v.next_attempt = Some((
@@ -320,8 +364,47 @@ impl TokenState {
             ));
             v.consecutive_failures = failures;
             v.retry_after_capped |= capped.is_some();
-            v.last_error = Some(e.to_string());
+            v.last_error = last_error;
         });
+    }
+
+    /// The last request's error and an unsaved refresh token's warning, as `last_error`.
+    fn last_error(&self) -> Option<String> {
+        match (&self.failure, self.args.source.unsaved()) {
+            (Some(e), Some(w)) => Some(format!("{e}{UNSAVED_SEP}{w}")),
+            (e, w) => e.clone().or(w),
+        }
+    }
+
+    /// While the newest refresh token is in memory only, retries writing it with backoff (the
+    /// source also tries before each request), and keeps the actor up to do so.
+    fn watch_unsaved(&mut self, myself: &ActorRef<TokenMsg>) {
+        if self.in_flight || self.args.source.unsaved().is_none() {
+            return;
+        }
+        // An actor that stays up keeps its own timer for the next attempt (a sleeping one has
+        // the alarm wheel's).
+        if let Some((at, _)) = self.args.slot.view().next_attempt {
+            self.schedule(myself, at.saturating_duration_since(Instant::now()));
+        }
+        if self.saving {
+            return;
+        }
+        self.saving = true;
+        self.save_attempts = self.save_attempts.saturating_add(1);
+        let delay =
+            schedule::backoff_delay(&self.args.policy, self.save_attempts, None, rand::random());
+        myself.send_after(delay, || TokenMsg::SaveRefreshToken);
+    }
+
+    fn saved_or_not(&mut self, myself: &ActorRef<TokenMsg>) {
+        self.saving = false;
+        if self.args.source.unsaved().is_none() {
+            self.save_attempts = 0;
+        }
+        let last_error = self.last_error();
+        self.args.slot.publish(|v| v.last_error = last_error);
+        self.watch_unsaved(myself);
     }
 
     /// While the credentials are rejected: retry at once when their files change.
@@ -353,7 +436,7 @@ impl TokenState {
         let _ = self.supervisor.cast(SupervisorMsg::Settled {
             actor: myself.get_id(),
             seen: self.seen,
-            can_sleep: !self.watching_credentials,
+            can_sleep: !self.watching_credentials && !self.saving,
         });
     }
 

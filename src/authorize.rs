@@ -270,6 +270,11 @@ fn code_from_redirect(
                 )
             })
             .unwrap_or_default();
+        // The provider's text reaches the operator's terminal: no control characters.
+        let error: String = crate::oauth::redact::escape(error)
+            .chars()
+            .take(40)
+            .collect();
         return Err(AuthorizeError::Denied(format!("{error}{description}")));
     }
     if params.get("state").map(String::as_str) != Some(state) {
@@ -298,18 +303,58 @@ async fn finish(
     if let Some(v) = verifier {
         grant.push(("code_verifier", v));
     }
-    let reply = oauth::request_token(
+    let granted = oauth::request_token(
         &oauth::http_client(),
         c,
         &grant,
         false,
         config.refresh.default_lifetime,
+        oauth::Redactor::default(),
     )
     .await?;
-    let refresh_token = reply.refresh_token.ok_or(AuthorizeError::NoRefreshToken)?;
-    secret::write_file_durably(rt_file, refresh_token.expose_secret())?;
+    // The code is spent once the provider answered: a refresh token in the reply is saved
+    // whatever the rest of the reply is like (the daemon fetches its own access token).
+    let Some(refresh_token) = granted.refresh_token else {
+        return Err(match granted.token {
+            Err(e) => AuthorizeError::Exchange(e),
+            Ok(_) => AuthorizeError::NoRefreshToken,
+        });
+    };
+    store_refresh_token(rt_file, &refresh_token).await?;
+    if let Err(e) = granted.token {
+        tracing::warn!(
+            client = %name,
+            "the refresh token is stored, but the access token that came with it is unusable: {e}"
+        );
+    }
     let _ = atomic_file::remove(&pending_path(rt_file), &Trust::state());
     Ok(rt_file.to_path_buf())
+}
+
+/// How often `authorize` tries to write the refresh token before giving up, and the first
+/// pause between tries (doubling): a brief failure (a full disk being cleaned) need not cost
+/// the authorization, whose code is spent.
+const STORE_ATTEMPTS: u32 = 5;
+const STORE_PAUSE: Duration = Duration::from_millis(500);
+
+/// Writes the refresh token durably, retrying a few times: unlike the daemon, this process
+/// cannot keep it in memory for long.
+async fn store_refresh_token(
+    rt_file: &Path,
+    refresh_token: &secret::SecretString,
+) -> Result<(), secret::SecretError> {
+    let mut pause = STORE_PAUSE;
+    for _ in 1..STORE_ATTEMPTS {
+        match secret::write_file_durably(rt_file, refresh_token.expose_secret()) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("cannot store the refresh token, trying again: {e}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    secret::write_file_durably(rt_file, refresh_token.expose_secret())
 }
 
 #[cfg(test)]

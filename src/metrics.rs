@@ -88,6 +88,9 @@ pub struct Metrics {
     grpc_counters: [OnceLock<Counter>; GRPC_METHODS.len() * GRPC_CODES],
     pub watch_streams: Gauge,
     pub calls_refused: Family<RefusedLabels, Counter>,
+    /// 1 while a client's newest refresh token is in memory only (see `oauth::unsaved`); no
+    /// series otherwise.
+    pub refresh_token_unsaved: Family<ClientLabel, Gauge>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -117,6 +120,7 @@ impl Metrics {
             grpc_counters: std::array::from_fn(|_| OnceLock::new()),
             watch_streams: Gauge::default(),
             calls_refused: Family::default(),
+            refresh_token_unsaved: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +169,11 @@ impl Metrics {
             "calls_refused",
             "Calls refused at a cap (RESOURCE_EXHAUSTED), by cap",
             m.calls_refused.clone(),
+        );
+        registry.register(
+            "refresh_token_unsaved",
+            "1 while the client's newest refresh token could not be written and is held in memory only (lost if tokend stops)",
+            m.refresh_token_unsaved.clone(),
         );
         registry.register(
             "build",
@@ -247,6 +256,18 @@ impl Metrics {
                 error: error.label(),
             })
             .inc();
+    }
+
+    /// Whether `client`'s newest refresh token is in memory only.
+    pub fn refresh_token_unsaved(&self, client: &str, unsaved: bool) {
+        let label = ClientLabel {
+            client: client.to_string(),
+        };
+        if unsaved {
+            self.refresh_token_unsaved.get_or_create(&label).set(1);
+        } else {
+            self.refresh_token_unsaved.remove(&label);
+        }
     }
 
     pub fn request_took(&self, endpoint: &str, took: Duration) {

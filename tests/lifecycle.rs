@@ -93,7 +93,6 @@ impl TokenSource for Scripted {
                         scopes: vec!["a".into(), "b".into()],
                         lifetime,
                         lifetime_source: LifetimeSource::ExpiresIn,
-                        refresh_token: None,
                     })
                 }
                 Step::Fail { error, after } => {

@@ -2,8 +2,10 @@
 //! HTTPS (rustls) with a timeout and a cap on the reply size, and classifies the outcome.
 
 mod inflight;
+pub mod redact;
 pub mod reply;
 mod retry_after;
+mod unsaved;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +18,7 @@ use crate::config::{AuthMethod, ClientConfig, Grant, RefreshPolicy};
 use crate::limit::EndpointLimiter;
 use crate::metrics::METRICS;
 use crate::secret::{self, ExposeSecret, SecretError, SecretString};
+pub use redact::Redactor;
 pub use reply::{OAuthError, ReplyError, TokenReply};
 pub use retry_after::parse_retry_after;
 
@@ -159,6 +162,17 @@ pub trait TokenSource: Send + Sync + 'static {
     fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(std::future::ready(()))
     }
+
+    /// While the newest refresh token could not be written and is held in memory only: what
+    /// is at risk and why, for the client's status. `None` when nothing is at risk.
+    fn unsaved(&self) -> Option<String> {
+        None
+    }
+
+    /// Tries again to write a refresh token held in memory only; resolves when tried.
+    fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Fetches tokens for one configured client from its token endpoint.
@@ -174,10 +188,12 @@ struct Inner {
     default_lifetime: Duration,
     timeout: Duration,
     limiter: Arc<EndpointLimiter>,
-    /// Held from reading the refresh token until its successor is on disk. The source outlives
-    /// actor restarts, so a restarted actor's request waits for one still in flight instead of
-    /// sending the same refresh token twice.
+    /// Held from reading the refresh token until its successor is on disk (or, if that
+    /// fails, in [`unsaved`]). The source outlives actor restarts, so a restarted actor's
+    /// request waits for one still in flight instead of sending the same refresh token twice.
     in_flight: tokio::sync::Mutex<()>,
+    /// The access token last received: a provider knows it and may echo it in an error.
+    last_access_token: std::sync::Mutex<Option<SecretString>>,
 }
 
 impl HttpTokenSource {
@@ -197,6 +213,7 @@ impl HttpTokenSource {
                 timeout: policy.request_timeout,
                 limiter,
                 in_flight: tokio::sync::Mutex::new(()),
+                last_access_token: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -210,7 +227,8 @@ impl TokenSource for HttpTokenSource {
             if let (Grant::RefreshToken, Some(path)) =
                 (inner.client.grant, &inner.client.refresh_token_file)
             {
-                let wait = inflight::wait_before_use(path, inner.timeout);
+                let wait = inflight::wait_before_use(path, inner.timeout)
+                    .max(unsaved::wait_before_use(path, inner.timeout));
                 if !wait.is_zero() {
                     tracing::info!(
                         client = %inner.name,
@@ -256,7 +274,32 @@ impl TokenSource for HttpTokenSource {
 
     fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            let _ = self.inner.in_flight.lock().await;
+            let _in_flight = self.inner.in_flight.lock().await;
+            // A last attempt before the process takes the unsaved token with it.
+            if let Some(path) = self.inner.refresh_token_file()
+                && unsaved::current(path).is_some()
+            {
+                tracing::error!(
+                    client = %self.inner.name,
+                    "tokend stops while the newest refresh token is not saved: the grant is likely lost (the file holds a spent one); if so, run `tokend authorize {}` once the refresh token file can be written",
+                    self.inner.name
+                );
+            }
+        })
+    }
+
+    fn unsaved(&self) -> Option<String> {
+        unsaved::warning(self.inner.refresh_token_file()?)
+    }
+
+    fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // After any request in flight, which may have rotated the token again.
+            let _in_flight = inner.in_flight.lock().await;
+            if let Some(path) = inner.refresh_token_file() {
+                unsaved::current(path);
+            }
         })
     }
 }
@@ -292,65 +335,135 @@ impl Inner {
         }
     }
 
+    /// The refresh token file, for clients of the refresh-token grant.
+    fn refresh_token_file(&self) -> Option<&std::path::Path> {
+        match (self.client.grant, &self.client.refresh_token_file) {
+            (Grant::RefreshToken, Some(path)) => Some(path),
+            _ => None,
+        }
+    }
+
     async fn fetch(&self) -> Result<TokenReply, FetchError> {
         let c = &self.client;
-        let refresh_token = match (c.grant, &c.refresh_token_file) {
-            (Grant::RefreshToken, Some(path)) => {
-                Some(secret::read_file(path).map_err(FetchError::NoRefreshToken)?)
-            }
-            _ => None,
+        let rt_file = self.refresh_token_file();
+        // The newest refresh token: one held in memory because it could not be written wins
+        // over the file's, which the provider has already spent.
+        let refresh_token = match rt_file {
+            Some(path) => Some(match unsaved::current(path) {
+                Some(kept) => kept,
+                None => {
+                    let file = unsaved::stamp(path);
+                    let token = secret::read_file(path).map_err(FetchError::NoRefreshToken)?;
+                    (token, file)
+                }
+            }),
+            None => None,
         };
         let mut grant = vec![("grant_type", c.grant.as_str())];
-        if let Some(rt) = &refresh_token {
+        if let Some((rt, _)) = &refresh_token {
             grant.push(("refresh_token", rt.expose_secret()));
         }
         // A refresh asks for no scope: omitted, it means the scope already granted (RFC 6749
         // section 6), while asking again fails with invalid_scope wherever consent granted less.
         let with_scope = c.grant == Grant::ClientCredentials;
-        let rt_file = c
-            .refresh_token_file
-            .as_deref()
-            .filter(|_| refresh_token.is_some());
         if let Some(path) = rt_file {
-            inflight::mark(path).map_err(|source| SecretError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            if let Err(source) = inflight::mark(path) {
+                let error = SecretError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                // With the newest refresh token in memory only, not refreshing saves nothing:
+                // the token is lost with the process either way. [`unsaved`] keeps the marker.
+                if !unsaved::holds(path) {
+                    return Err(error.into());
+                }
+                tracing::warn!(client = %self.name, "refreshing without an in-flight marker: {error}");
+            }
+            unsaved::sending(path);
         }
-        let result = request_token(&self.http, c, &grant, with_scope, self.default_lifetime).await;
-        let Some(path) = rt_file else {
-            return result;
+        let known = self
+            .last_access_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let redactor = Redactor::new(known.as_ref().map(|t| t.expose_secret()));
+        let result = request_token(
+            &self.http,
+            c,
+            &grant,
+            with_scope,
+            self.default_lifetime,
+            redactor,
+        )
+        .await;
+        let result = match result {
+            Ok(granted) => granted,
+            Err(e) => {
+                // An answer settles the request; a network error may have struck after it was
+                // sent, so its marker stays (see `inflight`).
+                if let Some(path) = rt_file
+                    && !matches!(e, FetchError::Network(_))
+                {
+                    inflight::clear(path);
+                    unsaved::answered(path);
+                }
+                return Err(e);
+            }
         };
-        // An answer settles the request; a network error may have struck after it was sent,
-        // so its marker stays (see `inflight`).
-        if !matches!(result, Err(FetchError::Network(_))) {
-            // A rotated refresh token must be on disk before the access token is published:
-            // if the daemon died after publishing but before saving, the old refresh token
-            // (already spent) would be all that is left and a person must authorize again.
-            if let Ok(TokenReply {
-                refresh_token: Some(new),
-                ..
-            }) = &result
-            {
-                secret::write_file_durably(path, new.expose_secret())?;
+        if let Some(path) = rt_file {
+            unsaved::answered(path);
+            // Saved before anything else in the reply is judged, and before the access token is
+            // published: the provider has spent the old refresh token, and a grant whose newest
+            // token was dropped needs a person to authorize again.
+            if let Some(new) = &result.refresh_token {
+                let file = refresh_token.as_ref().and_then(|(_, file)| *file);
+                unsaved::save(path, &self.name, new, file);
             }
             inflight::clear(path);
         }
-        result
+        if result.dropped_scopes > 0 {
+            tracing::warn!(
+                client = %self.name,
+                dropped = result.dropped_scopes,
+                "ignored scope entries that are not RFC 6749 scope tokens (NQCHAR), are too long or too many, or echo a credential"
+            );
+        }
+        if let Ok(token) = &result.token {
+            *self
+                .last_access_token
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) =
+                Some(SecretString::from(token.access_token.expose().to_string()));
+        }
+        result.token
     }
 }
+
+/// A 2xx reply that is a JSON object: the refresh token it rotated to, kept apart from the rest
+/// so that it is saved even when the rest is unusable, and the token or why it is unusable.
+pub struct Granted {
+    pub refresh_token: Option<SecretString>,
+    pub token: Result<TokenReply, FetchError>,
+    /// Scope entries dropped as malformed, for a warning.
+    pub dropped_scopes: usize,
+}
+
+/// Grant parameters that are credentials, redacted wherever a provider echoes them.
+const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier"];
 
 /// Sends one token request for `c` with the grant's own parameters (`grant_type` first),
 /// authenticating the client as configured, and reads the reply. `with_scope` adds the
 /// configured scope (only client credentials ask for it at the token endpoint; other grants
-/// carry the scope settled at the authorization endpoint).
+/// carry the scope settled at the authorization endpoint). Provider text in the outcome has
+/// every credential of the request redacted, as well as those `redactor` already holds.
 pub async fn request_token(
     http: &reqwest::Client,
     c: &ClientConfig,
     grant: &[(&str, &str)],
     with_scope: bool,
     default_lifetime: Duration,
-) -> Result<TokenReply, FetchError> {
+    mut redactor: Redactor,
+) -> Result<Granted, FetchError> {
     let secret = match (c.secret_file(), &c.client_secret_env) {
         (Some(path), _) => secret::read_file(&path)?,
         (None, Some(var)) => secret::read_env(var)?,
@@ -381,6 +494,12 @@ pub async fn request_token(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -392,8 +511,14 @@ pub async fn request_token(
         }
         body.extend_from_slice(&chunk);
     }
+    redactor.add_client_credentials(&c.client_id, secret.expose_secret());
+    for (key, value) in grant {
+        if CREDENTIAL_PARAMS.contains(key) {
+            redactor.add(value);
+        }
+    }
     if !status.is_success() {
-        return Err(match reply::parse_error(&body) {
+        return Err(match reply::parse_error(&body, &redactor) {
             Some(error) => FetchError::OAuth {
                 status: status.as_u16(),
                 error,
@@ -405,12 +530,30 @@ pub async fn request_token(
             },
         });
     }
-    Ok(reply::parse_success(
-        &body,
+    let obj = reply::parse_object(&body, &content_type, &redactor)?;
+    let refresh_token = reply::refresh_token(&obj)?;
+    if let Some(rt) = &refresh_token {
+        redactor.add(rt.expose_secret());
+    }
+    let parsed = reply::parse_token(
+        &obj,
         c.scope.as_deref(),
         default_lifetime,
         SystemTime::now(),
-    )?)
+        &redactor,
+    );
+    Ok(match parsed {
+        Ok((token, dropped_scopes)) => Granted {
+            refresh_token,
+            token: Ok(token),
+            dropped_scopes,
+        },
+        Err(e) => Granted {
+            refresh_token,
+            token: Err(e.into()),
+            dropped_scopes: 0,
+        },
+    })
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`,

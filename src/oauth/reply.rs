@@ -4,8 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::redact::Redactor;
 use crate::secret::{AccessToken, SecretString};
 
 /// Lifetimes above this are clamped: a token that claims to live for years is refreshed daily
@@ -14,6 +15,21 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest provider-supplied text (error_description) kept in an error message.
 const MAX_DESCRIPTION: usize = 200;
+
+/// Longest OAuth error code or token_type shown: real ones are a few words.
+const MAX_CODE: usize = 40;
+
+/// Longest content type shown for a reply that is not JSON.
+const MAX_CONTENT_TYPE: usize = 60;
+
+/// A longer refresh token is refused rather than saved: the refresh token file is read back
+/// with a 64 KiB limit for secret files, and real ones are well under a kilobyte.
+const MAX_REFRESH_TOKEN: usize = 16 * 1024;
+
+/// Scope entries kept per token, and the longest entry: both far above what providers grant,
+/// and bounded because each token's scopes are held, logged and listed.
+const MAX_SCOPES: usize = 256;
+const MAX_SCOPE_LEN: usize = 256;
 
 /// A successful token reply.
 #[derive(Debug)]
@@ -24,8 +40,6 @@ pub struct TokenReply {
     pub lifetime: Duration,
     /// Where the lifetime came from, for logs.
     pub lifetime_source: LifetimeSource,
-    /// A rotated refresh token, when the reply carries one.
-    pub refresh_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,22 +49,32 @@ pub enum LifetimeSource {
     Default,
 }
 
-/// A 2xx reply that cannot be used as a token.
+/// A 2xx reply that cannot be used as a token. Provider text in it is redacted, escaped and
+/// bounded; a body that is not JSON is described, never quoted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
-    #[error("reply is not JSON (content starts with {0:?})")]
-    NotJson(String),
+    #[error("reply is not JSON ({length} bytes of {content_type})")]
+    NotJson { length: usize, content_type: String },
     #[error("reply is JSON but not an object")]
     NotObject,
     #[error("reply has no access_token")]
     NoAccessToken,
-    #[error("token_type {0:?} is not supported (only Bearer)")]
+    #[error(
+        "access_token has characters outside RFC 6749 VSCHAR (printable ASCII); it is not handed out"
+    )]
+    BadAccessToken,
+    #[error(
+        "refresh_token is not a string of RFC 6749 VSCHAR (printable ASCII) of at most {MAX_REFRESH_TOKEN} bytes; it was not saved"
+    )]
+    BadRefreshToken,
+    #[error("token_type \"{0}\" is not supported (only Bearer)")]
     UnsupportedTokenType(String),
     #[error("the token's exp claim is {0} s in the past (is this host's clock right?)")]
     AlreadyExpired(u64),
 }
 
-/// An OAuth error reply (RFC 6749 section 5.2), with provider text sanitized and bounded.
+/// An OAuth error reply (RFC 6749 section 5.2), with provider text redacted, escaped and
+/// bounded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
     pub error: String,
@@ -66,26 +90,84 @@ impl std::fmt::Display for OAuthError {
     }
 }
 
-/// Parses a 2xx reply. `requested_scope` is reported when neither the reply nor the token
-/// says which scopes were granted (RFC 6749 5.1: scope may be omitted if identical).
+/// RFC 6749 appendix A: VSCHAR, what access and refresh tokens are made of.
+fn is_vschar(c: char) -> bool {
+    matches!(c, '\x20'..='\x7e')
+}
+
+/// RFC 6749 appendix A: NQCHAR, what a scope token is made of.
+fn is_nqchar(c: char) -> bool {
+    matches!(c, '\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e')
+}
+
+/// Parses a 2xx reply whole. `requested_scope` is reported when neither the reply nor the token
+/// says which scopes were granted (RFC 6749 5.1: scope may be omitted if identical). tokend
+/// itself reads a reply in steps ([`parse_object`], [`refresh_token`], [`parse_token`]) so
+/// that a rotated refresh token is saved before the rest is judged.
 pub fn parse_success(
     body: &[u8],
     requested_scope: Option<&str>,
     default_lifetime: Duration,
     now: SystemTime,
 ) -> Result<TokenReply, ReplyError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| {
-        let head: String = String::from_utf8_lossy(&body[..body.len().min(16)])
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
-        ReplyError::NotJson(head)
+    let redactor = Redactor::default();
+    let obj = parse_object(body, "", &redactor)?;
+    refresh_token(&obj)?;
+    parse_token(&obj, requested_scope, default_lifetime, now, &redactor).map(|(t, _)| t)
+}
+
+/// A 2xx body as a JSON object. `content_type` (the reply's header) describes a body that is
+/// not JSON.
+pub fn parse_object(
+    body: &[u8],
+    content_type: &str,
+    redactor: &Redactor,
+) -> Result<Map<String, Value>, ReplyError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| ReplyError::NotJson {
+        length: body.len(),
+        content_type: match content_type {
+            "" => "no content type".into(),
+            t => redactor.clean(t, MAX_CONTENT_TYPE),
+        },
     })?;
-    let obj = value.as_object().ok_or(ReplyError::NotObject)?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(ReplyError::NotObject),
+    }
+}
+
+/// The refresh token a reply rotated to, read before anything else in it so that it can be
+/// saved even when the rest is unusable. `Err` when one is there but could not be sent back.
+pub fn refresh_token(obj: &Map<String, Value>) -> Result<Option<SecretString>, ReplyError> {
+    match obj.get("refresh_token") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if t.is_empty() => Ok(None),
+        Some(Value::String(t)) if t.len() <= MAX_REFRESH_TOKEN && t.chars().all(is_vschar) => {
+            Ok(Some(SecretString::from(t.clone())))
+        }
+        Some(_) => Err(ReplyError::BadRefreshToken),
+    }
+}
+
+/// The token in a 2xx reply's object, and how many scope entries were dropped as malformed
+/// (for a warning). `redactor` holds the request's credentials and the refresh token received;
+/// the reply's access token is added to it here.
+pub fn parse_token(
+    obj: &Map<String, Value>,
+    requested_scope: Option<&str>,
+    default_lifetime: Duration,
+    now: SystemTime,
+    redactor: &Redactor,
+) -> Result<(TokenReply, usize), ReplyError> {
     let access_token = match obj.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() => t.clone(),
         _ => return Err(ReplyError::NoAccessToken),
     };
+    if !access_token.chars().all(is_vschar) {
+        return Err(ReplyError::BadAccessToken);
+    }
+    let mut redactor = redactor.clone();
+    redactor.add(&access_token);
     // RFC 6750 says the type is case-insensitive; some providers omit it for Bearer.
     let token_type = match obj.get("token_type") {
         None | Some(Value::Null) => "Bearer".to_string(),
@@ -96,7 +178,7 @@ pub fn parse_success(
                 .map(str::to_string)
                 .unwrap_or_else(|| other.to_string());
             return Err(ReplyError::UnsupportedTokenType(
-                shown.chars().take(32).collect(),
+                redactor.clean(&shown, MAX_CODE),
             ));
         }
     };
@@ -123,50 +205,41 @@ pub fn parse_success(
             None => (default_lifetime, LifetimeSource::Default),
         },
     };
-    let scopes = obj
-        .get("scope")
-        .and_then(scope_list)
-        .or_else(|| {
-            let c = claims.as_ref()?;
-            c.get("scope").or_else(|| c.get("scp")).and_then(scope_list)
-        })
-        .or_else(|| requested_scope.map(split_scope))
-        .unwrap_or_default();
-    let refresh_token = match obj.get("refresh_token") {
-        Some(Value::String(t)) if !t.is_empty() => Some(SecretString::from(t.clone())),
-        _ => None,
-    };
-    Ok(TokenReply {
-        access_token: AccessToken::new(access_token),
-        token_type,
-        scopes,
-        lifetime: lifetime.min(MAX_LIFETIME),
-        lifetime_source,
-        refresh_token,
-    })
+    let mut scopes = Scopes::new(&redactor);
+    let listed = obj.get("scope").is_some_and(|v| scopes.read(v))
+        || claims.as_ref().is_some_and(|c| {
+            c.get("scope")
+                .or_else(|| c.get("scp"))
+                .is_some_and(|v| scopes.read(v))
+        });
+    if !listed && let Some(requested) = requested_scope {
+        scopes.split(requested, false);
+    }
+    Ok((
+        TokenReply {
+            access_token: AccessToken::new(access_token),
+            token_type,
+            scopes: scopes.kept,
+            lifetime: lifetime.min(MAX_LIFETIME),
+            lifetime_source,
+        },
+        scopes.dropped,
+    ))
 }
 
 /// Parses an error reply body; `None` when it is not an RFC 6749 5.2 error object.
-pub fn parse_error(body: &[u8]) -> Option<OAuthError> {
+pub fn parse_error(body: &[u8], redactor: &Redactor) -> Option<OAuthError> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let error = value.get("error")?.as_str()?;
     let description = value
         .get("error_description")
         .and_then(Value::as_str)
-        .map(sanitize)
+        .map(|d| redactor.clean(d, MAX_DESCRIPTION))
         .filter(|d| !d.is_empty());
     Some(OAuthError {
-        error: sanitize(error),
+        error: redactor.clean(error, MAX_CODE),
         description,
     })
-}
-
-/// Provider text goes into logs and gRPC messages: strip control characters, bound the length.
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_DESCRIPTION)
-        .collect()
 }
 
 /// `expires_in` as whole seconds: a positive number or numeric string (some providers quote it).
@@ -180,23 +253,55 @@ fn expires_in(value: Option<&Value>) -> Option<u64> {
     (secs.is_finite() && secs >= 1.0).then(|| secs.min(MAX_LIFETIME.as_secs() as f64) as u64)
 }
 
-/// A scope claim or field: a space-separated string, or a JSON array of strings.
-fn scope_list(value: &Value) -> Option<Vec<String>> {
-    match value {
-        Value::String(s) => Some(split_scope(s)),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect(),
-        ),
-        _ => None,
-    }
+/// Granted scopes as read from a reply: entries that are not RFC 6749 scope tokens (NQCHAR),
+/// are too long or too many, or carry a credential of the request are dropped and counted.
+struct Scopes<'a> {
+    redactor: &'a Redactor,
+    kept: Vec<String>,
+    dropped: usize,
 }
 
-fn split_scope(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_string).collect()
+impl<'a> Scopes<'a> {
+    fn new(redactor: &'a Redactor) -> Self {
+        Scopes {
+            redactor,
+            kept: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// A scope field or claim: a space-separated string, or a JSON array of strings (whose
+    /// entries are split too: an array is no promise that they hold no spaces). `false`
+    /// when the value is neither, so the next source of scopes applies.
+    fn read(&mut self, value: &Value) -> bool {
+        match value {
+            Value::String(s) => self.split(s, true),
+            Value::Array(items) => {
+                for item in items {
+                    match item.as_str() {
+                        Some(s) => self.split(s, true),
+                        None => self.dropped += 1,
+                    }
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// RFC 6749 3.3: scope tokens separated by spaces. `from_provider`: the text came from
+    /// the reply, and may echo a credential (the configured scope may not: it is no echo).
+    fn split(&mut self, s: &str, from_provider: bool) {
+        for entry in s.split(' ').filter(|e| !e.is_empty()) {
+            let fits = entry.len() <= MAX_SCOPE_LEN && self.kept.len() < MAX_SCOPES;
+            let echo = from_provider && self.redactor.finds(entry);
+            if fits && entry.chars().all(is_nqchar) && !echo {
+                self.kept.push(entry.to_string());
+            } else {
+                self.dropped += 1;
+            }
+        }
+    }
 }
 
 /// The claims of a JWS-compact token, read without verifying the signature: tokend is the
@@ -256,7 +361,6 @@ mod tests {
         assert_eq!(r.lifetime_source, LifetimeSource::ExpiresIn);
         assert_eq!(r.scopes, ["guest_conversation.write", "event_log.read"]);
         assert_eq!(r.token_type, "Bearer");
-        assert!(r.refresh_token.is_none());
     }
 
     #[test]
@@ -265,15 +369,16 @@ mod tests {
             "user": "someone", "scope": ["profile", "read:like", "write:like"],
             "iat": NOW - 10, "exp": NOW + 3590
         }));
-        let r = parse(serde_json::json!({
+        let reply = serde_json::json!({
             "user": "someone", "refresh_token": "rt-new", "access_token": token
-        }))
-        .unwrap();
+        });
+        let r = parse(reply.clone()).unwrap();
         assert_eq!(r.lifetime, Duration::from_secs(3590));
         assert_eq!(r.lifetime_source, LifetimeSource::JwtExp);
         assert_eq!(r.scopes, ["profile", "read:like", "write:like"]);
         assert_eq!(r.token_type, "Bearer");
-        assert_eq!(r.refresh_token.unwrap().expose_secret(), "rt-new");
+        let rt = refresh_token(reply.as_object().unwrap()).unwrap().unwrap();
+        assert_eq!(rt.expose_secret(), "rt-new");
     }
 
     #[test]
@@ -313,11 +418,16 @@ mod tests {
     #[test]
     fn unusable_replies_are_errors() {
         let p = |b: &[u8]| parse_success(b, None, Duration::from_secs(1), now()).unwrap_err();
+        let not_json = p(b"<html>oops</html>");
         assert_eq!(
-            p(b"<html>oops</html>"),
-            ReplyError::NotJson("<html>oops</html".into())
+            not_json,
+            ReplyError::NotJson {
+                length: 17,
+                content_type: "no content type".into()
+            }
         );
-        assert_eq!(p(b""), ReplyError::NotJson(String::new()));
+        assert!(!not_json.to_string().contains("html"), "{not_json}");
+        assert!(matches!(p(b""), ReplyError::NotJson { length: 0, .. }));
         assert_eq!(p(b"[1]"), ReplyError::NotObject);
         assert_eq!(p(br#"{"token_type":"Bearer"}"#), ReplyError::NoAccessToken);
         assert_eq!(
@@ -335,12 +445,128 @@ mod tests {
 
     #[test]
     fn error_replies_are_parsed_and_sanitized() {
-        let e = parse_error(br#"{"error":"invalid_client","error_description":"bad\nsecret"}"#)
-            .unwrap();
+        let none = Redactor::default();
+        let e = parse_error(
+            br#"{"error":"invalid_client","error_description":"bad\nsecret"}"#,
+            &none,
+        )
+        .unwrap();
         assert_eq!(e.error, "invalid_client");
-        assert_eq!(e.description.as_deref(), Some("badsecret"));
-        assert!(parse_error(b"<html>").is_none());
-        assert!(parse_error(br#"{"message":"x"}"#).is_none());
+        assert_eq!(e.description.as_deref(), Some("bad\\nsecret"));
+        assert!(parse_error(b"<html>", &none).is_none());
+        assert!(parse_error(br#"{"message":"x"}"#, &none).is_none());
+    }
+
+    #[test]
+    fn echoed_credentials_are_redacted_from_error_replies() {
+        let mut r = Redactor::new(["rt-sent"]);
+        r.add_client_credentials("app", "s3cret");
+        let body = serde_json::json!({
+            "error": "bad_s3cret",
+            "error_description": "you sent s3cret and rt-sent\r\nINFO forged \u{1b}[2J"
+        });
+        let e = parse_error(body.to_string().as_bytes(), &r).unwrap();
+        assert_eq!(e.error, "bad_[redacted]");
+        assert_eq!(
+            e.description.as_deref(),
+            Some("you sent [redacted] and [redacted]\\r\\nINFO forged \\u{1b}[2J")
+        );
+    }
+
+    #[test]
+    fn tokens_outside_vschar_are_refused() {
+        let p = |v: Value| {
+            let obj = v.as_object().unwrap().clone();
+            let r = Redactor::default();
+            (
+                refresh_token(&obj),
+                parse_token(&obj, None, Duration::from_secs(60), now(), &r).map(|_| ()),
+            )
+        };
+        let (rt, token) = p(serde_json::json!({
+            "access_token": "good\r\nX-Injected: 1", "refresh_token": "rt-2"
+        }));
+        assert_eq!(rt.unwrap().unwrap().expose_secret(), "rt-2");
+        assert_eq!(token.unwrap_err(), ReplyError::BadAccessToken);
+        for bad in [
+            serde_json::json!("rt\n2"),
+            serde_json::json!("ré"),
+            serde_json::json!(7),
+            serde_json::json!("x".repeat(MAX_REFRESH_TOKEN + 1)),
+        ] {
+            let (rt, _) = p(serde_json::json!({"access_token": "t", "refresh_token": bad}));
+            assert_eq!(rt.unwrap_err(), ReplyError::BadRefreshToken);
+        }
+        let (rt, token) = p(serde_json::json!({"access_token": "a b~", "refresh_token": ""}));
+        assert!(rt.unwrap().is_none());
+        assert!(token.is_ok(), "VSCHAR includes the space");
+    }
+
+    #[test]
+    fn token_type_is_shown_escaped_bounded_and_redacted() {
+        let obj = serde_json::json!({
+            "access_token": "at-1", "token_type": format!("mac\r\n\u{1b}[31mat-1{}", "y".repeat(100))
+        });
+        let err = parse_token(
+            obj.as_object().unwrap(),
+            None,
+            Duration::from_secs(1),
+            now(),
+            &Redactor::default(),
+        )
+        .unwrap_err();
+        let ReplyError::UnsupportedTokenType(shown) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            shown.starts_with("mac\\r\\n\\u{1b}[31m[redacted]y"),
+            "{shown}"
+        );
+        assert_eq!(shown.chars().count(), MAX_CODE + 1);
+    }
+
+    #[test]
+    fn scope_entries_outside_nqchar_are_dropped() {
+        let secret = Redactor::new(["s3cret"]);
+        let parse_scopes = |scope: Value| {
+            let obj = serde_json::json!({"access_token": "at-xyz-123", "scope": scope});
+            parse_token(
+                obj.as_object().unwrap(),
+                None,
+                Duration::from_secs(1),
+                now(),
+                &secret,
+            )
+            .map(|(r, dropped)| (r.scopes, dropped))
+            .unwrap()
+        };
+        let (scopes, dropped) = parse_scopes(serde_json::json!(
+            "a  b\tc d\r\ne q\"uote back\\slash x\u{1b}[2J é s3cret ok"
+        ));
+        assert_eq!(scopes, ["a", "ok"]);
+        assert_eq!(dropped, 7);
+        // Arrays are split like strings, and non-strings dropped.
+        let (scopes, dropped) = parse_scopes(serde_json::json!(["read write", "x\ny", 3, "admin"]));
+        assert_eq!(scopes, ["read", "write", "admin"]);
+        assert_eq!(dropped, 2);
+        let many: Vec<String> = (0..MAX_SCOPES + 5).map(|i| format!("s{i}")).collect();
+        let (scopes, dropped) = parse_scopes(serde_json::json!(many.join(" ")));
+        assert_eq!((scopes.len(), dropped), (MAX_SCOPES, 5));
+        let (scopes, dropped) = parse_scopes(serde_json::json!("x".repeat(MAX_SCOPE_LEN + 1)));
+        assert_eq!((scopes.len(), dropped), (0, 1));
+        // The JWT's array claim (the second seed provider) is filtered the same way.
+        let token =
+            jwt(serde_json::json!({"scope": ["profile", "read:like\r\nforged"], "exp": NOW + 60}));
+        let obj = serde_json::json!({"access_token": token});
+        let (r, dropped) = parse_token(
+            obj.as_object().unwrap(),
+            None,
+            Duration::from_secs(1),
+            now(),
+            &secret,
+        )
+        .unwrap();
+        assert_eq!((r.scopes, dropped), (vec!["profile".to_string()], 1));
     }
 
     mod properties {
@@ -371,7 +597,7 @@ mod tests {
             #[test]
             fn any_bytes_are_an_error_or_a_token_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let _ = parse_success(&body, Some("a"), Duration::from_secs(60), now());
-                if let Some(e) = parse_error(&body) {
+                if let Some(e) = parse_error(&body, &Redactor::default()) {
                     prop_assert!(e.description.as_ref().is_none_or(|d| d.chars().count() <= MAX_DESCRIPTION));
                     prop_assert!(!e.error.chars().any(char::is_control));
                 }

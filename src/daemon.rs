@@ -5,13 +5,14 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::{error, info, warn};
 
 use crate::clients::{Clients, StartError, client_spec, reconcile};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
+use crate::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
 use crate::limit::EndpointLimiters;
 use crate::listen::{self, ListenError, SocketFile};
 use crate::oauth::http_client;
@@ -27,6 +28,8 @@ pub enum RunError {
     Activation(std::io::Error),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    NoRoom(#[from] NoRoom),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -41,6 +44,10 @@ pub async fn run(
     mut reloads: impl Stream<Item = ()> + Send + Unpin,
 ) -> Result<(), RunError> {
     // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
+    let connections = Connections::new(
+        &config.server.connections(),
+        crate::connections::raise_fd_limit(),
+    )?;
     let activated = systemd::activated_listeners().map_err(RunError::Activation)?;
     let mut unix = Vec::new();
     let mut tcp = Vec::new();
@@ -95,20 +102,19 @@ pub async fn run(
     );
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
-        let incoming = crate::authority::fix_incoming(UnixListenerStream::new(listener));
-        let router = router(&service).await;
+        let incoming = crate::authority::fix_incoming(connections.incoming(listener));
+        let router = router::<UdsConnectInfo>(&service, &config.server).await;
         let stop = stopping.clone().cancelled_owned();
         servers.push(Box::pin(
             router.serve_with_incoming_shutdown(incoming, stop),
         ));
     }
     for listener in tcp {
-        let router = router(&service).await;
+        let router = router::<TcpConnectInfo>(&service, &config.server).await;
         let stop = stopping.clone().cancelled_owned();
-        servers.push(Box::pin(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stop,
-        )));
+        servers.push(Box::pin(
+            router.serve_with_incoming_shutdown(connections.incoming(listener), stop),
+        ));
     }
     let mut servers = futures_util::future::try_join_all(servers);
     let status = tokio::spawn(systemd::report_status(
@@ -178,8 +184,14 @@ async fn reload(
 }
 
 /// The services every listener offers: tokend's own, standard health, and reflection (so
-/// `grpcurl -unix SOCKET list` works without the proto file).
-async fn router(service: &TokenServiceImpl) -> tonic::transport::server::Router {
+/// `grpcurl -unix SOCKET list` works without the proto file). `I` is the listener's connect
+/// info.
+async fn router<I: Clone + Send + Sync + 'static>(
+    service: &TokenServiceImpl,
+    server: &ServerConfig,
+) -> tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::connections::TrackRequests<I>, tower::layer::util::Identity>,
+> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TokenServiceServer<TokenServiceImpl>>()
@@ -194,9 +206,11 @@ async fn router(service: &TokenServiceImpl) -> tonic::transport::server::Router 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("embedded descriptors are valid");
-    tonic::transport::Server::builder()
-        .add_service(TokenServiceServer::new(service.clone()))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
+    crate::connections::server::<I>(&server.connections())
+        .add_service(
+            TokenServiceServer::new(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(health_service.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_alpha.max_decoding_message_size(MAX_REQUEST_BYTES))
 }

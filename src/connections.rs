@@ -61,8 +61,9 @@ const ACCEPT_BATCH: usize = 64;
 /// limit, and never fewer than this.
 const MIN_RESERVED_FDS: u64 = 128;
 
-/// How often refused connections are reported: one line per burst, not one per connection.
-const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// How often refused connections and failing accepts are reported: one line per burst, not one
+/// per connection.
+const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The client's connection preface (RFC 9113 3.4), which must be followed by a SETTINGS frame.
 const PREFACE_LEN: usize = 24;
@@ -122,12 +123,11 @@ pub fn effective_max(configured: usize, fd_limit: u64) -> Result<usize, NoRoom> 
     }
 }
 
+/// The layers of [`server`]: [`TrackRequests`] for connect info `I`.
+pub type Layers<I> = tower::layer::util::Stack<TrackRequests<I>, tower::layer::util::Identity>;
+
 /// tonic's server with tokend's HTTP/2 limits, counting each connection's requests.
-pub fn server<I>(
-    settings: &Settings,
-) -> tonic::transport::Server<
-    tower::layer::util::Stack<TrackRequests<I>, tower::layer::util::Identity>,
-> {
+pub fn server<I>(settings: &Settings) -> tonic::transport::Server<Layers<I>> {
     tonic::transport::Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
@@ -254,7 +254,7 @@ impl Connections {
             limits: self.limits.clone(),
             timeouts: self.timeouts,
             pause: None,
-            out_of_fds: false,
+            out_of_fds_reported: None,
             refusals: Refusals::default(),
         }
     }
@@ -300,7 +300,7 @@ pub struct Incoming<L> {
     timeouts: Timeouts,
     /// Accepting is paused until this fires (out of descriptors).
     pause: Option<Pin<Box<Sleep>>>,
-    out_of_fds: bool,
+    out_of_fds_reported: Option<Instant>,
     refusals: Refusals,
 }
 
@@ -318,11 +318,17 @@ impl<L: Listen + Unpin> Stream for Incoming<L> {
                 let io = match ready!(this.listener.poll_accept(cx)) {
                     Ok(io) => io,
                     Err(e) if out_of_descriptors(&e) => {
-                        if !this.out_of_fds {
+                        // With no descriptor free, accept fails even with nobody waiting, so
+                        // every free descriptor ends an episode: report by time instead.
+                        let now = Instant::now();
+                        if this
+                            .out_of_fds_reported
+                            .is_none_or(|at| now.duration_since(at) >= REPORT_INTERVAL)
+                        {
                             warn!(
-                                "cannot accept connections: {e}; pausing for {ACCEPT_PAUSE:?} at a time until descriptors are free"
+                                "cannot accept connections: {e}; pausing for {ACCEPT_PAUSE:?} at a time until descriptors are free (reported at most once a minute)"
                             );
-                            this.out_of_fds = true;
+                            this.out_of_fds_reported = Some(now);
                         }
                         this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
                         break;
@@ -333,9 +339,6 @@ impl<L: Listen + Unpin> Stream for Incoming<L> {
                         continue;
                     }
                 };
-                if std::mem::take(&mut this.out_of_fds) {
-                    info!("accepting connections again");
-                }
                 let Some(peer) = L::peer(&io) else {
                     debug!("closing a connection whose caller cannot be identified");
                     continue;
@@ -377,7 +380,7 @@ impl Refusals {
         let now = Instant::now();
         if self
             .last_report
-            .is_some_and(|at| now.duration_since(at) < REFUSAL_REPORT_INTERVAL)
+            .is_some_and(|at| now.duration_since(at) < REPORT_INTERVAL)
         {
             return;
         }

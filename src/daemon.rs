@@ -43,11 +43,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
     mut reloads: impl Stream<Item = ()> + Send + Unpin,
 ) -> Result<(), RunError> {
-    // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
+    // The connection caps depend on the descriptor limit, raised here.
     let connections = Connections::new(
         &config.server.connections(),
         crate::connections::raise_fd_limit(),
     )?;
+    // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
     let activated = systemd::activated_listeners().map_err(RunError::Activation)?;
     let mut unix = Vec::new();
     let mut tcp = Vec::new();
@@ -189,9 +190,7 @@ async fn reload(
 async fn router<I: Clone + Send + Sync + 'static>(
     service: &TokenServiceImpl,
     server: &ServerConfig,
-) -> tonic::transport::server::Router<
-    tower::layer::util::Stack<crate::connections::TrackRequests<I>, tower::layer::util::Identity>,
-> {
+) -> tonic::transport::server::Router<crate::connections::Layers<I>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TokenServiceServer<TokenServiceImpl>>()

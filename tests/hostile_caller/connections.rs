@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, DaemonOptions, KillOnDrop, OidcServer, eventually, secret_file};
+use crate::common::{
+    Daemon, DaemonOptions, KillOnDrop, OidcServer, eventually, free_port, secret_file,
+};
 use tokend::proto::{GetTokenRequest, RefreshTokenRequest, WatchTokenRequest};
 use tonic::Code;
 
@@ -23,21 +25,32 @@ const ATTACKER: u32 = 65534;
 /// A well-behaved caller of another unprivileged uid.
 const NEIGHBOUR: u32 = 65533;
 
-/// The attacker: opens N connections, sends each the HTTP/2 preface and an empty SETTINGS (so
-/// no handshake timeout applies) and holds them idle; after a pause it reports how many the
-/// daemon has closed, then holds the rest until its stdin closes.
+/// The attacker: opens N connections to a Unix socket (sending each the HTTP/2 preface and an
+/// empty SETTINGS, so no handshake timeout applies) or to HOST:PORT (sending nothing), and holds
+/// them idle; after a pause it reports how many the daemon has closed, then holds the rest until
+/// its stdin closes.
 const FLOOD: &str = r#"
 import socket, sys, time
 path, n = sys.argv[1], int(sys.argv[2])
 hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+if ":" in path:
+    host, port = path.rsplit(":", 1)
+    family, addr, hello = socket.AF_INET, (host, int(port)), b""
+else:
+    family, addr = socket.AF_UNIX, path
 socks, failed = [], 0
 for _ in range(n):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(2)
     try:
-        s.connect(path)
+        s.connect(addr)
         s.sendall(hello)
         socks.append(s)
+    except TimeoutError:
+        # The listen backlog is full: the rest would wait as long.
+        s.close()
+        failed = n - len(socks)
+        break
     except OSError:
         failed += 1
         s.close()
@@ -92,8 +105,13 @@ scope = "api:read"
     Daemon::start_with(dir, &options, &clients).await
 }
 
-/// Runs [`FLOOD`] as `uid` with `n` connections; returns the process and (open, closed).
+/// Runs [`FLOOD`] as `uid` with `n` connections to the daemon's socket; returns the process and
+/// (open, closed).
 fn flood(daemon: &Daemon, uid: u32, n: usize) -> (KillOnDrop, usize, usize) {
+    flood_to(daemon, uid, n, &daemon.socket.display().to_string())
+}
+
+fn flood_to(daemon: &Daemon, uid: u32, n: usize, target: &str) -> (KillOnDrop, usize, usize) {
     let script = daemon.dir.path().join(format!("flood-{uid}.py"));
     std::fs::write(&script, FLOOD).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -102,7 +120,7 @@ fn flood(daemon: &Daemon, uid: u32, n: usize) -> (KillOnDrop, usize, usize) {
         .arg(format!("--regid={uid}"))
         .args(["--clear-groups", "/usr/bin/python3"])
         .arg(&script)
-        .arg(&daemon.socket)
+        .arg(target)
         .arg(n.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -300,6 +318,68 @@ async fn connections_over_the_total_cap_are_closed_at_once_and_their_slots_come_
     .await;
 }
 
+#[tokio::test]
+async fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
+    let idp = provider();
+    // The metrics listener's connections are not capped (they are not gRPC callers): enough of
+    // them take every descriptor, and accepting on the Unix socket fails with EMFILE.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    secret_file(dir.path(), "fast.secret", SECRET);
+    let clients = format!(
+        "[metrics]\nlisten = \"{metrics}\"\n\n[clients.fast]\ntoken_endpoint = \"{}\"\n\
+         client_id = \"flood-client\"\nclient_secret_file = \"{{dir}}/fast.secret\"\n",
+        idp.token_endpoint
+    );
+    let options = DaemonOptions {
+        server: "socket_mode = \"0666\"",
+        wrapper: &["prlimit", "--nofile=256:256"],
+    };
+    let d = Daemon::start_with(dir, &options, &clients).await;
+    let pid = d.pid();
+    let attacker = flood_to(&d, ATTACKER, 400, &metrics).0;
+    eventually(
+        Duration::from_secs(10),
+        "tokend out of descriptors",
+        || async { (open_fds(pid) >= 250).then_some(()) },
+    )
+    .await;
+    // A caller knocks: its connection waits in the backlog while tokend cannot accept it.
+    let _waiting = UnixStream::connect(&d.socket).unwrap();
+    eventually(Duration::from_secs(5), "the EMFILE warning", || async {
+        d.log_text()
+            .contains("cannot accept connections")
+            .then_some(())
+    })
+    .await;
+    let cpu = cpu_time(pid);
+    let wall = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_time(pid) - cpu;
+    assert!(
+        used < wall.elapsed() / 4,
+        "tokend used {used:?} of CPU in {:?} retrying accept",
+        wall.elapsed()
+    );
+    assert_eq!(
+        d.log_text().matches("cannot accept connections").count(),
+        1,
+        "warned once: {}",
+        d.log_text()
+    );
+    // Descriptors come back: tokend accepts again. (Its token may be gone: the refresh that
+    // fell due could not open the secret file. Only the callers' share is reserved.)
+    drop(attacker);
+    eventually(Duration::from_secs(10), "a caller served again", || async {
+        let mut client = tokend::ctl::connect(&d.socket).await.ok()?;
+        let mut request = tonic::Request::new(tokend::proto::ListClientsRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        client.list_clients(request).await.ok()
+    })
+    .await;
+}
+
 /// Reads until the daemon closes the connection; how long that took, or `None` if it did not
 /// within `limit`.
 fn closed_within(stream: &mut UnixStream, limit: Duration) -> Option<Duration> {
@@ -451,4 +531,46 @@ async fn the_stream_cap_is_advertised_and_requests_are_bounded() {
             .is_ok_and(|t| !t.get_ref().access_token.is_empty()),
         "{reply:?}"
     );
+}
+
+#[tokio::test]
+async fn a_caller_that_makes_tokend_reset_stream_after_stream_is_cut_off() {
+    let idp = provider();
+    let d = daemon(&idp, "", &[]).await;
+    let io = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    let (h2, connection) = h2::client::handshake(io).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    // Each request announces a body it never sends: h2 on tokend's side resets the stream for
+    // the protocol error (the work behind "MadeYouReset").
+    let mut resets = 0;
+    for _ in 0..1100 {
+        let request = http::Request::post("http://localhost/tokend.v1.TokenService/GetToken")
+            .header("content-type", "application/grpc")
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
+        let Ok((response, _)) = h2.send_request(request, true) else {
+            break;
+        };
+        if response.await.is_err() {
+            resets += 1;
+        }
+        match h2.clone().ready().await {
+            Ok(ready) => h2 = ready,
+            Err(_) => break,
+        }
+    }
+    let end = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the connection is still open after 1,100 resets")
+        .unwrap();
+    let err = end.expect_err("tokend ends the connection");
+    assert!(
+        err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{err:?}"
+    );
+    // hyper's limit of 1024, and the stream that went over it.
+    assert!(resets <= 1025, "{resets} streams reset");
+    token(&d).await;
 }

@@ -345,14 +345,12 @@ async fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
         || async { (open_fds(pid) >= 250).then_some(()) },
     )
     .await;
-    // A caller knocks: its connection waits in the backlog while tokend cannot accept it.
-    let _waiting = UnixStream::connect(&d.socket).unwrap();
-    eventually(Duration::from_secs(5), "the EMFILE warning", || async {
-        d.log_text()
-            .contains("cannot accept connections")
-            .then_some(())
-    })
-    .await;
+    // Callers knock: their connections wait in the backlog while tokend cannot accept them
+    // (more than one, as a descriptor freed now and then lets one in).
+    let _waiting: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu = cpu_time(pid);
     let wall = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -362,6 +360,12 @@ async fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
         "tokend used {used:?} of CPU in {:?} retrying accept",
         wall.elapsed()
     );
+    eventually(Duration::from_secs(5), "the EMFILE warning", || async {
+        d.log_text()
+            .contains("cannot accept connections")
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         d.log_text().matches("cannot accept connections").count(),
         1,

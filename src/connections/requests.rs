@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use super::conn::{ConnInfo, OpenRequest};
 
-/// Counts each connection's open requests (see [`super::conn::Activity`]) and gives handlers the listener's
+/// Counts each connection's open requests (until their response bodies end) and gives handlers the listener's
 /// connect info `I` back in place of [`ConnInfo<I>`].
 pub struct TrackRequests<I>(PhantomData<fn() -> I>);
 

@@ -7,8 +7,8 @@ use std::task::{Context, Poll, ready};
 
 use super::conn::{ConnInfo, OpenRequest};
 
-/// Counts each connection's open requests (until their response bodies end) and gives handlers the listener's
-/// connect info `I` back in place of [`ConnInfo<I>`].
+/// Counts each connection's open requests (until their response bodies end) and gives handlers
+/// the listener's connect info `I` back in place of [`ConnInfo<I>`].
 pub struct TrackRequests<I>(PhantomData<fn() -> I>);
 
 impl<I> TrackRequests<I> {

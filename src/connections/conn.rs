@@ -26,7 +26,8 @@ pub(super) struct Timeouts {
 }
 
 /// What a counted connection tells each request it carries: the listener's own connect info
-/// (which [`super::TrackRequests`] puts back where handlers look for it) and the connection's activity.
+/// (which [`super::TrackRequests`] puts back where handlers look for it) and the connection's
+/// activity.
 #[derive(Debug, Clone)]
 pub struct ConnInfo<I> {
     pub(super) inner: I,

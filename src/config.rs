@@ -71,6 +71,22 @@ pub struct ServerConfig {
     pub max_waiting_calls: usize,
     /// ...and per caller uid.
     pub max_waiting_calls_per_uid: usize,
+    /// Open connections on all listeners together; fewer if the open file limit would not
+    /// leave a quarter of it (at least 128 descriptors) for token requests, files and sinks.
+    pub max_connections: usize,
+    /// Open connections per caller uid on the Unix socket (all TCP callers share one such
+    /// allowance), so that one user cannot take every connection.
+    pub max_connections_per_uid: usize,
+    /// A connection that has not sent the HTTP/2 preface and its first SETTINGS by then is
+    /// closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+    /// A connection with no request open for this long is closed (after one to two times
+    /// this); a WatchToken stream is an open request.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -91,7 +107,59 @@ impl Default for ServerConfig {
             // first token or a refresh, a few per process at most.
             max_waiting_calls: 4096,
             max_waiting_calls_per_uid: 1024,
+            max_connections: 1024,
+            max_connections_per_uid: 128,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_concurrent_streams: 128,
         }
+    }
+}
+
+impl ServerConfig {
+    /// The limits [`crate::connections`] enforces.
+    pub fn connections(&self) -> crate::connections::Settings {
+        crate::connections::Settings {
+            max_connections: self.max_connections,
+            max_connections_per_uid: self.max_connections_per_uid,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
+            (
+                "max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+            ),
+        ];
+        for (key, value) in counts {
+            if value == 0 {
+                return Err((format!("server.{key}"), "must be at least 1".into()));
+            }
+        }
+        if self.max_connections_per_uid > self.max_connections {
+            return Err((
+                "server.max_connections_per_uid".into(),
+                format!(
+                    "{} is larger than server.max_connections ({})",
+                    self.max_connections_per_uid, self.max_connections
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((format!("server.{key}"), "must be positive".into()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -474,6 +542,7 @@ impl Config {
             return Err(err("server.default_wait".into(), "must be positive".into()));
         }
         self.server.validate_limits().map_err(|(k, r)| err(k, r))?;
+        self.server.validate().map_err(|(k, r)| err(k, r))?;
         self.refresh.validate().map_err(|(k, r)| err(k, r))?;
         for (name, client) in &self.clients {
             client
@@ -1112,6 +1181,44 @@ mod tests {
         let s = secret(&dir);
         let text = client_toml(&s, "").replace("https://idp.example.com", "http://127.0.0.1:9");
         load(&text, &[]).unwrap();
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let c = load(&client_toml(&s, ""), &[]).unwrap();
+        assert_eq!(c.server.max_connections, 1024);
+        assert_eq!(c.server.max_concurrent_streams, 128);
+        let cases = [
+            (
+                "max_connections = 0",
+                "server.max_connections",
+                "at least 1",
+            ),
+            (
+                "max_connections = 10\nmax_connections_per_uid = 11",
+                "server.max_connections_per_uid",
+                "larger than server.max_connections (10)",
+            ),
+            (
+                "max_concurrent_streams = 0",
+                "server.max_concurrent_streams",
+                "at least 1",
+            ),
+            ("idle_timeout = \"0s\"", "server.idle_timeout", "positive"),
+            (
+                "handshake_timeout = \"0s\"",
+                "server.handshake_timeout",
+                "positive",
+            ),
+        ];
+        for (server, key, reason) in cases {
+            let text = format!("[server]\n{server}\n{}", client_toml(&s, ""));
+            let err = load(&text, &[]).expect_err(&text);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.reason.contains(reason), "want {reason:?} in {err}");
+        }
     }
 
     #[test]

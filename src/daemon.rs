@@ -7,14 +7,14 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use futures_util::FutureExt;
-
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::{error, info, warn};
 
 use crate::clients::{Clients, StartError, client_spec, reconcile};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
+use crate::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
 use crate::limit::EndpointLimiters;
 use crate::listen::{self, ListenError, SocketFile};
 use crate::oauth::http_client;
@@ -31,6 +31,8 @@ pub enum RunError {
     Activation(std::io::Error),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    NoRoom(#[from] NoRoom),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("{task} stopped: {why}")]
@@ -77,6 +79,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
     mut reloads: impl Stream<Item = ()> + Send + Unpin,
 ) -> Result<(), RunError> {
+    // The connection caps depend on the descriptor limit, raised here.
+    let connections = Connections::new(
+        &config.server.connections(),
+        crate::connections::raise_fd_limit(),
+    )?;
     // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
     let activated = systemd::activated_listeners().map_err(RunError::Activation)?;
     let mut unix = Vec::new();
@@ -142,20 +149,19 @@ pub async fn run(
     .with_limits(crate::call_limits::CallLimits::of(&config.server));
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
-        let incoming = crate::authority::fix_incoming(UnixListenerStream::new(listener));
-        let router = router(&service).await;
+        let incoming = crate::authority::fix_incoming(connections.incoming(listener));
+        let router = router::<UdsConnectInfo>(&service, &config.server).await;
         let stop = stopping.clone().cancelled_owned();
         servers.push(Box::pin(
             router.serve_with_incoming_shutdown(incoming, stop),
         ));
     }
     for listener in tcp {
-        let router = router(&service).await;
+        let router = router::<TcpConnectInfo>(&service, &config.server).await;
         let stop = stopping.clone().cancelled_owned();
-        servers.push(Box::pin(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stop,
-        )));
+        servers.push(Box::pin(
+            router.serve_with_incoming_shutdown(connections.incoming(listener), stop),
+        ));
     }
     let mut servers = futures_util::future::try_join_all(servers);
     let status = systemd::report_status(clients.store.clone(), config.server.startup_timeout);
@@ -241,8 +247,12 @@ async fn reload(
 }
 
 /// The services every listener offers: tokend's own, standard health, and reflection (so
-/// `grpcurl -unix SOCKET list` works without the proto file).
-async fn router(service: &TokenServiceImpl) -> tonic::transport::server::Router {
+/// `grpcurl -unix SOCKET list` works without the proto file). `I` is the listener's connect
+/// info.
+async fn router<I: Clone + Send + Sync + 'static>(
+    service: &TokenServiceImpl,
+    server: &ServerConfig,
+) -> tonic::transport::server::Router<crate::connections::Layers<I>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TokenServiceServer<TokenServiceImpl>>()
@@ -257,11 +267,13 @@ async fn router(service: &TokenServiceImpl) -> tonic::transport::server::Router 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("embedded descriptors are valid");
-    tonic::transport::Server::builder()
-        .add_service(TokenServiceServer::new(service.clone()))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
+    crate::connections::server::<I>(&server.connections())
+        .add_service(
+            TokenServiceServer::new(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(health_service.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_alpha.max_decoding_message_size(MAX_REQUEST_BYTES))
 }
 
 #[cfg(test)]

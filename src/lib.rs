@@ -19,6 +19,8 @@
 //! - [`call_limits`]: caps on the streams and waiting calls callers hold, in all and per uid.
 //! - [`sink`]: per-client files rewritten atomically with each new token.
 //! - [`listen`]: the Unix socket and loopback TCP listeners.
+//! - [`connections`]: what callers can hold open: connection caps (total and per uid), handshake
+//!   and idle timeouts, descriptors kept for tokend's own work, HTTP/2 limits.
 //! - [`authority`]: makes the `:authority` stock gRPC clients send over a Unix socket (the socket
 //!   path) acceptable to tonic's HTTP/2 layer.
 //! - [`clients`]: the running set of clients; applies a reloaded config as a difference.
@@ -43,6 +45,7 @@ pub mod authorize;
 pub mod call_limits;
 pub mod clients;
 pub mod config;
+pub mod connections;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;

@@ -104,6 +104,16 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+/// How a test daemon is started beyond its clients.
+#[derive(Default)]
+pub struct DaemonOptions<'a> {
+    /// Further `[server]` keys, as TOML lines.
+    pub server: &'a str,
+    /// A command the daemon is run under, e.g. `["prlimit", "--nofile=256:256"]`; it must exec
+    /// the daemon (keeping its pid).
+    pub wrapper: &'a [&'a str],
+}
+
 /// Writes a secret file with mode 0600 and returns its path.
 pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
     let path = dir.join(name);
@@ -127,21 +137,43 @@ impl Daemon {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, clients: &str) -> Daemon {
-        Self::start_with_server(dir, "", clients).await
+        Self::start_with(dir, &DaemonOptions::default(), clients).await
     }
 
     /// As [`Daemon::start_in`], with further `[server]` keys (`server`, TOML lines).
     pub async fn start_with_server(dir: tempfile::TempDir, server: &str, clients: &str) -> Daemon {
+        let options = DaemonOptions {
+            server,
+            ..DaemonOptions::default()
+        };
+        Self::start_with(dir, &options, clients).await
+    }
+
+    /// As [`Daemon::start_in`], with further `[server]` keys and a command to run it under.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        options: &DaemonOptions<'_>,
+        clients: &str,
+    ) -> Daemon {
         let socket = dir.path().join("tokend.sock");
         let log = dir.path().join("tokend.log");
         let config = format!(
-            "[server]\nsocket = \"{}\"\n{server}\n\n{}",
+            "[server]\nsocket = \"{}\"\n{}\n\n{}",
             socket.display(),
+            options.server,
             clients.replace("{dir}", &dir.path().display().to_string())
         );
         let config_path = dir.path().join("tokend.toml");
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        let (program, wrapper_args) = match options.wrapper {
+            [program, args @ ..] => (*program, args),
+            [] => (env!("CARGO_BIN_EXE_tokend"), &[][..]),
+        };
+        let mut command = Command::new(program);
+        if !options.wrapper.is_empty() {
+            command.args(wrapper_args).arg(env!("CARGO_BIN_EXE_tokend"));
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "tokend=debug,info")
@@ -172,6 +204,11 @@ impl Daemon {
         );
     }
 
+    /// The daemon's process id (a wrapper such as `prlimit` execs it, keeping the id).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
     pub async fn client(&self) -> TokenServiceClient<Channel> {
         tokend::ctl::connect(&self.socket).await.unwrap()
     }
@@ -190,11 +227,6 @@ impl Daemon {
             }))
             .await
             .unwrap()
-    }
-
-    /// The daemon's process id (0 once stopped).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The daemon's resident memory (VmRSS), in KiB.

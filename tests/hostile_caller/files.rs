@@ -11,11 +11,7 @@ use std::time::Duration;
 use tokend::proto::GetTokenRequest;
 
 use crate::common::{Daemon, KillOnDrop, eventually, secret_file};
-
-#[path = "../fault/mod.rs"]
-mod fault;
-
-use fault::{FaultEndpoint, Reply};
+use crate::fault::{FaultEndpoint, Reply};
 
 /// The attacker: the consumer's uid, no groups.
 const CONSUMER: u32 = 65534;

@@ -30,6 +30,7 @@
 //! - [`metrics`]: Prometheus metrics on an optional loopback listener.
 //! - [`logging`]: text or JSON log output.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
+//! - [`offload`]: blocking file work on the blocking pool, with a timeout.
 
 pub mod access;
 pub mod actor;
@@ -46,6 +47,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
+pub mod offload;
 pub mod schedule;
 pub mod secret;
 pub mod service;

@@ -127,6 +127,15 @@ impl Daemon {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, clients: &str) -> Daemon {
+        Self::start_in_with_env(dir, clients, &[]).await
+    }
+
+    /// As [`Daemon::start_in`], with extra environment variables for the daemon.
+    pub async fn start_in_with_env(
+        dir: tempfile::TempDir,
+        clients: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let socket = dir.path().join("tokend.sock");
         let log = dir.path().join("tokend.log");
         let config = format!(
@@ -141,6 +150,7 @@ impl Daemon {
             .arg(&config_path)
             .env("RUST_LOG", "tokend=debug,info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -165,6 +175,16 @@ impl Daemon {
             "tokend did not open its socket within 10 s: {}",
             daemon.log_text()
         );
+    }
+
+    /// The daemon's process id, for signals and `prlimit --pid`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    /// The config file the daemon was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tokend.toml")
     }
 
     pub async fn client(&self) -> TokenServiceClient<Channel> {

@@ -169,10 +169,16 @@ pub async fn run(
         status.await;
         "it returned".into()
     });
-    let mut running = config;
     let result = {
         let watchdog = systemd::watchdog(&clients);
         tokio::pin!(shutdown, watchdog);
+        // At most one reload runs at a time, as a future of this loop rather than a step of
+        // it: while it waits for files, listeners keep accepting and SIGTERM is heard. It owns
+        // the running config and the limiters until it is done (`idle` holds them meanwhile).
+        // A SIGHUP during a reload asks for one more, which reads the file as it is by then.
+        let mut idle = Some((config, limiters));
+        let mut reloading: Option<Pin<Box<dyn Future<Output = _> + Send + '_>>> = None;
+        let mut reload_again = false;
         loop {
             tokio::select! {
                 r = &mut servers => break match r {
@@ -189,12 +195,28 @@ pub async fn run(
                     break servers.await.map(drop).map_err(RunError::from);
                 }
                 reload_requested = reloads.next() => match reload_requested {
-                    Some(()) => reload(&mut running, &clients, &http, &mut limiters).await,
+                    Some(()) => match idle.take() {
+                        Some((running, limiters)) => {
+                            reloading = Some(Box::pin(reload(running, &clients, &http, limiters)));
+                        }
+                        None => {
+                            info!("reload requested while one is running; it follows when that one is done");
+                            reload_again = true;
+                        }
+                    },
                     None => break Err(RunError::TaskDied {
                         task: "reload signal handling",
                         why: "the stream of reload requests ended".into(),
                     }),
                 },
+                (running, limiters) = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                    reloading = None;
+                    if std::mem::take(&mut reload_again) {
+                        reloading = Some(Box::pin(reload(running, &clients, &http, limiters)));
+                    } else {
+                        idle = Some((running, limiters));
+                    }
+                }
                 () = clients.stopped() => break Err(RunError::TaskDied {
                     task: "the client supervisor",
                     why: "no client would be refreshed again".into(),
@@ -212,25 +234,26 @@ pub async fn run(
     result
 }
 
-/// Re-reads the config file. A bad one is reported and changes nothing; a good one is applied
-/// client by client. Server settings (sockets) take effect at the next start.
+/// Re-reads the config file (off the async workers: see [`Config::load_async`]). A bad one is
+/// reported and changes nothing; a good one is applied client by client. Server settings
+/// (sockets) take effect at the next start.
 async fn reload(
-    running: &mut Config,
+    mut running: Config,
     clients: &Clients,
     http: &reqwest::Client,
-    limiters: &mut EndpointLimiters,
-) {
+    mut limiters: EndpointLimiters,
+) -> (Config, EndpointLimiters) {
     systemd::reloading();
     match running.source_path.clone() {
         None => warn!("reload requested, but this daemon was not started from a config file"),
-        Some(path) => match Config::load(&path) {
+        Some(path) => match Config::load_async(&path).await {
             Err(e) => error!("reload failed; the running configuration stays in effect: {e}"),
             Ok(mut new) => {
                 if new.server != running.server {
                     warn!("[server] settings changed; they take effect when tokend restarts");
                     new.server = running.server.clone();
                 }
-                let changes = reconcile(clients, running, &new, http, limiters).await;
+                let changes = reconcile(clients, &running, &new, http, &mut limiters).await;
                 info!(
                     added = ?changes.added,
                     removed = ?changes.removed,
@@ -239,11 +262,12 @@ async fn reload(
                     access_updated = ?changes.updated,
                     "configuration reloaded"
                 );
-                *running = new;
+                running = new;
             }
         },
     }
     systemd::ready_again(&clients.store);
+    (running, limiters)
 }
 
 /// The services every listener offers: tokend's own, standard health, and reflection (so

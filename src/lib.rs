@@ -35,6 +35,7 @@
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
 //! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
 //!   write against the host (no symlink or name they plant is followed).
+//! - [`offload`]: blocking file work on the blocking pool, with a timeout.
 
 pub mod access;
 pub mod actor;
@@ -54,6 +55,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
+pub mod offload;
 pub mod schedule;
 pub mod secret;
 pub mod service;

@@ -98,10 +98,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime starts");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Check { config } => match Config::load(&config) {
+            Command::Check { config } => match Config::load_async(&config).await {
                 Ok(c) => {
                     println!("{}: ok, {} client(s)", config.display(), c.clients.len());
                     ExitCode::SUCCESS
@@ -140,11 +140,14 @@ fn main() -> ExitCode {
             } => authorize(&config, &client, code, Duration::from_secs(timeout)).await,
             Command::Demo { socket } => run_demo(socket.unwrap_or_else(demo::default_socket)).await,
         }
-    })
+    });
+    // A read stuck on a hung file system (see tokend::offload) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let config = match Config::load_async(&path).await {
         Ok(c) => c,
         Err(e) => return fail(EX_CONFIG, e),
     };

@@ -3,8 +3,11 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::offload::{self, Stalled};
 
 pub use secrecy::{ExposeSecret, SecretString};
 
@@ -13,6 +16,10 @@ use crate::atomic_file;
 /// Secret files larger than this are not secrets but a mistake (a certificate bundle, a log).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
+/// How long the daemon waits for one secret file: a local read takes microseconds, so this is
+/// a file system that hangs (a dead NFS server), and the request fails as transient instead.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{path}: cannot read: {source}")]
@@ -20,8 +27,16 @@ pub enum SecretError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: is not a regular file")]
-    NotAFile { path: PathBuf },
+    #[error("{path}: is {kind}, not a regular file")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path}: is a symbolic link; outside $CREDENTIALS_DIRECTORY a secret file must be the file itself (name its target in the config)"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "{path}: is owned by uid {uid}; a secret file must be owned by root or tokend's user (uid {ours}): chown {ours} {path}"
+    )]
+    Owner { path: PathBuf, uid: u32, ours: u32 },
     #[error("{path}: is {size} bytes, larger than the {MAX_SECRET_FILE}-byte limit for a secret")]
     TooLarge { path: PathBuf, size: u64 },
     #[error("{path}: is empty")]
@@ -32,6 +47,8 @@ pub enum SecretError {
         "{path}: is readable by other users (mode {mode:04o}); a secret file must not be: chmod 600 {path}"
     )]
     Exposed { path: PathBuf, mode: u32 },
+    #[error("{path}: reading it {source} (is it on a hung file system?)")]
+    Stalled { path: PathBuf, source: Stalled },
     #[error("environment variable {var} is not set or empty")]
     MissingEnv { var: String },
     #[error("{path}: cannot write: {source}")]
@@ -41,27 +58,114 @@ pub enum SecretError {
     },
 }
 
+impl SecretError {
+    /// Whether this may pass by itself (descriptors or memory short, an I/O error, a hung
+    /// read), so the request is retried with backoff. Only a file that is missing, unreadable
+    /// to tokend, of the wrong kind, owner or mode, or not a secret at all needs an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SecretError::Read { source, .. } | SecretError::Write { source, .. } => {
+                !needs_operator(source)
+            }
+            SecretError::Stalled { .. } => true,
+            SecretError::NotAFile { .. }
+            | SecretError::Symlink { .. }
+            | SecretError::Owner { .. }
+            | SecretError::TooLarge { .. }
+            | SecretError::Empty { .. }
+            | SecretError::NotText { .. }
+            | SecretError::Exposed { .. }
+            | SecretError::MissingEnv { .. } => false,
+        }
+    }
+}
+
+/// I/O errors that say the path or its permissions are wrong; every other one (EMFILE, ENFILE,
+/// ENOMEM, EIO, EINTR, EAGAIN, ENOSPC, ...) is a condition of the moment.
+fn needs_operator(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(
+            Errno::ENOENT
+                | Errno::ENOTDIR
+                | Errno::EISDIR
+                | Errno::ENAMETOOLONG
+                | Errno::ELOOP
+                | Errno::EACCES
+                | Errno::EPERM
+                | Errno::EROFS
+        )
+    )
+}
+
 /// Checks that a secret file exists and is readable as one, without keeping its content.
 pub fn check_file(path: &Path) -> Result<(), SecretError> {
     read_file(path).map(drop)
 }
 
-/// Reads a secret file: a regular file of bounded size, UTF-8, trailing newline dropped (editors
-/// and `echo` add one; no secret ends in one).
+/// [`read_file`] for the daemon: on the blocking pool, within [`READ_TIMEOUT`], so that no
+/// file can hold up an async worker.
+pub async fn read_file_async(path: &Path) -> Result<SecretString, SecretError> {
+    let owned = path.to_path_buf();
+    offload::run(path, READ_TIMEOUT, move || read_file(&owned))
+        .await
+        .map_err(|source| SecretError::Stalled {
+            path: path.to_path_buf(),
+            source,
+        })?
+}
+
+/// Reads a secret file: a regular file of bounded size, owned by root or tokend's user, UTF-8,
+/// trailing newline dropped (editors and `echo` add one; no secret ends in one).
+///
+/// Opened with `O_NONBLOCK` (a FIFO or device never blocks the open) and `O_NOCTTY`, checked
+/// with `fstat` before anything is read. Outside `$CREDENTIALS_DIRECTORY` the last component
+/// must not be a symlink (`O_NOFOLLOW`); inside it, where systemd may place links, it may be.
+/// The path is normalised first (`a/../b` is `b`) and the normalised path is opened, so `..`
+/// cannot leave the credentials directory while the check believes it is inside.
 pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     let read_err = |source| SecretError::Read {
         path: path.to_path_buf(),
         source,
     };
-    // O_NOFOLLOW is not used: operators and systemd credentials legitimately use symlinks.
-    let file = std::fs::File::open(path).map_err(read_err)?;
+    let normal = normalise(path);
+    let credential = in_credentials_directory(&normal);
+    let mut flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY;
+    if !credential {
+        flags |= nix::fcntl::OFlag::O_NOFOLLOW;
+    }
+    // std opens with O_CLOEXEC.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(&normal)
+        .map_err(|e| {
+            let link = std::fs::symlink_metadata(&normal).is_ok_and(|m| m.is_symlink());
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) && link {
+                SecretError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                read_err(e)
+            }
+        })?;
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
         return Err(SecretError::NotAFile {
             path: path.to_path_buf(),
+            kind: kind_of(&meta.file_type()),
         });
     }
-    if exposed(path, &meta) {
+    let ours = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != ours {
+        return Err(SecretError::Owner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            ours,
+        });
+    }
+    if !credential && exposed(&meta) {
         return Err(SecretError::Exposed {
             path: path.to_path_buf(),
             mode: meta.mode() & 0o7777,
@@ -77,6 +181,12 @@ pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     file.take(MAX_SECRET_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(SecretError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+        });
+    }
     let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
         path: path.to_path_buf(),
     })?;
@@ -89,15 +199,49 @@ pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     Ok(SecretString::from(trimmed.to_string()))
 }
 
-/// Whether users other than the daemon's could read the file: any permission for others, or
-/// group read unless the group is the daemon's own (the usual `root:tokend 0640`). Files that
-/// systemd passed as credentials are private to the service by construction.
-fn exposed(path: &Path, meta: &std::fs::Metadata) -> bool {
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
-        && path.starts_with(dir)
-    {
-        return false;
+/// `path` with `.` and `..` resolved by name, the way the config reads, not the way the kernel
+/// would through a symlinked directory.
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
     }
+    out
+}
+
+/// Whether a normalised path lies inside `$CREDENTIALS_DIRECTORY`: the directory systemd
+/// fills with the service's credentials, private to it and not writable by anyone.
+fn in_credentials_directory(normal: &Path) -> bool {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|dir| normalise(Path::new(&dir)))
+        .is_some_and(|dir| dir.is_absolute() && normal.starts_with(&dir) && normal != dir)
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
+/// Whether users other than the daemon's could read the file: any permission for others, or
+/// group read unless the group is the daemon's own (the usual `root:tokend 0640`).
+fn exposed(meta: &std::fs::Metadata) -> bool {
     let mode = meta.mode();
     let group_is_ours = meta.gid() == nix::unistd::getegid().as_raw();
     mode & 0o007 != 0 || (mode & 0o040 != 0 && !group_is_ours)
@@ -196,6 +340,76 @@ mod tests {
         // Group-readable is fine when the group is the daemon's own.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(read_file(&path).is_ok());
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // No writer ever opens it: a blocking open would wait for ever.
+        let err = read_file(&fifo).unwrap_err();
+        assert!(
+            matches!(err, SecretError::NotAFile { kind: "a FIFO", .. }),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+        let err = read_file(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("a character device"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_is_refused_outside_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, "secret\n").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = read_file(&link).unwrap_err();
+        assert!(matches!(err, SecretError::Symlink { .. }), "{err}");
+        assert!(!err.is_transient());
+        // The same file through `..` is the file itself, opened by its normalised path.
+        let dotted = dir.path().join("sub/../real");
+        assert_eq!(read_file(&dotted).unwrap().expose_secret(), "secret");
+    }
+
+    #[test]
+    fn paths_are_normalised_by_name() {
+        assert_eq!(normalise(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(normalise(Path::new("/a/../../c")), PathBuf::from("/c"));
+        assert_eq!(normalise(Path::new("/creds/../x")), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn io_errors_of_the_moment_are_transient() {
+        // An honest EIO: /proc/self/mem is a regular file of ours with mode 0600, and reading
+        // at offset 0 (never mapped) fails in the kernel.
+        let err = read_file(Path::new("/proc/self/mem")).unwrap_err();
+        assert!(
+            matches!(&err, SecretError::Read { source, .. } if source.raw_os_error() == Some(nix::libc::EIO)),
+            "{err}"
+        );
+        assert!(err.is_transient());
+        let io = |errno: nix::errno::Errno| SecretError::Read {
+            path: "/s".into(),
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        };
+        use nix::errno::Errno;
+        for errno in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::EINTR,
+            Errno::EAGAIN,
+        ] {
+            assert!(io(errno).is_transient(), "{errno}");
+        }
+        for errno in [Errno::ENOENT, Errno::EACCES, Errno::ENOTDIR] {
+            assert!(!io(errno).is_transient(), "{errno}");
+        }
+        let missing = read_file(Path::new("/nonexistent/secret")).unwrap_err();
+        assert!(!missing.is_transient(), "{missing}");
     }
 
     #[test]

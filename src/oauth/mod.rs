@@ -85,6 +85,9 @@ impl FetchError {
                 }
             }
             FetchError::Status { status, .. } => status_kind(*status),
+            FetchError::Secret(e) | FetchError::NoRefreshToken(e) if e.is_transient() => {
+                FailureKind::Transient
+            }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => FailureKind::NeedsOperator,
             FetchError::Network(_)
             | FetchError::Timeout(_)
@@ -97,7 +100,7 @@ impl FetchError {
     /// missing, or the provider rejected it (revoked, expired or already used).
     pub fn needs_reauthorization(&self) -> bool {
         match self {
-            FetchError::NoRefreshToken(_) => true,
+            FetchError::NoRefreshToken(e) => !e.is_transient(),
             FetchError::OAuth { error, .. } => error.error == "invalid_grant",
             _ => false,
         }
@@ -117,6 +120,9 @@ impl FetchError {
             FetchError::Timeout(_) => "timeout".into(),
             FetchError::TooLarge => "too_large".into(),
             FetchError::Reply(_) => "bad_reply".into(),
+            FetchError::Secret(e) | FetchError::NoRefreshToken(e) if e.is_transient() => {
+                "credentials_io".into()
+            }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => "credentials".into(),
         }
     }
@@ -353,7 +359,9 @@ impl Inner {
                 Some(kept) => kept,
                 None => {
                     let file = unsaved::stamp(path);
-                    let token = secret::read_file(path).map_err(FetchError::NoRefreshToken)?;
+                    let token = secret::read_file_async(path)
+                        .await
+                        .map_err(FetchError::NoRefreshToken)?;
                     (token, file)
                 }
             }),
@@ -465,7 +473,7 @@ pub async fn request_token(
     mut redactor: Redactor,
 ) -> Result<Granted, FetchError> {
     let secret = match (c.secret_file(), &c.client_secret_env) {
-        (Some(path), _) => secret::read_file(&path)?,
+        (Some(path), _) => secret::read_file_async(&path).await?,
         (None, Some(var)) => secret::read_env(var)?,
         (None, None) => unreachable!("validated: one secret source is set"),
     };
@@ -671,6 +679,24 @@ mod tests {
         assert_eq!(status(502).kind(), FailureKind::Transient);
         assert_eq!(status(404).kind(), FailureKind::NeedsOperator);
         assert_eq!(FetchError::TooLarge.kind(), FailureKind::Transient);
+        let io = |errno: i32| SecretError::Read {
+            path: "/etc/tokend/secret".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        // Out of descriptors says nothing about the credentials.
+        let emfile = FetchError::Secret(io(nix::libc::EMFILE));
+        assert_eq!(emfile.kind(), FailureKind::Transient);
+        assert_eq!(emfile.label(), "credentials_io");
+        let rt_emfile = FetchError::NoRefreshToken(io(nix::libc::EMFILE));
+        assert_eq!(rt_emfile.kind(), FailureKind::Transient);
+        assert!(!rt_emfile.needs_reauthorization());
+        let missing = FetchError::NoRefreshToken(io(nix::libc::ENOENT));
+        assert_eq!(missing.kind(), FailureKind::NeedsOperator);
+        assert!(missing.needs_reauthorization());
+        assert_eq!(
+            FetchError::Secret(io(nix::libc::ENOENT)).label(),
+            "credentials"
+        );
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct DaemonOptions<'a> {
     /// A command the daemon is run under, e.g. `["prlimit", "--nofile=256:256"]`; it must exec
     /// the daemon (keeping its pid).
     pub wrapper: &'a [&'a str],
+    /// Extra environment variables for the daemon.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// Writes a secret file with mode 0600 and returns its path.
@@ -149,6 +151,19 @@ impl Daemon {
         Self::start_with(dir, &options, clients).await
     }
 
+    /// As [`Daemon::start_in`], with extra environment variables for the daemon.
+    pub async fn start_in_with_env(
+        dir: tempfile::TempDir,
+        clients: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let options = DaemonOptions {
+            env,
+            ..DaemonOptions::default()
+        };
+        Self::start_with(dir, &options, clients).await
+    }
+
     /// As [`Daemon::start_in`], with further `[server]` keys and a command to run it under.
     pub async fn start_with(
         dir: tempfile::TempDir,
@@ -178,6 +193,7 @@ impl Daemon {
             .arg(&config_path)
             .env("RUST_LOG", "tokend=debug,info")
             .env("NO_COLOR", "1")
+            .envs(options.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -204,9 +220,15 @@ impl Daemon {
         );
     }
 
-    /// The daemon's process id (a wrapper such as `prlimit` execs it, keeping the id).
+    /// The daemon's process id, for signals and `prlimit --pid` (a wrapper such as `prlimit`
+    /// execs it, keeping the id).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    /// The config file the daemon was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tokend.toml")
     }
 
     pub async fn client(&self) -> TokenServiceClient<Channel> {

@@ -101,6 +101,7 @@ scope = "api:read"
     let options = DaemonOptions {
         server: &server,
         wrapper,
+        ..DaemonOptions::default()
     };
     Daemon::start_with(dir, &options, &clients).await
 }
@@ -335,6 +336,7 @@ async fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
     let options = DaemonOptions {
         server: "socket_mode = \"0666\"",
         wrapper: &["prlimit", "--nofile=256:256"],
+        ..DaemonOptions::default()
     };
     let d = Daemon::start_with(dir, &options, &clients).await;
     let pid = d.pid();

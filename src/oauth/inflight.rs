@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::atomic_file::{Durability, Perms, SafeDir, Trust};
+use crate::secret::SecretError;
 
 /// A marker holds a decimal timestamp and a newline; anything longer is not one of ours.
 const MAX_MARKER: u64 = 64;
@@ -36,21 +37,35 @@ fn now_ms() -> u128 {
 }
 
 /// How long to wait before the refresh token may be sent again: the rest of `timeout` since
-/// a request that was left in flight, or zero.
-pub fn wait_before_use(refresh_token_file: &Path, timeout: Duration) -> Duration {
+/// a request that was left in flight, or zero. A marker that cannot be read for a reason of the
+/// moment (descriptors or memory short, EIO) is an error, retried with backoff: waiting the
+/// full timeout each time would hold the client back long after the condition has passed.
+pub fn wait_before_use(
+    refresh_token_file: &Path,
+    timeout: Duration,
+) -> Result<Duration, SecretError> {
     // Not followed if it is a symlink, not waited on if it is a FIFO: anything but a marker
     // of ours reads as unreadable.
     let read = marker(refresh_token_file).and_then(|(dir, name)| dir.read(&name, MAX_MARKER));
     let text = match read {
-        Ok(None) => return Duration::ZERO,
+        Ok(None) => return Ok(Duration::ZERO),
         Ok(Some(bytes)) => String::from_utf8(bytes).unwrap_or_default(),
-        Err(_) => String::new(),
+        Err(source) => {
+            let error = SecretError::Read {
+                path: refresh_token_file.to_path_buf(),
+                source,
+            };
+            if error.is_transient() {
+                return Err(error);
+            }
+            String::new()
+        }
     };
     let Ok(sent) = text.trim().parse::<u128>() else {
-        return timeout; // Unreadable: assume the worst, wait the full timeout.
+        return Ok(timeout); // Unreadable: assume the worst, wait the full timeout.
     };
     let age = Duration::from_millis(now_ms().saturating_sub(sent).min(u64::MAX as u128) as u64);
-    timeout.saturating_sub(age)
+    Ok(timeout.saturating_sub(age))
 }
 
 /// Records that a request with the refresh token is about to be sent. Surviving a crash of
@@ -82,22 +97,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = dir.path().join("rt");
         let timeout = Duration::from_secs(30);
-        assert_eq!(wait_before_use(&rt, timeout), Duration::ZERO);
+        assert_eq!(wait_before_use(&rt, timeout).unwrap(), Duration::ZERO);
         mark(&rt).unwrap();
-        let wait = wait_before_use(&rt, timeout);
+        let wait = wait_before_use(&rt, timeout).unwrap();
         assert!(
             wait > Duration::from_secs(29) && wait <= timeout,
             "{wait:?}"
         );
         clear(&rt);
-        assert_eq!(wait_before_use(&rt, timeout), Duration::ZERO);
+        assert_eq!(wait_before_use(&rt, timeout).unwrap(), Duration::ZERO);
         std::fs::write(
             dir.path().join("rt.inflight"),
             format!("{}\n", now_ms() - 60_000),
         )
         .unwrap();
         assert_eq!(
-            wait_before_use(&rt, timeout),
+            wait_before_use(&rt, timeout).unwrap(),
             Duration::ZERO,
             "an old marker is settled"
         );

@@ -234,6 +234,7 @@ impl TokenSource for HttpTokenSource {
                 (inner.client.grant, &inner.client.refresh_token_file)
             {
                 let wait = inflight::wait_before_use(path, inner.timeout)
+                    .map_err(FetchError::NoRefreshToken)?
                     .max(unsaved::wait_before_use(path, inner.timeout));
                 if !wait.is_zero() {
                     tracing::info!(

@@ -259,9 +259,17 @@ impl Tracker {
         edits: &mut Edits,
     ) -> Result<(), Malformed> {
         let mut r = Reader { buf: block, pos: 0 };
+        let mut fields = false;
         while r.pos < block.len() {
             let start = r.pos;
             let first = block[start];
+            let size_update = first & 0xe0 == 0x20;
+            if size_update && fields {
+                // RFC 7541 4.2, and h2: size updates only at the start of a block. Dropping the
+                // fields before one would move it there.
+                return Err(Malformed("a table size update after a field"));
+            }
+            fields |= !size_update;
             if first & 0x80 != 0 {
                 // Indexed field. An empty `:authority` (static index 1, or an entry that kept
                 // one) is dropped: a request without `:authority` is served like any other.
@@ -272,8 +280,7 @@ impl Tracker {
             } else if first & 0x40 != 0 {
                 self.literal(&mut r, 6, true, edits)?;
             } else if first & 0x20 != 0 {
-                // Dynamic table size update. h2 requires it at the start of a block; that is h2's
-                // check to make, the model only follows it.
+                // Dynamic table size update.
                 let size = r.int(5)?;
                 if size > MAX_TABLE_SIZE {
                     return Err(Malformed("a table size update exceeds 4096"));

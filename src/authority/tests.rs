@@ -397,7 +397,7 @@ fn other_frames_and_non_http2_clients_pass_untouched() {
 
 #[test]
 fn malformed_streams_are_left_to_h2_unchanged() {
-    let bad: [(&str, Vec<Vec<u8>>); 10] = [
+    let bad: [(&str, Vec<Vec<u8>>); 12] = [
         (
             "CONTINUATION without HEADERS",
             vec![frame(CONTINUATION, END_HEADERS, 1, &[0x82])],
@@ -425,6 +425,28 @@ fn malformed_streams_are_left_to_h2_unchanged() {
         ("index beyond the table", vec![headers(1, &[0x80 | 62])]),
         ("truncated field", vec![headers(1, &[0x41, 0x05, b'a'])]),
         ("table size", vec![headers(1, &[0x3f, 0xe2, 0x1f])]),
+        (
+            "table size update after a field",
+            vec![headers(1, &[0x82, 0x20])],
+        ),
+        (
+            // Found by the fuzz target (fuzz/regressions/authority/size-update-after-fields):
+            // with the empty `:authority` fields dropped, the update ended the block, which the
+            // independent decoder refused; h2 refuses the block as it came.
+            "table size update after fields the filter would drop",
+            vec![frame(
+                HEADERS,
+                0xa7,
+                167,
+                &[
+                    &[167, 167, 133, 133, 133, 0x85, 0x85][..],
+                    &[0x81; 10],
+                    &[0x28],
+                    &[0x81; 5],
+                ]
+                .concat(),
+            )],
+        ),
         (
             "invalid Huffman in :authority (zero-bit padding)",
             vec![headers(1, &[0x41, 0x81, 0x0b])],

@@ -3,13 +3,18 @@
 //! any CONTINUATION frames), has [`Tracker`] read, and passes on byte for byte unless a field
 //! had to change; then it re-frames the block with the same frames, flags, priority and padding,
 //! only the lengths adjusted.
+//!
+//! Whatever h2 would refuse (a frame over its size limit, a CONTINUATION flood, a broken block)
+//! the filter does not judge: it passes on what it holds and everything after it unchanged, and
+//! h2 ends the connection exactly as it would without the filter. So the filter holds at most
+//! one block of the size h2 takes, and never more CPU than a pass over each byte.
 
 use super::Malformed;
-use super::hpack::{Edit, Tracker};
+use super::hpack::{Edits, Tracker};
 
 /// What every HTTP/2 connection starts with (RFC 9113 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEAD_LEN: usize = 9;
+pub(crate) const HEAD_LEN: usize = 9;
 
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -17,10 +22,21 @@ const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 
-/// The most header block (frames included) held at once. h2 as tonic configures it fails a
-/// connection whose header block spans more than 7 frames of 16 KiB (its CONTINUATION flood
-/// limit, 5 unfinished CONTINUATION frames), so this never cuts off a block h2 would take.
-pub(crate) const MAX_HELD: usize = 128 * 1024;
+/// The largest frame payload h2 takes from the client (SETTINGS_MAX_FRAME_SIZE): tonic leaves
+/// it to hyper, whose 16 KiB is the HTTP/2 default, so the server's SETTINGS do not raise it;
+/// h2 answers a larger frame with GOAWAY(FRAME_SIZE_ERROR) as soon as it reads its header.
+pub(crate) const MAX_FRAME_SIZE: usize = 16 * 1024;
+
+/// The most CONTINUATION frames without END_HEADERS h2 0.4 takes in one block. Its flood limit
+/// is `max(header list size / frame size * 5/4, 5)`, which hyper's 16 KiB header list and
+/// frame sizes make 5; the next one gets GOAWAY(ENHANCE_YOUR_CALM).
+pub(crate) const MAX_CONTINUATIONS: usize = 5;
+
+/// The most header block (frames included) held at once: a HEADERS frame, the CONTINUATION
+/// frames h2 allows without END_HEADERS, and the one that ends it, each of h2's largest size.
+/// The tests check it.
+#[cfg(test)]
+pub(crate) const MAX_HELD: usize = (MAX_CONTINUATIONS + 2) * (HEAD_LEN + MAX_FRAME_SIZE);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -32,7 +48,8 @@ enum State {
     Forward(usize),
     /// Holding this many more payload bytes of a header block frame.
     Held(usize),
-    /// Not HTTP/2 with prior knowledge: everything passes untouched, for the server to refuse.
+    /// Not HTTP/2 with prior knowledge, or HTTP/2 that h2 will refuse: everything passes
+    /// untouched, for the server to judge.
     Transparent,
 }
 
@@ -54,13 +71,18 @@ pub(crate) struct Filter {
     head_len: usize,
     /// The stream whose header block is being held, if one is.
     block_stream: Option<u32>,
+    /// CONTINUATION frames without END_HEADERS in the held block.
+    continuations: usize,
     held: Vec<u8>,
     frames: Vec<HeldFrame>,
+    /// The held block's fragments, joined, when it has more than one frame.
     block: Vec<u8>,
-    edits: Vec<Edit>,
+    edits: Edits,
     tracker: Tracker,
     /// Header blocks changed so far on this connection.
     pub(crate) rewritten: u64,
+    /// Why the filter stopped reading the connection and passes it on unchanged, if it did.
+    pub(crate) aside: Option<Malformed>,
 }
 
 impl Default for Filter {
@@ -70,25 +92,26 @@ impl Default for Filter {
             head: [0; HEAD_LEN],
             head_len: 0,
             block_stream: None,
+            continuations: 0,
             held: Vec::new(),
             frames: Vec::new(),
             block: Vec::new(),
-            edits: Vec::new(),
+            edits: Edits::default(),
             tracker: Tracker::default(),
             rewritten: 0,
+            aside: None,
         }
     }
 }
 
 impl Filter {
-    /// Consumes all of `input`, appending to `out` what can go to the server now. An error
-    /// means the client broke HTTP/2 in a way h2 would end the connection for.
-    pub(crate) fn process(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    /// Consumes all of `input`, appending to `out` what can go to the server now.
+    pub(crate) fn process(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() {
             match self.state {
                 State::Transparent => {
                     out.extend_from_slice(input);
-                    return Ok(());
+                    return;
                 }
                 State::Preface(seen) => {
                     let take = input.len().min(PREFACE.len() - seen);
@@ -111,7 +134,7 @@ impl Filter {
                     input = &input[take..];
                     if self.head_len == HEAD_LEN {
                         self.head_len = 0;
-                        self.frame_head(out)?;
+                        self.frame_head(out);
                     }
                 }
                 State::Forward(rest) => {
@@ -130,14 +153,13 @@ impl Filter {
                     input = &input[take..];
                     if take == rest {
                         self.state = State::Head;
-                        self.held_frame_done(out)?;
+                        self.held_frame_done(out);
                     } else {
                         self.state = State::Held(rest - take);
                     }
                 }
             }
         }
-        Ok(())
     }
 
     /// At the end of the client's stream: what is still held goes out unchanged. An incomplete
@@ -150,28 +172,54 @@ impl Filter {
         self.state = State::Transparent;
     }
 
-    fn frame_head(&mut self, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    /// Passes on what is held, unchanged, and from now on everything: the client broke HTTP/2
+    /// in a way h2 ends the connection for, and h2 is to say how.
+    fn step_aside(&mut self, out: &mut Vec<u8>, why: &'static str) {
+        out.extend_from_slice(&self.held);
+        self.held.clear();
+        self.frames.clear();
+        self.state = State::Transparent;
+        self.aside = Some(Malformed(why));
+    }
+
+    fn frame_head(&mut self, out: &mut Vec<u8>) {
         let h = self.head;
         let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-        let kind = h[3];
+        let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        match (kind, self.block_stream) {
-            (CONTINUATION, Some(s)) if s == stream => {}
-            (_, Some(_)) => return Err(Malformed("a header block is interrupted")),
-            (CONTINUATION, None) => return Err(Malformed("CONTINUATION without HEADERS")),
-            (HEADERS, None) => self.block_stream = Some(stream),
-            _ => {
-                out.extend_from_slice(&h);
-                self.state = if len == 0 {
-                    State::Head
-                } else {
-                    State::Forward(len)
-                };
-                return Ok(());
+        let refused = if len > MAX_FRAME_SIZE {
+            Some("a frame larger than SETTINGS_MAX_FRAME_SIZE")
+        } else {
+            match (kind, self.block_stream) {
+                (CONTINUATION, Some(s)) if s == stream => {
+                    if flags & END_HEADERS == 0 {
+                        self.continuations += 1;
+                    }
+                    (self.continuations > MAX_CONTINUATIONS)
+                        .then_some("more CONTINUATION frames than h2 takes")
+                }
+                (_, Some(_)) => Some("a header block is interrupted"),
+                (CONTINUATION, None) => Some("CONTINUATION without HEADERS"),
+                (HEADERS, None) => {
+                    self.block_stream = Some(stream);
+                    self.continuations = 0;
+                    None
+                }
+                _ => {
+                    out.extend_from_slice(&h);
+                    self.state = if len == 0 {
+                        State::Head
+                    } else {
+                        State::Forward(len)
+                    };
+                    return;
+                }
             }
-        }
-        if self.held.len() + HEAD_LEN + len > MAX_HELD {
-            return Err(Malformed("a header block is larger than 128 KiB"));
+        };
+        if let Some(why) = refused {
+            self.step_aside(out, why);
+            out.extend_from_slice(&h);
+            return;
         }
         self.frames.push(HeldFrame {
             start: self.held.len(),
@@ -180,106 +228,82 @@ impl Filter {
         });
         self.held.extend_from_slice(&h);
         if len == 0 {
-            self.held_frame_done(out)
+            self.held_frame_done(out);
         } else {
             self.state = State::Held(len);
-            Ok(())
         }
     }
 
     /// A HEADERS or CONTINUATION frame is complete in `held`: find its fragment, and if it
     /// ends the block, pass the block on.
-    fn held_frame_done(&mut self, out: &mut Vec<u8>) -> Result<(), Malformed> {
-        let frame = self.frames.last_mut().expect("a held frame");
-        let head = &self.held[frame.start..frame.start + HEAD_LEN];
-        let (kind, flags) = (head[3], head[4]);
+    fn held_frame_done(&mut self, out: &mut Vec<u8>) {
+        let Some(frame) = self.frames.last_mut() else {
+            return;
+        };
+        let (kind, flags) = (self.held[frame.start + 3], self.held[frame.start + 4]);
         let payload = frame.start + HEAD_LEN..frame.start + HEAD_LEN + frame.len;
-        let (mut skip, mut pad) = (0, 0);
+        let (mut skip, mut pad) = (0usize, 0);
         if kind == HEADERS {
             if flags & PADDED != 0 {
-                pad = usize::from(
-                    *self
-                        .held
-                        .get(payload.start)
-                        .ok_or(Malformed("a padded HEADERS frame has no pad length"))?,
-                );
+                pad = self
+                    .held
+                    .get(payload.start)
+                    .map_or(usize::MAX, |&b| b.into());
                 skip += 1;
             }
             if flags & PRIORITY != 0 {
                 skip += 5;
             }
         }
-        if skip + pad > frame.len {
-            return Err(Malformed(
-                "HEADERS padding or priority longer than the frame",
-            ));
+        if skip.saturating_add(pad) > frame.len {
+            return self.step_aside(out, "HEADERS padding or priority longer than the frame");
         }
         frame.fragment = payload.start + skip..payload.end - pad;
         if flags & END_HEADERS != 0 {
-            self.block_done(out)?;
+            self.block_done(out);
         }
-        Ok(())
     }
 
-    fn block_done(&mut self, out: &mut Vec<u8>) -> Result<(), Malformed> {
-        self.block.clear();
-        for f in &self.frames {
-            self.block.extend_from_slice(&self.held[f.fragment.clone()]);
-        }
+    fn block_done(&mut self, out: &mut Vec<u8>) {
+        // A block of one frame, as clients send them, is read where it lies.
+        let block = match &self.frames[..] {
+            [only] => &self.held[only.fragment.clone()],
+            frames => {
+                self.block.clear();
+                for f in frames {
+                    self.block.extend_from_slice(&self.held[f.fragment.clone()]);
+                }
+                &self.block[..]
+            }
+        };
         self.edits.clear();
-        self.tracker.rewrite_block(&self.block, &mut self.edits)?;
+        if let Err(e) = self.tracker.rewrite_block(block, &mut self.edits) {
+            return self.step_aside(out, e.0);
+        }
         if self.edits.is_empty() {
             out.extend_from_slice(&self.held);
         } else {
             self.rewritten += 1;
-            self.reframe(out);
+            reframe(&self.held, &self.frames, &self.edits, out);
         }
         self.held.clear();
         self.frames.clear();
         self.block_stream = None;
-        Ok(())
     }
+}
 
-    /// Writes the held frames with the edited block: each frame keeps its header fields, pad
-    /// length, priority and padding, and carries the edited version of its old fragment.
-    fn reframe(&self, out: &mut Vec<u8>) {
-        let mut block = Vec::with_capacity(self.block.len());
-        let mut at = 0;
-        for e in &self.edits {
-            block.extend_from_slice(&self.block[at..e.range.start]);
-            block.extend_from_slice(&e.bytes);
-            at = e.range.end;
-        }
-        block.extend_from_slice(&self.block[at..]);
-
-        let mut old_at = 0;
-        for f in &self.frames {
-            let old = old_at..old_at + f.fragment.len();
-            old_at = old.end;
-            let new = self.new_offset(old.start)..self.new_offset(old.end);
-            let len = f.len - old.len() + new.len();
-            let head = &self.held[f.start..f.start + HEAD_LEN];
-            out.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
-            out.extend_from_slice(&head[3..]);
-            out.extend_from_slice(&self.held[f.start + HEAD_LEN..f.fragment.start]);
-            out.extend_from_slice(&block[new]);
-            out.extend_from_slice(&self.held[f.fragment.end..f.start + HEAD_LEN + f.len]);
-        }
-    }
-
-    /// Where offset `at` of the old block lands in the edited one. Edits only shrink, so this is
-    /// monotonic; an offset inside an edit maps into (or to the end of) its replacement.
-    fn new_offset(&self, at: usize) -> usize {
-        let mut removed = 0;
-        for e in &self.edits {
-            if at <= e.range.start {
-                break;
-            }
-            if at < e.range.end {
-                return e.range.start - removed + (at - e.range.start).min(e.bytes.len());
-            }
-            removed += e.range.len() - e.bytes.len();
-        }
-        at - removed
+/// Writes the held frames with the edited block: each frame keeps its header fields, pad
+/// length, priority and padding, and carries the edited version of its old fragment. One pass
+/// over the frames, the edits and the bytes.
+fn reframe(held: &[u8], frames: &[HeldFrame], edits: &Edits, out: &mut Vec<u8>) {
+    let (mut at, mut next) = (0, 0);
+    for f in frames {
+        let head_at = out.len();
+        out.extend_from_slice(&held[f.start..f.fragment.start]);
+        edits.apply(&held[f.fragment.clone()], at, &mut next, out);
+        out.extend_from_slice(&held[f.fragment.end..f.start + HEAD_LEN + f.len]);
+        let len = out.len() - head_at - HEAD_LEN;
+        out[head_at..head_at + 3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+        at += f.fragment.len();
     }
 }

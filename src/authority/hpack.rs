@@ -114,11 +114,56 @@ struct Entry {
     kind: Kind,
 }
 
-/// One change to a header block: `range` is replaced by `bytes`, never longer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Edit {
-    pub range: Range<usize>,
-    pub bytes: Vec<u8>,
+/// The changes to one header block, in block order: each replaces a range of the block with
+/// bytes (never more) kept together in one buffer, so that an edit allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Edits {
+    /// The range replaced, and where its replacement is in `bytes`.
+    list: Vec<(Range<usize>, Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+impl Edits {
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
+        self.bytes.clear();
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Appends the edited version of `fragment`, the part of the block from `at` on, where the
+    /// edits before `next` are written already; moves `next` past those this one finishes. An
+    /// edit that spans fragments puts its replacement (never longer) in the first of the places
+    /// it had.
+    pub(crate) fn apply(&self, fragment: &[u8], at: usize, next: &mut usize, out: &mut Vec<u8>) {
+        let end = at + fragment.len();
+        let mut p = at;
+        while let Some((range, with)) = self.list.get(*next).filter(|(r, _)| r.start < end) {
+            if p < range.start {
+                out.extend_from_slice(&fragment[p - at..range.start - at]);
+                p = range.start;
+            }
+            let stop = end.min(range.end);
+            let from = with.start + (p - range.start).min(with.len());
+            let to = with.start + (stop - range.start).min(with.len());
+            if from < to {
+                out.extend_from_slice(&self.bytes[from..to]);
+            }
+            p = stop;
+            if range.end > end {
+                return;
+            }
+            *next += 1;
+        }
+        out.extend_from_slice(&fragment[p - at..]);
+    }
+
+    fn remove(&mut self, range: Range<usize>) {
+        let at = self.bytes.len();
+        self.list.push((range, at..at));
+    }
 }
 
 /// The client's dynamic table as the server's decoder sees it.
@@ -128,7 +173,10 @@ pub(crate) struct Tracker {
     entries: VecDeque<Entry>,
     size: usize,
     max_size: usize,
+    /// A decoded string, or a placeholder host being encoded.
     scratch: Vec<u8>,
+    /// A string Huffman-coded.
+    coded: Vec<u8>,
 }
 
 impl Default for Tracker {
@@ -138,6 +186,7 @@ impl Default for Tracker {
             size: 0,
             max_size: MAX_TABLE_SIZE,
             scratch: Vec::new(),
+            coded: Vec::new(),
         }
     }
 }
@@ -207,27 +256,31 @@ impl Tracker {
     pub(crate) fn rewrite_block(
         &mut self,
         block: &[u8],
-        edits: &mut Vec<Edit>,
+        edits: &mut Edits,
     ) -> Result<(), Malformed> {
         let mut r = Reader { buf: block, pos: 0 };
+        let mut fields = false;
         while r.pos < block.len() {
             let start = r.pos;
             let first = block[start];
+            let size_update = first & 0xe0 == 0x20;
+            if size_update && fields {
+                // RFC 7541 4.2, and h2: size updates only at the start of a block. Dropping the
+                // fields before one would move it there.
+                return Err(Malformed("a table size update after a field"));
+            }
+            fields |= !size_update;
             if first & 0x80 != 0 {
                 // Indexed field. An empty `:authority` (static index 1, or an entry that kept
                 // one) is dropped: a request without `:authority` is served like any other.
                 let index = r.int(7)?;
                 if self.lookup(index)?.1 == Kind::BadAuthority {
-                    edits.push(Edit {
-                        range: start..r.pos,
-                        bytes: Vec::new(),
-                    });
+                    edits.remove(start..r.pos);
                 }
             } else if first & 0x40 != 0 {
                 self.literal(&mut r, 6, true, edits)?;
             } else if first & 0x20 != 0 {
-                // Dynamic table size update. h2 requires it at the start of a block; that is h2's
-                // check to make, the model only follows it.
+                // Dynamic table size update.
                 let size = r.int(5)?;
                 if size > MAX_TABLE_SIZE {
                     return Err(Malformed("a table size update exceeds 4096"));
@@ -247,7 +300,7 @@ impl Tracker {
         r: &mut Reader<'_>,
         prefix: u8,
         indexing: bool,
-        edits: &mut Vec<Edit>,
+        edits: &mut Edits,
     ) -> Result<(), Malformed> {
         let start = r.pos;
         let index = r.int(prefix)?;
@@ -284,17 +337,14 @@ impl Tracker {
                         // references to it instead.
                         kind = Kind::BadAuthority;
                     } else {
-                        edits.push(Edit {
-                            range: start..r.pos,
-                            bytes: Vec::new(),
-                        });
+                        edits.remove(start..r.pos);
                     }
-                } else if let Some(bytes) = replacement(value_len, value.huffman, value.repr.len())
-                {
-                    edits.push(Edit {
-                        range: value.repr.clone(),
-                        bytes,
-                    });
+                } else {
+                    let at = edits.bytes.len();
+                    let room = value.repr.len();
+                    if self.push_replacement(value_len, value.huffman, room, &mut edits.bytes) {
+                        edits.list.push((value.repr.clone(), at..edits.bytes.len()));
+                    }
                 }
             }
         } else if indexing {
@@ -371,64 +421,72 @@ impl Tracker {
             return Ok(data);
         }
         self.decoded_len(block, s)?;
-        if huffman(&self.scratch) != data {
+        self.coded.clear();
+        huffman(&self.scratch, &mut self.coded);
+        if self.coded != data {
             return Err(Malformed("an invalid Huffman string"));
         }
         Ok(&self.scratch)
     }
-}
 
-fn huffman(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    // Encoding cannot fail: every byte has a code.
-    let _ = httlib_huffman::encode(s, &mut out);
-    out
-}
-
-/// A host name of exactly `len` (> 0) bytes, so that an entry holding it has the size of one
-/// holding the bad value: `localhost`, `localhost.` (the same name, fully qualified), or a name
-/// under `.localhost` (RFC 6761 6.3: loopback too); shorter ones are a run of `a`. The value is
-/// never looked at by tokend; it only has to be an authority h2 accepts.
-pub(crate) fn placeholder_host(len: usize) -> Vec<u8> {
-    match len {
-        9 => b"localhost".to_vec(),
-        10 => b"localhost.".to_vec(),
-        11.. => {
-            let mut name = vec![b'a'; len - 10];
-            name.extend_from_slice(b".localhost");
-            name
+    /// Appends to `out` the string representation (length prefix and data) that replaces a bad
+    /// `:authority` value of `len` (> 0) decoded bytes whose representation took `room` bytes:
+    /// Huffman-coded when it was, and never longer. False (and nothing appended) only if
+    /// nothing fits, which cannot happen for a bad value (see below).
+    fn push_replacement(
+        &mut self,
+        len: usize,
+        huffman_coded: bool,
+        room: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.scratch.clear();
+        push_placeholder_host(len, &mut self.scratch);
+        let data = if huffman_coded {
+            self.coded.clear();
+            huffman(&self.scratch, &mut self.coded);
+            if int_len(self.coded.len(), 7) + self.coded.len() > room {
+                // `a` has a 5-bit code, the shortest there is, so `a`s take the fewest bytes any
+                // string of this length can. A bad value has at least one longer code (a string
+                // of 5-bit symbols only, `0-2aceiost`, is a valid host), so this always fits.
+                self.scratch.clear();
+                self.scratch.resize(len, b'a');
+                self.coded.clear();
+                huffman(&self.scratch, &mut self.coded);
+            }
+            &self.coded
+        } else {
+            &self.scratch
+        };
+        if int_len(data.len(), 7) + data.len() > room {
+            return false;
         }
-        _ => vec![b'a'; len],
+        push_int(out, data.len(), 7, if huffman_coded { 0x80 } else { 0 });
+        out.extend_from_slice(data);
+        true
     }
 }
 
-/// The string representation (length prefix and data) that replaces a bad `:authority` value
-/// of `len` decoded bytes whose representation took `room` bytes: Huffman-coded when it was, and
-/// never longer. `None` only if nothing fits, which cannot happen for a bad value (see below).
-fn replacement(len: usize, huffman_coded: bool, room: usize) -> Option<Vec<u8>> {
-    let host = placeholder_host(len);
-    let data = if huffman_coded {
-        let coded = huffman(&host);
-        if int_len(coded.len(), 7) + coded.len() <= room {
-            coded
-        } else {
-            // `a` has a 5-bit code, the shortest there is, so `a`s take the fewest bytes any
-            // string of this length can. A bad value has at least one longer code (a string of
-            // 5-bit symbols only, `0-2aceiost`, is a valid host), so this always fits.
-            huffman(&vec![b'a'; len])
+/// Appends `s`, Huffman-coded.
+fn huffman(s: &[u8], out: &mut Vec<u8>) {
+    // Encoding cannot fail: every byte has a code.
+    let _ = httlib_huffman::encode(s, out);
+}
+
+/// Appends a host name of exactly `len` (> 0) bytes, so that an entry holding it has the size
+/// of one holding the bad value: `localhost`, `localhost.` (the same name, fully qualified), or
+/// a name under `.localhost` (RFC 6761 6.3: loopback too); shorter ones are a run of `a`. The
+/// value is never looked at by tokend; it only has to be an authority h2 accepts.
+fn push_placeholder_host(len: usize, out: &mut Vec<u8>) {
+    match len {
+        9 => out.extend_from_slice(b"localhost"),
+        10 => out.extend_from_slice(b"localhost."),
+        11.. => {
+            out.resize(out.len() + len - 10, b'a');
+            out.extend_from_slice(b".localhost");
         }
-    } else {
-        host
-    };
-    let mut repr = Vec::with_capacity(room);
-    push_int(
-        &mut repr,
-        data.len(),
-        7,
-        if huffman_coded { 0x80 } else { 0 },
-    );
-    repr.extend_from_slice(&data);
-    (repr.len() <= room).then_some(repr)
+        _ => out.resize(out.len() + len, b'a'),
+    }
 }
 
 /// How many bytes [`push_int`] writes for `value`.
@@ -468,13 +526,16 @@ mod tests {
 
     #[test]
     fn authority_huffman_constant_is_the_canonical_coding() {
-        assert_eq!(huffman(AUTHORITY), AUTHORITY_HUFFMAN);
+        let mut coded = Vec::new();
+        huffman(AUTHORITY, &mut coded);
+        assert_eq!(coded, AUTHORITY_HUFFMAN);
     }
 
     #[test]
     fn placeholders_have_the_length_asked_for_and_are_valid_authorities() {
         for len in 1..200 {
-            let host = placeholder_host(len);
+            let mut host = Vec::new();
+            push_placeholder_host(len, &mut host);
             assert_eq!(host.len(), len);
             assert!(http::uri::Authority::try_from(&host[..]).is_ok(), "{len}");
         }
@@ -485,7 +546,9 @@ mod tests {
         // The premise of the fallback in `replacement`.
         let five_bit = b"012aceiost";
         for &c in five_bit {
-            assert_eq!(huffman(&[c; 8]).len(), 5, "{}", c as char);
+            let mut coded = Vec::new();
+            huffman(&[c; 8], &mut coded);
+            assert_eq!(coded.len(), 5, "{}", c as char);
         }
         assert!(http::uri::Authority::try_from(&five_bit[..]).is_ok());
     }

@@ -16,9 +16,14 @@
 //! are dropped; only the one request that adds it fails, as without this module. No known
 //! client sends one.
 //!
-//! Bytes from local callers are untrusted. A malformed stream ends the connection with an
-//! `InvalidData` read error, as h2 itself would end it; nothing is buffered beyond one read and
-//! one header block (128 KiB), and nothing panics on any input.
+//! Bytes from local callers are untrusted. The filter holds at most one header block of the
+//! size h2 takes (a HEADERS frame and the CONTINUATION frames h2 allows, each within h2's frame
+//! size: 112 KiB) and costs one pass over each byte, whatever the block holds. It enforces h2's
+//! limits by getting out of the way: a frame over h2's SETTINGS_MAX_FRAME_SIZE, one CONTINUATION
+//! frame more than h2 takes, or a block h2 could not decode is passed on, with all that follows,
+//! unchanged, and h2 ends the connection with its own GOAWAY (FRAME_SIZE_ERROR,
+//! ENHANCE_YOUR_CALM, PROTOCOL_ERROR or COMPRESSION_ERROR), as it would without this module.
+//! Nothing panics on any input.
 
 mod frames;
 mod hpack;
@@ -36,10 +41,10 @@ use tonic::transport::server::Connected;
 /// How much is read from the socket at once.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Why a client's byte stream was refused.
+/// Why the filter stopped rewriting a connection and left it to h2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed HTTP/2 from the client: {0}")]
-pub struct Malformed(&'static str);
+#[error("HTTP/2 that h2 refuses from the client: {0}")]
+pub(crate) struct Malformed(&'static str);
 
 /// Maps a listener's accepted connections through [`AuthorityFix`].
 pub fn fix_incoming<S, T>(incoming: S) -> impl Stream<Item = io::Result<AuthorityFix<T>>>
@@ -58,8 +63,8 @@ pub struct AuthorityFix<T> {
     /// Filtered bytes not yet handed to the reader, from `out_at` on.
     out: Vec<u8>,
     out_at: usize,
-    /// The client's stream ended (`None`) or was malformed; reported once `out` is drained.
-    end: Option<Option<Malformed>>,
+    /// The client's stream ended; reported once `out` is drained.
+    ended: bool,
 }
 
 impl<T> AuthorityFix<T> {
@@ -70,7 +75,7 @@ impl<T> AuthorityFix<T> {
             chunk: Vec::new(),
             out: Vec::new(),
             out_at: 0,
-            end: None,
+            ended: false,
         }
     }
 }
@@ -93,14 +98,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            match this.end {
-                Some(None) => return Poll::Ready(Ok(())),
-                Some(Some(e)) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
-                None => {}
-            }
-            if buf.remaining() == 0 {
+            if this.ended || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
             this.chunk.clear();
@@ -110,13 +108,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
             let input = read.filled();
             if input.is_empty() {
                 this.filter.finish(&mut this.out);
-                this.end = Some(None);
+                this.ended = true;
                 continue;
             }
-            let rewritten = this.filter.rewritten;
-            if let Err(e) = this.filter.process(input, &mut this.out) {
-                tracing::debug!("ending a Unix socket connection: {e}");
-                this.end = Some(Some(e));
+            let (rewritten, aside) = (this.filter.rewritten, this.filter.aside.is_some());
+            this.filter.process(input, &mut this.out);
+            if let (false, Some(why)) = (aside, this.filter.aside) {
+                tracing::debug!(
+                    "passing a Unix socket connection on unfiltered, for h2 to end: {why}"
+                );
             }
             if rewritten == 0 && this.filter.rewritten > 0 {
                 tracing::debug!(

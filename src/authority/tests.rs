@@ -11,7 +11,7 @@ use httlib_hpack::Encoder;
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::frames::{Filter, MAX_HELD};
+use super::frames::{Filter, HEAD_LEN, MAX_CONTINUATIONS, MAX_FRAME_SIZE, MAX_HELD};
 use super::{AuthorityFix, Malformed};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -37,19 +37,68 @@ fn headers(stream: u32, block: &[u8]) -> Vec<u8> {
     frame(HEADERS, END_HEADERS, stream, block)
 }
 
-/// Runs `input`, cut into `chunks`-sized reads (cycled), through a filter.
-fn filter(input: &[u8], chunks: &[usize]) -> Result<Vec<u8>, Malformed> {
+/// Runs `input`, cut into `chunks`-sized reads (cycled), through a filter: what it passed on,
+/// and why it stepped aside if it did. After every read, checks that it holds no more than
+/// one block of the size h2 takes.
+fn run(input: &[u8], chunks: &[usize]) -> (Vec<u8>, Option<Malformed>) {
     let mut f = Filter::default();
     let mut out = Vec::new();
     let mut rest = input;
     let mut sizes = chunks.iter().copied().filter(|&n| n > 0).cycle();
+    let mut lag = Lag::default();
     while !rest.is_empty() {
         let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
-        f.process(&rest[..n], &mut out)?;
+        f.process(&rest[..n], &mut out);
         rest = &rest[n..];
+        let held = lag.held_back(input, input.len() - rest.len(), &out);
+        assert!(held <= MAX_HELD + HEAD_LEN, "{held} bytes held");
     }
     f.finish(&mut out);
-    Ok(out)
+    (out, f.aside)
+}
+
+/// `run` for a stream the filter must take whole, without stepping aside.
+fn filter(input: &[u8], chunks: &[usize]) -> Vec<u8> {
+    let (out, aside) = run(input, chunks);
+    assert_eq!(aside, None);
+    out
+}
+
+/// Follows how far the filter's output is behind its input. The filter passes frames on one
+/// for one (only the lengths of held ones change), so each frame complete in the output, and the
+/// bytes of the next, stand for as many of the input.
+#[derive(Default)]
+struct Lag {
+    /// The ends of the frames complete in the output, in the input and in the output.
+    input_at: usize,
+    out_at: usize,
+}
+
+impl Lag {
+    /// How many of the first `consumed` bytes of `input` are not yet in `out`.
+    fn held_back(&mut self, input: &[u8], consumed: usize, out: &[u8]) -> usize {
+        let frame_len = |s: &[u8], at: usize| {
+            s.get(at..at + 3).map(|l| {
+                HEAD_LEN + (usize::from(l[0]) << 16 | usize::from(l[1]) << 8 | usize::from(l[2]))
+            })
+        };
+        if !input.starts_with(PREFACE) || out.len() < PREFACE.len() {
+            return consumed.saturating_sub(out.len());
+        }
+        if self.out_at == 0 {
+            (self.input_at, self.out_at) = (PREFACE.len(), PREFACE.len());
+        }
+        while let (Some(out_len), Some(in_len)) =
+            (frame_len(out, self.out_at), frame_len(input, self.input_at))
+        {
+            if out.len() - self.out_at < out_len {
+                break;
+            }
+            self.input_at += in_len;
+            self.out_at += out_len;
+        }
+        consumed.saturating_sub(self.input_at + out.len() - self.out_at)
+    }
 }
 
 fn stream_of(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -205,7 +254,7 @@ fn grpcio_style_path_is_replaced_and_later_references_see_the_replacement() {
     // :path /x by index 62.
     let second = vec![0x80 | 63, 0x83, 0x86, 0x80 | 62];
     let input = stream_of(&[headers(1, &first), headers(3, &second)]);
-    let out = filter(&input, &[input.len()]).unwrap();
+    let out = filter(&input, &[input.len()]);
     assert_equivalent(&input, &out);
     assert_eq!(out.len(), input.len(), "raw values are replaced in place");
     let blocks = decode_blocks(&parse_frames(&out));
@@ -229,7 +278,7 @@ fn huffman_path_is_replaced_by_a_huffman_value_no_longer_than_it() {
     block.extend_from_slice(&coded);
     block.push(0x80 | 62);
     let input = stream_of(&[headers(1, &block)]);
-    let out = filter(&input, &[3]).unwrap();
+    let out = filter(&input, &[3]);
     assert_equivalent(&input, &out);
     assert!(out.len() <= input.len());
 }
@@ -245,7 +294,7 @@ fn valid_authorities_pass_byte_for_byte() {
         let mut block = vec![0x41, value.len() as u8];
         block.extend_from_slice(value);
         let input = stream_of(&[headers(1, &block), headers(3, &[0x80 | 62])]);
-        assert_eq!(filter(&input, &[1]).unwrap(), input);
+        assert_eq!(filter(&input, &[1]), input);
     }
 }
 
@@ -257,7 +306,7 @@ fn every_literal_kind_keeps_its_representation() {
         let mut block = vec![first, path.len() as u8];
         block.extend_from_slice(path);
         let input = stream_of(&[headers(1, &block)]);
-        let out = filter(&input, &[input.len()]).unwrap();
+        let out = filter(&input, &[input.len()]);
         assert_equivalent(&input, &out);
         assert_eq!(out[PREFACE.len() + 9], first);
     }
@@ -267,7 +316,7 @@ fn every_literal_kind_keeps_its_representation() {
     block.push(path.len() as u8);
     block.extend_from_slice(path);
     let input = stream_of(&[headers(1, &block)]);
-    let out = filter(&input, &[input.len()]).unwrap();
+    let out = filter(&input, &[input.len()]);
     assert_equivalent(&input, &out);
     assert_ne!(out, input);
 }
@@ -276,7 +325,7 @@ fn every_literal_kind_keeps_its_representation() {
 fn empty_authority_is_dropped_where_the_table_allows() {
     // Static index 1 is an empty :authority: dropped, and the frame shortened.
     let input = stream_of(&[headers(1, &[0x82, 0x81, 0x84])]);
-    let out = filter(&input, &[input.len()]).unwrap();
+    let out = filter(&input, &[input.len()]);
     assert_eq!(out.len(), input.len() - 1);
     assert_eq!(
         decode_blocks(&parse_frames(&out)),
@@ -287,7 +336,7 @@ fn empty_authority_is_dropped_where_the_table_allows() {
     );
     // Without indexing: dropped.
     let input = stream_of(&[headers(1, &[0x82, 0x01, 0x00, 0x84])]);
-    let out = filter(&input, &[input.len()]).unwrap();
+    let out = filter(&input, &[input.len()]);
     assert_equivalent(&input, &out);
     assert_eq!(out.len(), input.len() - 2);
     // With incremental indexing: kept (no same-size valid value exists), references dropped.
@@ -295,7 +344,7 @@ fn empty_authority_is_dropped_where_the_table_allows() {
         headers(1, &[0x82, 0x41, 0x00, 0x84]),
         headers(3, &[0x82, 0x80 | 62, 0x84]),
     ]);
-    let out = filter(&input, &[input.len()]).unwrap();
+    let out = filter(&input, &[input.len()]);
     assert_equivalent(&input, &out);
     let blocks = decode_blocks(&parse_frames(&out));
     assert!(blocks[0].contains(&(b":authority".to_vec(), Vec::new())));
@@ -323,7 +372,7 @@ fn a_field_split_over_padded_prioritised_frames_is_reframed() {
     ];
     let input = stream_of(&frames);
     for chunk in [1, 2, 7, 100] {
-        let out = filter(&input, &[chunk]).unwrap();
+        let out = filter(&input, &[chunk]);
         assert_equivalent(&input, &out);
         assert!(out.len() < input.len());
     }
@@ -338,17 +387,17 @@ fn other_frames_and_non_http2_clients_pass_untouched() {
         frame(0xfa, 0xff, 7, b"unknown"),
         frame(0x0, PADDED, 1, &[2, b'x', 0, 0]),
     ]);
-    assert_eq!(filter(&input, &[5]).unwrap(), input);
+    assert_eq!(filter(&input, &[5]), input);
     let http1 = b"GET / HTTP/1.1\r\nHost: /tmp/x.sock\r\n\r\n";
-    assert_eq!(filter(http1, &[4]).unwrap(), http1);
+    assert_eq!(filter(http1, &[4]), http1);
     // A stream that ends inside a header block goes out as it came.
     let cut = stream_of(&[frame(HEADERS, 0, 1, &grpcio_first(b"/x/y"))]);
-    assert_eq!(filter(&cut, &[9]).unwrap(), cut);
+    assert_eq!(filter(&cut, &[9]), cut);
 }
 
 #[test]
-fn malformed_streams_are_refused() {
-    let bad: [(&str, Vec<Vec<u8>>); 10] = [
+fn malformed_streams_are_left_to_h2_unchanged() {
+    let bad: [(&str, Vec<Vec<u8>>); 12] = [
         (
             "CONTINUATION without HEADERS",
             vec![frame(CONTINUATION, END_HEADERS, 1, &[0x82])],
@@ -377,41 +426,121 @@ fn malformed_streams_are_refused() {
         ("truncated field", vec![headers(1, &[0x41, 0x05, b'a'])]),
         ("table size", vec![headers(1, &[0x3f, 0xe2, 0x1f])]),
         (
+            "table size update after a field",
+            vec![headers(1, &[0x82, 0x20])],
+        ),
+        (
+            // Found by the fuzz target (fuzz/regressions/authority/size-update-after-fields):
+            // with the empty `:authority` fields dropped, the update ended the block, which the
+            // independent decoder refused; h2 refuses the block as it came.
+            "table size update after fields the filter would drop",
+            vec![frame(
+                HEADERS,
+                0xa7,
+                167,
+                &[
+                    &[167, 167, 133, 133, 133, 0x85, 0x85][..],
+                    &[0x81; 10],
+                    &[0x28],
+                    &[0x81; 5],
+                ]
+                .concat(),
+            )],
+        ),
+        (
             "invalid Huffman in :authority (zero-bit padding)",
             vec![headers(1, &[0x41, 0x81, 0x0b])],
         ),
     ];
     for (what, frames) in bad {
+        // After a good block (which adds nothing to the table), which is still rewritten.
+        let good = headers(
+            1,
+            &[&[0x01, 11][..], b"/tmp/s.sock", &[0x83, 0x86]].concat(),
+        );
         let input = stream_of(&frames);
+        let after_good = stream_of(&[&[good.clone()][..], &frames].concat());
+        let good_out = filter(&stream_of(&[good]), &[1]);
         for chunk in [1, 64] {
-            assert!(filter(&input, &[chunk]).is_err(), "{what}");
+            let (out, aside) = run(&input, &[chunk]);
+            assert_eq!(out, input, "{what}");
+            assert!(aside.is_some(), "{what}");
+            let (out, _) = run(&after_good, &[chunk]);
+            assert_eq!(
+                out,
+                [&good_out[..], &input[PREFACE.len()..]].concat(),
+                "{what}"
+            );
         }
     }
 }
 
 #[test]
-fn header_blocks_are_held_up_to_a_limit() {
-    // A declared length over the limit is refused before anything is buffered.
-    let mut head = frame(HEADERS, 0, 1, &[]);
-    head[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+fn frames_over_h2s_size_limit_are_left_to_h2_before_anything_is_held() {
+    for kind in [HEADERS, CONTINUATION, 0x0] {
+        for len in [MAX_FRAME_SIZE + 1, 0xff_ffff] {
+            let mut head = frame(kind, 0, 1, &[]);
+            head[..3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+            let mut f = Filter::default();
+            let mut out = Vec::new();
+            f.process(PREFACE, &mut out);
+            f.process(&head, &mut out);
+            assert_eq!(out, [PREFACE, &head].concat(), "{kind} {len}");
+            assert!(f.aside.is_some());
+            f.process(&[0; 100], &mut out);
+            assert_eq!(out.len(), PREFACE.len() + head.len() + 100);
+        }
+    }
+    // A frame of h2's largest size is read.
+    let mut block = grpcio_first(b"/tmp/s.sock");
+    block.resize(MAX_FRAME_SIZE, 0x82);
+    let input = stream_of(&[headers(1, &block)]);
+    assert_equivalent(&input, &filter(&input, &[1000]));
+}
+
+/// A block of `continuations` CONTINUATION frames (one byte of `block` each, at first) without
+/// END_HEADERS and the rest of `block` in one that has it.
+fn continued(stream: u32, block: &[u8], continuations: usize) -> Vec<Vec<u8>> {
+    let mut frames = vec![frame(HEADERS, 0, stream, &block[..1])];
+    let mut at = 1;
+    for _ in 0..continuations {
+        let next = (at + 1).min(block.len());
+        frames.push(frame(CONTINUATION, 0, stream, &block[at..next]));
+        at = next;
+    }
+    frames.push(frame(CONTINUATION, END_HEADERS, stream, &block[at..]));
+    frames
+}
+
+#[test]
+fn a_continuation_flood_is_left_to_h2_at_the_frame_h2_refuses() {
+    let block = grpcio_first(b"/tmp/s.sock");
+    // As many CONTINUATION frames as h2 takes: held, and rewritten.
+    let input = stream_of(&continued(1, &block, MAX_CONTINUATIONS));
+    let out = filter(&input, &[7]);
+    assert_equivalent(&input, &out);
+    assert_ne!(out, input);
+    // One more: what was held goes out as it came, then the frame, for h2 to refuse.
+    let frames = continued(1, &block, MAX_CONTINUATIONS + 1);
     let mut f = Filter::default();
     let mut out = Vec::new();
-    f.process(PREFACE, &mut out).unwrap();
-    assert!(f.process(&head, &mut out).is_err());
-    // Many CONTINUATION frames: refused once the block passes the limit.
-    let mut f = Filter::default();
-    f.process(PREFACE, &mut out).unwrap();
-    f.process(&frame(HEADERS, 0, 1, &[0x82]), &mut out).unwrap();
-    let piece = frame(CONTINUATION, 0, 1, &[0x82; 1000]);
-    let mut sent = 0;
-    let result = loop {
-        match f.process(&piece, &mut out) {
-            Ok(()) => sent += piece.len(),
-            Err(e) => break e,
-        }
-        assert!(sent <= MAX_HELD);
-    };
-    assert!(result.to_string().contains("128 KiB"), "{result}");
+    f.process(PREFACE, &mut out);
+    for frame in &frames[..=MAX_CONTINUATIONS] {
+        f.process(frame, &mut out);
+    }
+    assert_eq!(out, PREFACE, "the block is held");
+    f.process(&frames[MAX_CONTINUATIONS + 1], &mut out);
+    assert_eq!(out, stream_of(&frames[..MAX_CONTINUATIONS + 2]));
+    assert!(f.aside.unwrap().to_string().contains("CONTINUATION"));
+    // A flood of empty frames too, and however it is cut.
+    let mut flood = vec![frame(HEADERS, 0, 1, &block)];
+    flood.extend((0..10_000).map(|_| frame(CONTINUATION, 0, 1, &[])));
+    let input = stream_of(&flood);
+    for chunk in [1, 100, 16 * 1024] {
+        let (out, aside) = run(&input, &[chunk]);
+        assert_eq!(out, input);
+        assert!(aside.is_some());
+    }
 }
 
 /// A connection that hands out `chunks` one read at a time.
@@ -462,15 +591,17 @@ fn read_all(input: &[u8], chunk: usize, reader_buf: usize) -> io::Result<Vec<u8>
 }
 
 #[test]
-fn the_adapter_delivers_what_came_before_an_error_then_the_error() {
+fn the_adapter_passes_on_what_h2_is_to_refuse() {
     let good = headers(1, &grpcio_first(b"/tmp/s.sock"));
-    let input = stream_of(&[good.clone(), frame(CONTINUATION, END_HEADERS, 1, &[0x82])]);
+    let bad = frame(CONTINUATION, END_HEADERS, 1, &[0x82]);
+    let input = stream_of(&[good.clone(), bad.clone()]);
     let chunks = VecDeque::from([input.clone()]);
     let mut conn = AuthorityFix::new(Chunks(chunks));
     let mut out = Vec::new();
-    let err = futures::executor::block_on(conn.read_to_end(&mut out)).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-    assert_eq!(out.len(), PREFACE.len() + good.len());
+    futures::executor::block_on(conn.read_to_end(&mut out)).unwrap();
+    assert_eq!(out.len(), input.len());
+    assert_ne!(out, input);
+    assert!(out.ends_with(&bad));
     let input = stream_of(&[good]);
     assert_equivalent(&input, &read_all(&input, 3, 5).unwrap());
 }
@@ -697,12 +828,15 @@ fn block_frames(b: &Block, block: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn encode_stream(items: &[Item]) -> Vec<u8> {
-    let mut enc = Encoder::default();
+    stream_of(&encode_frames(&mut Encoder::default(), items))
+}
+
+fn encode_frames(enc: &mut Encoder<'_>, items: &[Item]) -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     for item in items {
         match item {
             Item::Headers(b) => {
-                let block = encode_block(&mut enc, b);
+                let block = encode_block(enc, b);
                 frames.extend(block_frames(b, &block));
             }
             Item::Other(kind, flags, stream, payload) => {
@@ -710,7 +844,60 @@ fn encode_stream(items: &[Item]) -> Vec<u8> {
             }
         }
     }
-    stream_of(&frames)
+    frames
+}
+
+/// How an attacker ends a stream: at or past h2's limits.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// A block over HEADERS, this many CONTINUATION frames without END_HEADERS and one with it.
+    Continued(Block, usize),
+    /// A frame of this kind, over h2's size limit by this much.
+    Oversized(u8, usize),
+}
+
+impl Ending {
+    /// Whether h2 refuses it.
+    fn refused(&self) -> bool {
+        match self {
+            Ending::Continued(_, n) => *n > MAX_CONTINUATIONS,
+            Ending::Oversized(..) => true,
+        }
+    }
+
+    fn frames(&self, enc: &mut Encoder<'_>) -> Vec<Vec<u8>> {
+        match self {
+            Ending::Continued(b, n) => {
+                let block = encode_block(enc, b);
+                let cut = |i: usize| block.len() * i / (n + 2);
+                let mut frames = vec![frame(HEADERS, 0, b.stream, &block[..cut(1)])];
+                for i in 1..=*n {
+                    frames.push(frame(CONTINUATION, 0, b.stream, &block[cut(i)..cut(i + 1)]));
+                }
+                frames.push(frame(
+                    CONTINUATION,
+                    END_HEADERS,
+                    b.stream,
+                    &block[cut(n + 1)..],
+                ));
+                frames
+            }
+            Ending::Oversized(kind, over) => {
+                vec![frame(*kind, 0, 1, &vec![0; MAX_FRAME_SIZE + over])]
+            }
+        }
+    }
+}
+
+fn ending() -> impl Strategy<Value = Ending> {
+    prop_oneof![
+        (block(), 0..=MAX_CONTINUATIONS + 4).prop_map(|(b, n)| Ending::Continued(b, n)),
+        (
+            prop::sample::select(vec![HEADERS, CONTINUATION, 0x0, 0x6]),
+            1usize..64
+        )
+            .prop_map(|(kind, over)| Ending::Oversized(kind, over)),
+    ]
 }
 
 proptest! {
@@ -724,10 +911,10 @@ proptest! {
         chunks in prop::collection::vec(1usize..300, 1..8),
     ) {
         let input = encode_stream(&items);
-        let whole = filter(&input, &[input.len()]).unwrap();
+        let whole = filter(&input, &[input.len()]);
         assert_equivalent(&input, &whole);
         prop_assert!(whole.len() <= input.len());
-        prop_assert_eq!(&filter(&input, &chunks).unwrap(), &whole);
+        prop_assert_eq!(&filter(&input, &chunks), &whole);
     }
 
     /// The same through the `AsyncRead` adapter, with small reads on both sides.
@@ -738,7 +925,7 @@ proptest! {
         reader_buf in 1usize..100,
     ) {
         let input = encode_stream(&items);
-        let expected = filter(&input, &[input.len()]).unwrap();
+        let expected = filter(&input, &[input.len()]);
         prop_assert_eq!(read_all(&input, chunk, reader_buf).unwrap(), expected);
     }
 
@@ -751,11 +938,34 @@ proptest! {
     ) {
         let mut input = PREFACE.to_vec();
         input.extend_from_slice(&body);
-        let whole = filter(&input, &[input.len()]);
-        if let Ok(out) = &whole {
-            prop_assert!(out.len() <= input.len());
+        let whole = run(&input, &[input.len()]);
+        prop_assert!(whole.0.len() <= input.len());
+        prop_assert_eq!(run(&input, &chunks), whole);
+    }
+
+    /// Valid streams that end at or past h2's limits (a long CONTINUATION chain, a frame over
+    /// h2's size), cut into any reads: what h2 takes is rewritten as ever; from what it refuses
+    /// on, the stream goes to h2 as it came; never more than one block is held (`run`).
+    #[test]
+    fn streams_at_h2s_limits_are_rewritten_or_left_to_h2(
+        items in prop::collection::vec(item(), 0..8),
+        end in ending(),
+        chunks in prop::collection::vec(1usize..5000, 1..8),
+    ) {
+        let mut enc = Encoder::default();
+        let prefix = stream_of(&encode_frames(&mut enc, &items));
+        let tail = end.frames(&mut enc).concat();
+        let input = [&prefix[..], &tail].concat();
+        let (out, aside) = run(&input, &chunks);
+        prop_assert_eq!(&run(&input, &[input.len()]), &(out.clone(), aside));
+        if end.refused() {
+            prop_assert!(aside.is_some());
+            prop_assert!(out.ends_with(&tail));
+            assert_equivalent(&prefix, &out[..out.len() - tail.len()]);
+        } else {
+            prop_assert_eq!(aside, None);
+            assert_equivalent(&input, &out);
         }
-        prop_assert_eq!(filter(&input, &chunks), whole);
     }
 
     /// Valid streams with bytes changed: the same.
@@ -770,13 +980,196 @@ proptest! {
             let i = PREFACE.len() + at.index(input.len() - PREFACE.len());
             input[i] = byte;
         }
-        let whole = filter(&input, &[input.len()]);
-        if let Ok(out) = &whole {
-            prop_assert!(out.len() <= input.len());
+        let whole = run(&input, &[input.len()]);
+        prop_assert!(whole.0.len() <= input.len());
+        prop_assert_eq!(&run(&input, &chunks), &whole);
+        prop_assert_eq!(read_all(&input, 7, 13).unwrap(), whole.0);
+    }
+}
+
+// ----- cost -----
+
+/// A stock client's GetToken request: the header block as grpcio or nghttp2 sends it when it
+/// indexes nothing (every field a literal, the socket path as `:authority`, so every block
+/// needs an edit), and its DATA frame.
+fn ordinary_request(stream: u32) -> Vec<u8> {
+    let mut enc = Encoder::default();
+    let mut block = Vec::new();
+    let h = Encoder::HUFFMAN_VALUE;
+    enc.encode_indexed(3, &mut block).unwrap();
+    enc.encode_indexed(6, &mut block).unwrap();
+    for (index, value) in [
+        (4, &b"/tokend.v1.TokenService/GetToken"[..]),
+        (1, b"/run/tokend/tokend.sock"),
+        (31, b"application/grpc"),
+        (58, b"grpc-python/1.66.1 grpc-c/43.0.0 (linux; chttp2)"),
+    ] {
+        enc.encode_indexed_name(index, value.to_vec(), h, &mut block)
+            .unwrap();
+    }
+    for (name, value) in [
+        (&b"te"[..], &b"trailers"[..]),
+        (b"grpc-accept-encoding", b"identity,deflate,gzip"),
+        (b"grpc-timeout", b"29999m"),
+    ] {
+        enc.encode_literal(name.to_vec(), value.to_vec(), h, &mut block)
+            .unwrap();
+    }
+    let mut request = headers(stream, &block);
+    request.extend(frame(0x0, END_STREAM, stream, b"\0\0\0\0\x07\n\x05hello"));
+    request
+}
+
+/// Stock clients' requests, `len` bytes of them (at least).
+fn ordinary_stream(len: usize) -> Vec<u8> {
+    let mut s = PREFACE.to_vec();
+    let mut stream = 1;
+    while s.len() < len {
+        s.extend(ordinary_request(stream));
+        stream += 2;
+    }
+    s
+}
+
+/// Blocks as an attacker would make them to cost the filter the most, `len` bytes of them (at
+/// most): a first block `setup` (to fill the table), then blocks of `field` repeated, each over
+/// HEADERS and `continuations` CONTINUATION frames of up to `payload` bytes each.
+fn blocks(len: usize, setup: &[u8], field: &[u8], continuations: usize, payload: usize) -> Vec<u8> {
+    let mut s = stream_of(&[headers(1, setup)]);
+    let block = field.repeat((continuations + 1) * payload / field.len());
+    let mut stream = 3;
+    loop {
+        let mut frames = Vec::new();
+        for (i, piece) in block.chunks(payload).enumerate() {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let last = (i + 1) * payload >= block.len();
+            frames.extend(frame(
+                kind,
+                if last { END_HEADERS } else { 0 },
+                stream,
+                piece,
+            ));
         }
-        let ok = whole.is_ok();
-        prop_assert_eq!(filter(&input, &chunks), whole);
-        let via_reader = read_all(&input, 7, 13);
-        prop_assert_eq!(via_reader.is_ok(), ok);
+        if s.len() + frames.len() > len {
+            return s;
+        }
+        s.extend(frames);
+        stream += 2;
+    }
+}
+
+/// The least time the filter took over `input`, in reads of 16 KiB, in a few tries (the least
+/// is the one the rest of the machine disturbed least).
+fn filter_time(input: &[u8], steps_aside: bool) -> std::time::Duration {
+    (0..9)
+        .map(|_| {
+            let mut f = Filter::default();
+            let mut out = Vec::with_capacity(input.len());
+            let start = std::time::Instant::now();
+            for chunk in input.chunks(16 * 1024) {
+                f.process(chunk, &mut out);
+            }
+            f.finish(&mut out);
+            let took = start.elapsed();
+            assert_eq!(f.aside.is_some(), steps_aside, "{:?}", f.aside);
+            std::hint::black_box(out);
+            took
+        })
+        .min()
+        .unwrap()
+}
+
+fn per_byte(input: &[u8], steps_aside: bool) -> f64 {
+    filter_time(input, steps_aside).as_secs_f64() / input.len() as f64
+}
+
+/// An attack on the filter's CPU: blocks of `field` after `setup`, over HEADERS and
+/// `continuations` CONTINUATION frames of `payload` bytes; and the plain blocks it is measured
+/// against, of the same size and fields in one frame, with nothing to change.
+struct Attack<'a> {
+    what: &'a str,
+    setup: &'a [u8],
+    field: &'a [u8],
+    plain_setup: &'a [u8],
+    plain_field: &'a [u8],
+    continuations: usize,
+    payload: usize,
+}
+
+/// The attacks of #13, many frames and many edits in one block, cost about what any HPACK reader
+/// pays for blocks of their size.
+#[test]
+fn worst_case_blocks_cost_about_what_ordinary_ones_do() {
+    let len = 120 * 1024;
+    let huffman = |s: &[u8]| {
+        let mut coded = Vec::new();
+        httlib_huffman::encode(s, &mut coded).unwrap();
+        [&[0x01, 0x80 | coded.len() as u8][..], &coded].concat()
+    };
+    // An empty `:authority` in the table: each one-byte reference to it is an edit (dropped);
+    // `a` there instead: nothing to change.
+    let (bad_entry, good_entry) = ([0x41, 0x00, 0x82], [0x41, 0x01, b'a', 0x82]);
+    let (bad_slash, good_a) = (huffman(b"/"), huffman(b"a"));
+    let attacks = [
+        Attack {
+            what: "a CONTINUATION flood of edits",
+            setup: &bad_entry,
+            field: &[0xbe],
+            plain_setup: &good_entry,
+            plain_field: &[0xbe],
+            continuations: 6000,
+            payload: 1,
+        },
+        Attack {
+            what: "h2's largest block, every other byte an edit",
+            setup: &bad_entry,
+            field: &[0xbe, 0x82],
+            plain_setup: &good_entry,
+            plain_field: &[0xbe, 0x82],
+            continuations: MAX_CONTINUATIONS + 1,
+            payload: MAX_FRAME_SIZE,
+        },
+        Attack {
+            what: "h2's largest block of replaced Huffman values",
+            setup: &[0x82],
+            field: &bad_slash,
+            plain_setup: &[0x82],
+            plain_field: &good_a,
+            continuations: MAX_CONTINUATIONS + 1,
+            payload: MAX_FRAME_SIZE,
+        },
+        Attack {
+            what: "h2's most frames, small ones",
+            setup: &bad_entry,
+            field: &[0xbe],
+            plain_setup: &good_entry,
+            plain_field: &[0xbe],
+            continuations: MAX_CONTINUATIONS + 1,
+            payload: 8,
+        },
+    ];
+    let mut ratios = Vec::new();
+    for a in attacks {
+        let worst = blocks(len, a.setup, a.field, a.continuations, a.payload);
+        let block = ((a.continuations + 1) * a.payload).min(MAX_FRAME_SIZE);
+        let plain = blocks(worst.len(), a.plain_setup, a.plain_field, 0, block);
+        let flood = a.continuations > MAX_CONTINUATIONS + 1;
+        let ratio = per_byte(&worst, flood) / per_byte(&plain, false);
+        eprintln!(
+            "{}: {ratio:.2} times the cost per byte of plain blocks",
+            a.what
+        );
+        ratios.push((a.what, ratio));
+    }
+    let stock = ordinary_stream(len);
+    eprintln!(
+        "for scale, a stock client's requests: {:.1} ns per byte",
+        per_byte(&stock, false) * 1e9
+    );
+    for (what, ratio) in ratios {
+        assert!(
+            ratio < 3.0,
+            "{what}: {ratio:.1} times the cost per byte of plain blocks"
+        );
     }
 }

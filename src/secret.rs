@@ -275,13 +275,15 @@ pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError>
 }
 
 /// An access token. Its `Debug` shows only a fingerprint, so it can sit in structs that are
-/// logged or printed without leaking.
+/// logged or printed without leaking. Clones share the text: the published token and the copy
+/// the token source keeps to redact echoes of it are one allocation, not two (a 1 KiB token
+/// times 10,000 clients).
 #[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(String);
+pub struct AccessToken(std::sync::Arc<str>);
 
 impl AccessToken {
     pub fn new(token: String) -> Self {
-        Self(token)
+        Self(token.into())
     }
 
     pub fn expose(&self) -> &str {

@@ -17,7 +17,7 @@ use base64::Engine;
 use crate::config::{AuthMethod, ClientConfig, Grant, RefreshPolicy};
 use crate::limit::EndpointLimiter;
 use crate::metrics::METRICS;
-use crate::secret::{self, ExposeSecret, SecretError, SecretString};
+use crate::secret::{self, AccessToken, ExposeSecret, SecretError, SecretString};
 pub use redact::Redactor;
 pub use reply::{OAuthError, ReplyError, TokenReply};
 pub use retry_after::parse_retry_after;
@@ -199,7 +199,7 @@ struct Inner {
     /// request waits for one still in flight instead of sending the same refresh token twice.
     in_flight: tokio::sync::Mutex<()>,
     /// The access token last received: a provider knows it and may echo it in an error.
-    last_access_token: std::sync::Mutex<Option<SecretString>>,
+    last_access_token: std::sync::Mutex<Option<AccessToken>>,
 }
 
 impl HttpTokenSource {
@@ -395,7 +395,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let redactor = Redactor::new(known.as_ref().map(|t| t.expose_secret()));
+        let redactor = Redactor::new(known.as_ref().map(AccessToken::expose));
         let result = request_token(
             &self.http,
             c,
@@ -441,8 +441,7 @@ impl Inner {
             *self
                 .last_access_token
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) =
-                Some(SecretString::from(token.access_token.expose().to_string()));
+                .unwrap_or_else(|e| e.into_inner()) = Some(token.access_token.clone());
         }
         result.token
     }

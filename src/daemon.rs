@@ -12,15 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::{error, info, warn};
 
-use crate::clients::{Clients, StartError, client_spec, reconcile};
 use crate::config::{Config, ServerConfig};
-use crate::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
-use crate::limit::EndpointLimiters;
-use crate::listen::{self, ListenError, SocketFile};
+use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::http_client;
 use crate::proto::token_service_server::TokenServiceServer;
-use crate::service::TokenServiceImpl;
-use crate::supervisor::panic_text;
+use crate::refresh::clients::{Clients, StartError, client_spec, reconcile};
+use crate::refresh::supervisor::panic_text;
+use crate::serve::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
+use crate::serve::listen::{self, ListenError, SocketFile};
+use crate::serve::service::TokenServiceImpl;
 use crate::systemd::{self, Activated};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ pub async fn run(
     // The connection caps depend on the descriptor limit, raised here.
     let connections = Connections::new(
         &config.server.connections(),
-        crate::connections::raise_fd_limit(),
+        crate::serve::connections::raise_fd_limit(),
     )?;
     // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
     let activated = systemd::activated_listeners().map_err(RunError::Activation)?;
@@ -146,10 +146,10 @@ pub async fn run(
         config.server.default_wait,
         stopping.clone(),
     )
-    .with_limits(crate::call_limits::CallLimits::of(&config.server));
+    .with_limits(crate::serve::call_limits::CallLimits::of(&config.server));
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
-        let incoming = crate::authority::fix_incoming(connections.incoming(listener));
+        let incoming = crate::serve::h2_authority::fix_incoming(connections.incoming(listener));
         let router = router::<UdsConnectInfo>(&service, &config.server).await;
         let stop = stopping.clone().cancelled_owned();
         servers.push(Box::pin(
@@ -276,7 +276,7 @@ async fn reload(
 async fn router<I: Clone + Send + Sync + 'static>(
     service: &TokenServiceImpl,
     server: &ServerConfig,
-) -> tonic::transport::server::Router<crate::connections::Layers<I>> {
+) -> tonic::transport::server::Router<crate::serve::connections::Layers<I>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TokenServiceServer<TokenServiceImpl>>()
@@ -291,7 +291,7 @@ async fn router<I: Clone + Send + Sync + 'static>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("embedded descriptors are valid");
-    crate::connections::server::<I>(&server.connections())
+    crate::serve::connections::server::<I>(&server.connections())
         .add_service(
             TokenServiceServer::new(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )

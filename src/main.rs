@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokend::{Config, ctl, demo};
+use tokend::Config;
+use tokend::cli::{ctl, demo};
 
 /// sysexits.h: configuration error.
 const EX_CONFIG: u8 = 78;
@@ -190,8 +191,8 @@ async fn authorize(path: &Path, client: &str, code: Option<String>, timeout: Dur
         Err(e) => return fail(EX_CONFIG, e),
     };
     let result = match code {
-        Some(code) => tokend::authorize::pasted(&config, client, &code).await,
-        None => tokend::authorize::interactive(&config, client, timeout, |url| {
+        Some(code) => tokend::cli::authorize::pasted(&config, client, &code).await,
+        None => tokend::cli::authorize::interactive(&config, client, timeout, |url| {
             eprintln!("Open this URL in a browser and approve access for {client:?}:");
             println!("{url}");
             eprintln!(

@@ -14,8 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::listen::{self, ListenError, SocketFile};
 use crate::oauth::FetchError;
+use crate::serve::listen::{self, ListenError, SocketFile};
 use crate::store::ClientState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -117,7 +117,7 @@ impl FileSink {
                     "access_token": token.access_token.expose(),
                     "token_type": token.token_type,
                     "scopes": token.scopes,
-                    "expires_at": crate::service::rfc3339(token.expires_wall),
+                    "expires_at": crate::serve::service::rfc3339(token.expires_wall),
                     "expires_at_unix": expires,
                 })
                 .to_string();
@@ -197,7 +197,7 @@ pub fn spawn(slot: &Arc<ClientSlot>, sink: FileSink) -> JoinHandle<()> {
                         client = %name,
                         path = %path.display(),
                         "file sink write panicked: {}; writing the next token again",
-                        crate::supervisor::panic_text(&e.into_panic())
+                        crate::refresh::supervisor::panic_text(&e.into_panic())
                     ),
                     Err(e) => warn!(client = %name, "file sink task failed: {e}"),
                 }

@@ -9,7 +9,7 @@ use sd_notify::NotifyState;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::clients::Clients;
+use crate::refresh::clients::Clients;
 use crate::store::{ClientState, TokenStore};
 
 /// A STATUS= line is sent at most this often while clients churn.

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokend::clients::{ClientSpec, Clients};
 use tokend::config::{Grant, RefreshPolicy};
 use tokend::oauth::reply::{LifetimeSource, OAuthError};
 use tokend::oauth::{FetchError, TokenReply, TokenSource};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::refresh::clients::{ClientSpec, Clients};
 use tokend::secret::AccessToken;
-use tokend::service::TokenServiceImpl;
+use tokend::serve::service::TokenServiceImpl;
 use tokend::store::SlotSettings;
 use tokio::time::Instant;
 use tonic::{Code, Request};
@@ -468,7 +468,7 @@ async fn exhausted_restart_budget_is_visible() {
     h.get(0).await.unwrap();
     // The refresh is in flight (and takes long): the actor runs.
     tokio::time::sleep(secs(241)).await;
-    for _ in 0..=tokend::supervisor::MAX_RESTARTS {
+    for _ in 0..=tokend::refresh::supervisor::MAX_RESTARTS {
         let running = actors(&h);
         assert_eq!(running.len(), 1);
         running[0].kill();

@@ -547,7 +547,7 @@ async fn grant_survives_forty_sigkills_at_random_moments() {
     let log = dir.path().join("final.log");
     let daemon = KillOnDrop(serve(&log));
     let mut rpc = eventually(Duration::from_secs(10), "the final daemon", || async {
-        tokend::ctl::connect(&socket).await.ok()
+        tokend::cli::ctl::connect(&socket).await.ok()
     })
     .await;
     let token = rpc.get_token(get("web")).await.unwrap().into_inner();

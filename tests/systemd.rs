@@ -125,7 +125,7 @@ async fn connect(
     socket: &Path,
 ) -> tokend::proto::token_service_client::TokenServiceClient<tonic::transport::Channel> {
     eventually(Duration::from_secs(10), "the daemon's socket", || async {
-        tokend::ctl::connect(socket).await.ok()
+        tokend::cli::ctl::connect(socket).await.ok()
     })
     .await
 }

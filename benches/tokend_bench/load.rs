@@ -271,7 +271,7 @@ pub async fn connect(
     tokend::proto::token_service_client::TokenServiceClient<tonic::transport::Channel>,
     String,
 > {
-    tokend::ctl::connect(socket)
+    tokend::cli::ctl::connect(socket)
         .await
         .map_err(|e| e.to_string())
 }

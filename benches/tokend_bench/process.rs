@@ -59,7 +59,7 @@ impl Server {
     pub async fn ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if tokend::ctl::connect(&self.socket).await.is_ok() {
+            if tokend::cli::ctl::connect(&self.socket).await.is_ok() {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {

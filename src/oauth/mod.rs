@@ -1,6 +1,7 @@
 //! The token endpoint client: builds the grant request for one configured client, sends it over
 //! HTTPS (rustls) with a timeout and a cap on the reply size, and classifies the outcome.
 
+pub mod budget;
 mod inflight;
 pub mod redact;
 pub mod reply;
@@ -15,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 
 use crate::config::{AuthMethod, ClientConfig, Grant, RefreshPolicy};
-use crate::limit::EndpointLimiter;
 use crate::metrics::METRICS;
+use crate::oauth::budget::EndpointLimiter;
 use crate::secret::{self, AccessToken, ExposeSecret, SecretError, SecretString};
 pub use redact::Redactor;
 pub use reply::{OAuthError, ReplyError, TokenReply};
@@ -158,7 +159,7 @@ pub trait TokenSource: Send + Sync + 'static {
     }
 
     /// The token endpoint: clients of one endpoint take turns to start (see
-    /// [`crate::supervisor`]).
+    /// [`crate::refresh::supervisor`]).
     fn endpoint(&self) -> &str {
         ""
     }

@@ -206,7 +206,7 @@ impl Daemon {
             log,
         };
         for _ in 0..200 {
-            if tokend::ctl::connect(&daemon.socket).await.is_ok() {
+            if tokend::cli::ctl::connect(&daemon.socket).await.is_ok() {
                 return daemon;
             }
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
@@ -232,7 +232,7 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> TokenServiceClient<Channel> {
-        tokend::ctl::connect(&self.socket).await.unwrap()
+        tokend::cli::ctl::connect(&self.socket).await.unwrap()
     }
 
     /// A raw channel, for the health and reflection services.
@@ -366,8 +366,8 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
 /// The daemon's parts in this process (clients, supervisor, the gRPC service without a socket),
 /// for tests on tokio's paused clock. Every client of `names` uses `token_endpoint`.
 pub struct InProcess {
-    pub service: tokend::service::TokenServiceImpl,
-    pub clients: tokend::clients::Clients,
+    pub service: tokend::serve::service::TokenServiceImpl,
+    pub clients: tokend::refresh::clients::Clients,
     _dir: tempfile::TempDir,
 }
 
@@ -386,18 +386,18 @@ impl InProcess {
         let path = dir.path().join("tokend.toml");
         std::fs::write(&path, toml).unwrap();
         let config = tokend::Config::load_with_env(&path, []).unwrap();
-        let clients = tokend::clients::Clients::start(
-            tokend::clients::client_specs(&config, &tokend::oauth::http_client()),
+        let clients = tokend::refresh::clients::Clients::start(
+            tokend::refresh::clients::client_specs(&config, &tokend::oauth::http_client()),
             &config.refresh,
         )
         .await
         .unwrap();
-        let service = tokend::service::TokenServiceImpl::new(
+        let service = tokend::serve::service::TokenServiceImpl::new(
             clients.store.clone(),
             config.server.default_wait,
             tokio_util::sync::CancellationToken::new(),
         )
-        .with_limits(tokend::call_limits::CallLimits::of(&config.server));
+        .with_limits(tokend::serve::call_limits::CallLimits::of(&config.server));
         InProcess {
             service,
             clients,

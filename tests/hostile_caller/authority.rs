@@ -36,7 +36,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// A daemon with one client, `app`, against the demo token endpoint.
 async fn daemon() -> Daemon {
-    let endpoint = tokend::demo::start_endpoint().await.unwrap();
+    let endpoint = tokend::cli::demo::start_endpoint().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     secret_file(dir.path(), "app.secret", "basic:s3cret+demo");
     let clients = format!(

@@ -312,7 +312,7 @@ async fn connections_over_the_total_cap_are_closed_at_once_and_their_slots_come_
         Duration::from_secs(5),
         "a new connection served",
         || async {
-            let client = tokend::ctl::get(&d.socket, "fast", 0, Duration::from_secs(1)).await;
+            let client = tokend::cli::ctl::get(&d.socket, "fast", 0, Duration::from_secs(1)).await;
             client.ok()
         },
     )
@@ -378,7 +378,7 @@ async fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
     // fell due could not open the secret file. Only the callers' share is reserved.)
     drop(attacker);
     eventually(Duration::from_secs(10), "a caller served again", || async {
-        let mut client = tokend::ctl::connect(&d.socket).await.ok()?;
+        let mut client = tokend::cli::ctl::connect(&d.socket).await.ok()?;
         let mut request = tonic::Request::new(tokend::proto::ListClientsRequest {});
         request.set_timeout(Duration::from_secs(1));
         client.list_clients(request).await.ok()

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokend::Config;
-use tokend::clients::{Clients, client_specs};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::service::TokenServiceImpl;
+use tokend::refresh::clients::{Clients, client_specs};
+use tokend::serve::service::TokenServiceImpl;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -289,12 +289,12 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     changed.audience = Some("changed".into());
     new.clients
         .insert(name.to_string(), std::sync::Arc::new(changed));
-    let changes = tokend::clients::reconcile(
+    let changes = tokend::refresh::clients::reconcile(
         &h.clients,
         &h.config,
         &new,
         &tokend::oauth::http_client(),
-        &mut tokend::limit::EndpointLimiters::new(4, Duration::ZERO),
+        &mut tokend::oauth::budget::EndpointLimiters::new(4, Duration::ZERO),
     )
     .await;
     assert_eq!(changes.refetched, [name]);

@@ -36,7 +36,7 @@ fn plant_fifo(path: &Path) {
 /// A GetToken over a new connection, which must be accepted and answered within `bound`.
 async fn get_within(daemon: &Daemon, client: &str, bound: Duration) -> proto::Token {
     let answer = tokio::time::timeout(bound, async {
-        tokend::ctl::connect(&daemon.socket)
+        tokend::cli::ctl::connect(&daemon.socket)
             .await
             .unwrap()
             .get_token(GetTokenRequest {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokend::Config;
-use tokend::clients::{Clients, client_specs};
-use tokend::supervisor::SupervisorMsg;
+use tokend::refresh::clients::{Clients, client_specs};
+use tokend::refresh::supervisor::SupervisorMsg;
 use tokio::time::Instant;
 
 use crate::common::{KillOnDrop, eventually, secret_file};

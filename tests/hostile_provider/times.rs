@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use tokend::Config;
-use tokend::clients::{Clients, client_specs};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::service::TokenServiceImpl;
+use tokend::refresh::clients::{Clients, client_specs};
+use tokend::serve::service::TokenServiceImpl;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};

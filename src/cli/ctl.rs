@@ -129,7 +129,7 @@ pub fn token_json(token: &proto::Token, now: SystemTime) -> String {
         "access_token": token.access_token,
         "token_type": token.token_type,
         "scopes": token.scopes,
-        "expires_at": expires.and_then(crate::service::rfc3339),
+        "expires_at": expires.and_then(crate::serve::service::rfc3339),
         "expires_in": expires.map(|e| e.duration_since(now).unwrap_or_default().as_secs()),
     })
     .to_string();

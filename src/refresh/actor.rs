@@ -4,7 +4,7 @@
 //! The actor runs only while it has work: a request to start or in flight, or rejected
 //! credentials to watch. Once it has published and is only waiting for its next refresh or
 //! retry, it reports [`SupervisorMsg::Settled`] and the supervisor lets it sleep: the actor
-//! stops and the client's wake-up time goes to the shared [`crate::alarm`] wheel. Everything
+//! stops and the client's wake-up time goes to the shared [`crate::refresh::alarm`] wheel. Everything
 //! the actor needs to resume lives in the slot's view (token, state, next attempt, failures),
 //! so the actor started at the wake-up carries on where the last one stopped.
 //!
@@ -22,9 +22,9 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Grant, RefreshPolicy};
 use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, TokenReply, TokenSource};
-use crate::schedule;
+use crate::refresh::schedule;
+use crate::refresh::supervisor::SupervisorMsg;
 use crate::store::{ClientSlot, ClientState, Token};
-use crate::supervisor::SupervisorMsg;
 
 pub enum TokenMsg {
     /// A retry of rejected credentials is due (the only timer a running actor keeps; other

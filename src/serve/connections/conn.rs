@@ -248,7 +248,7 @@ impl Handshake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connections::limits::{Limits, Peer};
+    use crate::serve::connections::limits::{Limits, Peer};
 
     fn limits(max_total: usize, max_per_peer: usize) -> Arc<Limits> {
         Arc::new(Limits::new(max_total, max_per_peer))

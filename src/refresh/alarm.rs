@@ -15,8 +15,8 @@ use tokio_stream::StreamExt;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
-use crate::schedule::MAX_WAIT;
-use crate::supervisor::{SupervisorMsg, panic_text};
+use crate::refresh::schedule::MAX_WAIT;
+use crate::refresh::supervisor::{SupervisorMsg, panic_text};
 
 enum Command {
     /// Wake `client` at the instant, replacing its earlier alarm.
@@ -57,7 +57,7 @@ impl Alarms {
     /// Wakes `client` at `at`, or [`MAX_WAIT`] from now if that is sooner: the wheel's range is
     /// finite, and an early wake-up of a client that is not due only puts it back to sleep.
     pub fn set(&self, client: Arc<str>, at: Instant) {
-        let at = at.min(crate::schedule::after(Instant::now(), MAX_WAIT));
+        let at = at.min(crate::refresh::schedule::after(Instant::now(), MAX_WAIT));
         let _ = self.commands.send(Command::Set(client, at));
     }
 

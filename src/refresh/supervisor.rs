@@ -21,8 +21,8 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::actor::{TokenActor, TokenArgs, TokenMsg, TokenStart};
-use crate::alarm::Alarms;
+use crate::refresh::actor::{TokenActor, TokenArgs, TokenMsg, TokenStart};
+use crate::refresh::alarm::Alarms;
 use crate::store::ClientState;
 
 /// At most this many restarts of one client within [`RESTART_WINDOW`]; past that the client is

@@ -8,14 +8,14 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::access::Access;
-use crate::actor::TokenArgs;
 use crate::config::{ClientConfig, Config, Grant, RefreshPolicy};
-use crate::limit::EndpointLimiters;
+use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::{HttpTokenSource, TokenSource};
+use crate::refresh::actor::TokenArgs;
+use crate::refresh::supervisor::{Supervisor, SupervisorMsg};
+use crate::serve::access::Access;
 use crate::sink::{self, FileSink};
 use crate::store::{ClientSlot, SlotSettings, TokenStore};
-use crate::supervisor::{Supervisor, SupervisorMsg};
 
 /// One client to run: its name, its slot settings, where its tokens come from, and the file
 /// they are also written to.

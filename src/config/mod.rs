@@ -122,9 +122,9 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The limits [`crate::connections`] enforces.
-    pub fn connections(&self) -> crate::connections::Settings {
-        crate::connections::Settings {
+    /// The limits [`crate::serve::connections`] enforces.
+    pub fn connections(&self) -> crate::serve::connections::Settings {
+        crate::serve::connections::Settings {
             max_connections: self.max_connections,
             max_connections_per_uid: self.max_connections_per_uid,
             handshake_timeout: self.handshake_timeout,
@@ -772,8 +772,12 @@ impl ClientConfig {
                 format!("environment variable {var} is not set or empty"),
             ));
         }
-        crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
-            .map_err(|(key, reason)| (key.to_string(), reason))?;
+        crate::serve::access::Access::resolve(
+            &self.allowed_users,
+            &self.allowed_groups,
+            self.allow_tcp,
+        )
+        .map_err(|(key, reason)| (key.to_string(), reason))?;
         if let Some(sink) = &self.file_sink {
             sink.resolve()
                 .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;

@@ -1,0 +1,7 @@
+//! The subcommands that are not the daemon itself: `get` and `status` (gRPC clients of a running
+//! daemon), `authorize` (the one-time authorization-code flow), `demo` (a built-in token
+//! endpoint for a newcomer's first run).
+
+pub mod authorize;
+pub mod ctl;
+pub mod demo;

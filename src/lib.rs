@@ -26,8 +26,10 @@
 
 pub mod atomic_file;
 pub mod cli;
+mod client_name;
 pub mod config;
 pub mod daemon;
+mod durations;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;

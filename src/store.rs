@@ -10,8 +10,8 @@ use ractor::ActorRef;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::config::Grant;
 use crate::metrics::METRICS;
+use crate::oauth::Grant;
 use crate::refresh::supervisor::SupervisorMsg;
 use crate::secret::AccessToken;
 use crate::serve::access::{Access, Caller};

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokend::config::{Grant, RefreshPolicy};
+use tokend::oauth::Grant;
 use tokend::oauth::reply::{LifetimeSource, OAuthError};
 use tokend::oauth::{FetchError, TokenReply, TokenSource};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::refresh::RefreshPolicy;
 use tokend::refresh::clients::{ClientSpec, Clients};
 use tokend::secret::AccessToken;
 use tokend::serve::service::TokenServiceImpl;

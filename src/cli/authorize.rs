@@ -13,8 +13,9 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::atomic_file::{self, Trust};
-use crate::config::{ClientConfig, Config, Grant, redirect_listen_addr};
-use crate::oauth::{self, FetchError};
+use crate::config::{ClientConfig, Config, redirect_listen_addr};
+use crate::daemon::plan;
+use crate::oauth::{self, FetchError, Grant};
 use crate::secret::{self, ExposeSecret};
 
 /// A pending authorization older than this is not trusted for a pasted code: the code it was
@@ -305,7 +306,7 @@ async fn finish(
     }
     let granted = oauth::request_token(
         &oauth::http_client(),
-        c,
+        &plan::client_settings(c),
         &grant,
         false,
         config.refresh.default_lifetime,

@@ -16,7 +16,9 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 
-use crate::config::{AuthMethod, ClientConfig, Config, Grant, RefreshPolicy, ServerConfig};
+use crate::config::{ClientConfig, Config, ServerConfig};
+use crate::oauth::{AuthMethod, Grant};
+use crate::refresh::RefreshPolicy;
 
 /// Short enough that refreshes show up in the log within a minute of starting.
 pub const DEMO_LIFETIME: Duration = Duration::from_secs(20);

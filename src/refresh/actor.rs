@@ -19,11 +19,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Grant, RefreshPolicy};
 use crate::metrics::METRICS;
-use crate::oauth::{FailureKind, FetchError, TokenReply, TokenSource};
-use crate::refresh::schedule;
+use crate::oauth::{FailureKind, FetchError, Grant, TokenReply, TokenSource};
 use crate::refresh::supervisor::SupervisorMsg;
+use crate::refresh::{RefreshPolicy, schedule};
 use crate::store::{ClientSlot, ClientState, Token};
 
 pub enum TokenMsg {

@@ -1,5 +1,5 @@
-//! The running set of clients: their store slots and token actors under the supervisor, built
-//! from the config at start and changed in place by a reload.
+//! The running set of clients: their store slots and token actors under the supervisor, started
+//! from [`ClientSpec`]s and changed in place by a reload.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,12 +8,10 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::config::{ClientConfig, Config, Grant, RefreshPolicy};
-use crate::oauth::budget::EndpointLimiters;
-use crate::oauth::{HttpTokenSource, TokenSource};
+use crate::oauth::TokenSource;
+use crate::refresh::RefreshPolicy;
 use crate::refresh::actor::TokenArgs;
 use crate::refresh::supervisor::{Supervisor, SupervisorMsg};
-use crate::serve::access::Access;
 use crate::sink::{self, FileSink};
 use crate::store::{ClientSlot, SlotSettings, TokenStore};
 
@@ -24,61 +22,6 @@ pub struct ClientSpec {
     pub settings: SlotSettings,
     pub source: Arc<dyn TokenSource>,
     pub sink: Option<FileSink>,
-}
-
-/// The slot settings of a configured client (validated config: names resolve).
-pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSettings {
-    SlotSettings {
-        grant: c.grant,
-        authorize_command: (c.grant == Grant::RefreshToken).then(|| {
-            let path = config
-                .source_path
-                .as_ref()
-                .map_or("CONFIG".into(), |p| p.display().to_string());
-            format!("tokend authorize {name} --config {path}")
-        }),
-        // Validated at load; should a user or group have vanished since, fail closed: root only.
-        access: Access::resolve(&c.allowed_users, &c.allowed_groups, c.allow_tcp)
-            .unwrap_or_else(|_| Access::resolve(&["0".into()], &[], false).expect("uid 0")),
-        required: c.required,
-    }
-}
-
-/// Builds specs for configured clients over `http`; clients of one token endpoint share that
-/// endpoint's request budget in `limiters` (kept across reloads).
-pub fn client_spec(
-    config: &Config,
-    name: &str,
-    http: &reqwest::Client,
-    limiters: &mut EndpointLimiters,
-) -> ClientSpec {
-    let c = &config.clients[name];
-    ClientSpec {
-        name: name.to_string(),
-        settings: settings_of(config, name, c),
-        // Validated at load, as for the access lists.
-        sink: c.file_sink.as_ref().and_then(|s| s.resolve().ok()),
-        source: Arc::new(HttpTokenSource::new(
-            http.clone(),
-            name,
-            c.clone(),
-            &config.refresh,
-            limiters.for_endpoint(&c.token_endpoint),
-        )),
-    }
-}
-
-/// Specs for every configured client.
-pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> {
-    let mut limiters = EndpointLimiters::new(
-        config.refresh.endpoint_concurrency,
-        config.refresh.endpoint_spacing,
-    );
-    config
-        .clients
-        .keys()
-        .map(|name| client_spec(config, name, http, &mut limiters))
-        .collect()
 }
 
 /// The running token actors, under their supervisor, and the store they publish to.
@@ -228,68 +171,4 @@ impl Clients {
         let idle = futures_util::future::join_all(sources.iter().map(|s| s.idle()));
         let _ = tokio::time::timeout(self.request_timeout, idle).await;
     }
-}
-
-/// What a reload changed, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub refetched: Vec<String>,
-    pub rescheduled: Vec<String>,
-    pub updated: Vec<String>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        *self == Changes::default()
-    }
-}
-
-/// Applies the difference between `old` and `new` (both validated) to the running clients:
-/// added clients start, removed ones stop, clients whose fetch settings changed fetch anew,
-/// a changed refresh policy restarts actors but keeps their tokens, and changes to who may
-/// read a token apply in place. Untouched clients keep their tokens and streams.
-pub async fn reconcile(
-    clients: &Clients,
-    old: &Config,
-    new: &Config,
-    http: &reqwest::Client,
-    limiters: &mut EndpointLimiters,
-) -> Changes {
-    let mut changes = Changes::default();
-    for name in old.clients.keys().filter(|n| !new.clients.contains_key(*n)) {
-        clients.remove(name).await;
-        changes.removed.push(name.clone());
-    }
-    let policy_changed = old.refresh != new.refresh;
-    // One copy for every client the reload starts.
-    let policy = Arc::new(new.refresh.clone());
-    for (name, c) in &new.clients {
-        let mut spec = || client_spec(new, name, http, limiters);
-        match old.clients.get(name) {
-            None => {
-                clients.run(spec(), &policy, false).await;
-                changes.added.push(name.clone());
-            }
-            Some(before) if before.fetch_settings() != c.fetch_settings() => {
-                clients.run(spec(), &policy, false).await;
-                changes.refetched.push(name.clone());
-            }
-            Some(_) if policy_changed => {
-                clients.run(spec(), &policy, true).await;
-                changes.rescheduled.push(name.clone());
-            }
-            Some(before) => {
-                let (was, now) = (settings_of(old, name, before), settings_of(new, name, c));
-                if was.access != now.access || was.required != now.required {
-                    if let Some(slot) = clients.store.get(name) {
-                        slot.set_settings(now);
-                    }
-                    changes.updated.push(name.clone());
-                }
-            }
-        }
-    }
-    changes
 }

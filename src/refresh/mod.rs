@@ -7,9 +7,13 @@
 //! - `alarm`: the one timer wheel for every sleeping client.
 //! - `schedule`: pure functions for refresh times and backoff delays.
 //! - `clients`: the running set of clients, built from the config and changed by reloads.
+//! - `policy`: the `[refresh]` settings.
 
 pub mod actor;
 pub mod alarm;
 pub mod clients;
+mod policy;
 pub mod schedule;
 pub mod supervisor;
+
+pub use policy::RefreshPolicy;

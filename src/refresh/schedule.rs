@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::config::RefreshPolicy;
+use crate::refresh::RefreshPolicy;
 
 /// No schedule fires sooner than this after the previous request, whatever a token claims:
 /// a token that lives one second must not turn tokend into a busy loop.

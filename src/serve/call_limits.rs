@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use crate::config::ServerConfig;
 use crate::metrics::METRICS;
 use crate::serve::access::Caller;
 
@@ -25,8 +24,35 @@ pub struct CallLimits {
     pub waiting: Cap,
 }
 
+/// The caps, as `[server]` sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub max_wait: Duration,
+    pub max_watch_streams: usize,
+    pub max_watch_streams_per_uid: usize,
+    pub max_waiting_calls: usize,
+    pub max_waiting_calls_per_uid: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_wait: Duration::from_secs(60),
+            // A stream costs about 6 KiB in the daemon (2,000 open, tests/hostile_caller
+            // streams.rs): 4,096 of them stay under 26 MiB, and a host whose every process
+            // watches a token has far fewer.
+            max_watch_streams: 4096,
+            max_watch_streams_per_uid: 1024,
+            // A waiting call costs less than a stream; these callers are only waiting for a
+            // first token or a refresh, a few per process at most.
+            max_waiting_calls: 4096,
+            max_waiting_calls_per_uid: 1024,
+        }
+    }
+}
+
 impl CallLimits {
-    pub fn of(server: &ServerConfig) -> CallLimits {
+    pub fn of(server: &Settings) -> CallLimits {
         CallLimits {
             max_wait: server.max_wait,
             streams: Cap::new(
@@ -48,7 +74,7 @@ impl CallLimits {
 /// The defaults of `[server]`.
 impl Default for CallLimits {
     fn default() -> Self {
-        CallLimits::of(&ServerConfig::default())
+        CallLimits::of(&Settings::default())
     }
 }
 

@@ -387,7 +387,7 @@ impl InProcess {
         std::fs::write(&path, toml).unwrap();
         let config = tokend::Config::load_with_env(&path, []).unwrap();
         let clients = tokend::refresh::clients::Clients::start(
-            tokend::refresh::clients::client_specs(&config, &tokend::oauth::http_client()),
+            tokend::daemon::plan::client_specs(&config, &tokend::oauth::http_client()),
             &config.refresh,
         )
         .await
@@ -397,7 +397,7 @@ impl InProcess {
             config.server.default_wait,
             tokio_util::sync::CancellationToken::new(),
         )
-        .with_limits(tokend::serve::call_limits::CallLimits::of(&config.server));
+        .with_limits(tokend::daemon::plan::call_limits(&config.server));
         InProcess {
             service,
             clients,

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokend::Config;
+use tokend::daemon::plan::client_specs;
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::refresh::clients::{Clients, client_specs};
+use tokend::refresh::clients::Clients;
 use tokend::serve::service::TokenServiceImpl;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
@@ -289,7 +290,7 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     changed.audience = Some("changed".into());
     new.clients
         .insert(name.to_string(), std::sync::Arc::new(changed));
-    let changes = tokend::refresh::clients::reconcile(
+    let changes = tokend::daemon::plan::reconcile(
         &h.clients,
         &h.config,
         &new,

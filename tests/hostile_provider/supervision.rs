@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokend::Config;
-use tokend::refresh::clients::{Clients, client_specs};
+use tokend::daemon::plan::client_specs;
+use tokend::refresh::clients::Clients;
 use tokend::refresh::supervisor::SupervisorMsg;
 use tokio::time::Instant;
 

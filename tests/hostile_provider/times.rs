@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use tokend::Config;
+use tokend::daemon::plan::client_specs;
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::refresh::clients::{Clients, client_specs};
+use tokend::refresh::clients::Clients;
 use tokend::serve::service::TokenServiceImpl;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

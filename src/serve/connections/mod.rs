@@ -62,6 +62,18 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_connections: 1024,
+            max_connections_per_uid: 128,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
 /// Why no connection can be served at all.
 #[derive(Debug, thiserror::Error)]
 #[error(

@@ -2,6 +2,8 @@
 //! from the config, the gRPC services, systemd notifications, reloads on request, and an
 //! orderly stop when `shutdown` resolves.
 
+pub mod plan;
+
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -16,7 +18,7 @@ use crate::config::{Config, ServerConfig};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::http_client;
 use crate::proto::token_service_server::TokenServiceServer;
-use crate::refresh::clients::{Clients, StartError, client_spec, reconcile};
+use crate::refresh::clients::{Clients, StartError};
 use crate::refresh::supervisor::panic_text;
 use crate::serve::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
 use crate::serve::listen::{self, ListenError, SocketFile};
@@ -81,7 +83,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // The connection caps depend on the descriptor limit, raised here.
     let connections = Connections::new(
-        &config.server.connections(),
+        &plan::connections(&config.server),
         crate::serve::connections::raise_fd_limit(),
     )?;
     // Listeners first: a daemon that cannot be reached should fail before it fetches anything.
@@ -129,7 +131,7 @@ pub async fn run(
     let specs = config
         .clients
         .keys()
-        .map(|name| client_spec(&config, name, &http, &mut limiters))
+        .map(|name| plan::client_spec(&config, name, &http, &mut limiters))
         .collect();
     let clients = Clients::start(specs, &config.refresh).await?;
     info!(
@@ -146,7 +148,7 @@ pub async fn run(
         config.server.default_wait,
         stopping.clone(),
     )
-    .with_limits(crate::serve::call_limits::CallLimits::of(&config.server));
+    .with_limits(plan::call_limits(&config.server));
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
         let incoming = crate::serve::h2_authority::fix_incoming(connections.incoming(listener));
@@ -253,7 +255,7 @@ async fn reload(
                     warn!("[server] settings changed; they take effect when tokend restarts");
                     new.server = running.server.clone();
                 }
-                let changes = reconcile(clients, &running, &new, http, &mut limiters).await;
+                let changes = plan::reconcile(clients, &running, &new, http, &mut limiters).await;
                 info!(
                     added = ?changes.added,
                     removed = ?changes.removed,
@@ -291,7 +293,7 @@ async fn router<I: Clone + Send + Sync + 'static>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("embedded descriptors are valid");
-    crate::serve::connections::server::<I>(&server.connections())
+    crate::serve::connections::server::<I>(&plan::connections(server))
         .add_service(
             TokenServiceServer::new(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )

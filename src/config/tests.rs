@@ -1,0 +1,306 @@
+//! The config as an operator meets it: the example file, defaults, environment overrides, and
+//! errors that name the file, the key and the reason.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use std::io::Write;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+fn secret(dir: &tempfile::TempDir) -> PathBuf {
+    let path = write(dir, "secret", "s3cret\n");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+fn client_toml(secret: &Path, extra: &str) -> String {
+    format!(
+        "[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"billing\"\nclient_secret_file = \"{}\"\n{extra}\n",
+        secret.display()
+    )
+}
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "tokend.toml", text);
+    Config::load_with_env(
+        &path,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn example_config_parses() {
+    // The shipped example documents every key; it must stay loadable in shape (its secret
+    // paths do not exist here, which is the only error allowed).
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokend.toml"))
+            .unwrap();
+    let err = load(&text, &[]).unwrap_err();
+    assert!(err.key.ends_with("client_secret_file"), "{err}");
+}
+
+#[test]
+fn defaults_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let c = load(
+        &client_toml(&s, "scope = \"a b\"\nauth_method = \"post\""),
+        &[],
+    )
+    .unwrap();
+    let b = &c.clients["billing"];
+    assert_eq!(b.auth_method, AuthMethod::Post);
+    assert_eq!(b.grant, Grant::ClientCredentials);
+    assert_eq!(b.scope.as_deref(), Some("a b"));
+    assert_eq!(c.server.socket, PathBuf::from("/run/tokend/tokend.sock"));
+    assert_eq!(c.socket_mode(), 0o660);
+    assert_eq!(c.refresh.margin, Duration::from_secs(30));
+    assert_eq!(c.refresh.retry_after_max, Duration::from_secs(600));
+}
+
+#[test]
+fn metrics_socket_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let with = |metrics: &str| {
+        load(
+            &format!("[metrics]\n{metrics}\n{}", client_toml(&s, "")),
+            &[],
+        )
+    };
+    let c = with("socket = \"/run/tokend/metrics.sock\"").unwrap();
+    assert_eq!(c.metrics.socket_mode(), 0o600, "private by default");
+    let key = |metrics: &str| with(metrics).unwrap_err().key;
+    assert_eq!(key("socket_mode = \"rw\""), "metrics.socket_mode");
+    assert_eq!(key("socket = \"metrics.sock\""), "metrics.socket");
+    assert_eq!(
+        key("socket = \"/run/tokend/tokend.sock\""),
+        "metrics.socket"
+    );
+}
+
+#[test]
+fn refresh_token_directories_others_can_write_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let extra = format!(
+        "grant = \"refresh_token\"\nrefresh_token_file = \"{}/rt\"",
+        state.display()
+    );
+    let err = load(&client_toml(&s, &extra), &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.refresh_token_file");
+    assert!(err.reason.contains("writable by everyone"), "{err}");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    assert!(load(&client_toml(&s, &extra), &[]).is_ok());
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let c = load(
+        &client_toml(&s, ""),
+        &[
+            ("TOKEND_CLIENTS__BILLING__SCOPE", "from.env"),
+            ("TOKEND_SERVER__SOCKET", "/tmp/x.sock"),
+            ("TOKEND_REFRESH__MARGIN", "10s"),
+            // Not a key: must be ignored rather than rejected as unknown.
+            ("TOKEND_SOCKET", "/tmp/ignored.sock"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.clients["billing"].scope.as_deref(), Some("from.env"));
+    assert_eq!(c.server.socket, PathBuf::from("/tmp/x.sock"));
+    assert_eq!(c.refresh.margin, Duration::from_secs(10));
+}
+
+#[test]
+fn errors_name_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let cases: &[(String, &str, &str)] = &[
+        (
+            client_toml(&s, "grant = \"password\""),
+            "clients.billing.grant",
+            "\"password\" is not a supported grant",
+        ),
+        (
+            client_toml(&s, "auth_method = \"bearer\""),
+            "clients.billing.auth_method",
+            "\"basic\" or \"post\"",
+        ),
+        (
+            format!("{}\n[[oops", client_toml(&s, "")),
+            "(syntax)",
+            "line 7",
+        ),
+        (
+            client_toml(&s, "scopes = \"x\""),
+            "clients.billing",
+            "scopes",
+        ),
+        (
+            client_toml(&s, "client_secret_env = \"X\""),
+            "clients.billing.client_secret_file",
+            "not both",
+        ),
+        (
+            client_toml(&s, "").replace("https://idp", "http://idp"),
+            "clients.billing.token_endpoint",
+            "plain http",
+        ),
+        (
+            client_toml(&s, "grant = \"refresh_token\""),
+            "clients.billing.refresh_token_file",
+            "needs refresh_token_file",
+        ),
+        (
+            client_toml(&s, "[clients.billing.extra_params]\ngrant_type = \"x\""),
+            "clients.billing.extra_params.grant_type",
+            "cannot be overridden",
+        ),
+        (
+            format!("[server]\ntcp = \"0.0.0.0:7707\"\n{}", client_toml(&s, "")),
+            "server.tcp",
+            "loopback",
+        ),
+        (
+            format!(
+                "[refresh]\nbackoff_min = \"2m\"\nbackoff_max = \"1m\"\n{}",
+                client_toml(&s, "")
+            ),
+            "refresh.backoff_min",
+            "larger",
+        ),
+        (
+            format!(
+                "[refresh]\nretry_after_max = \"2d\"\n{}",
+                client_toml(&s, "")
+            ),
+            "refresh.retry_after_max",
+            "longer than 1day",
+        ),
+        (
+            format!(
+                "[refresh]\nretry_after_max = \"0s\"\n{}",
+                client_toml(&s, "")
+            ),
+            "refresh.retry_after_max",
+            "must be positive",
+        ),
+        (
+            format!("[refresh]\nmargin = \"soon\"\n{}", client_toml(&s, "")),
+            "refresh.margin",
+            "not a duration",
+        ),
+        (
+            format!(
+                "[server]\nmax_watch_streams = 10\nmax_watch_streams_per_uid = 20\n{}",
+                client_toml(&s, "")
+            ),
+            "server.max_watch_streams_per_uid",
+            "larger than server.max_watch_streams",
+        ),
+        (
+            format!("[server]\nmax_waiting_calls = 0\n{}", client_toml(&s, "")),
+            "server.max_waiting_calls",
+            "at least 1",
+        ),
+        (
+            format!("[server]\ndefault_wait = \"2m\"\n{}", client_toml(&s, "")),
+            "server.default_wait",
+            "longer than server.max_wait",
+        ),
+        (
+            format!("[server]\nmax_wait = \"2h\"\n{}", client_toml(&s, "")),
+            "server.max_wait",
+            "between 1s and 1h",
+        ),
+        (
+            format!("[refresh]\nmin_interval = \"0s\"\n{}", client_toml(&s, "")),
+            "refresh.min_interval",
+            "positive",
+        ),
+        (
+            client_toml(&s, "").replace("billing", &"b".repeat(129)),
+            "clients.",
+            "1 to 128 letters",
+        ),
+        (
+            client_toml(Path::new("/nonexistent/secret"), ""),
+            "clients.billing.client_secret_file",
+            "/nonexistent/secret",
+        ),
+    ];
+    for (text, key, reason) in cases {
+        let err = load(text, &[]).expect_err(text);
+        assert!(err.file.ends_with("tokend.toml"), "{err}");
+        assert!(err.key.starts_with(key), "want key {key}, got {err}");
+        assert!(err.to_string().contains(reason), "want {reason:?} in {err}");
+    }
+}
+
+#[test]
+fn http_to_loopback_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let text = client_toml(&s, "").replace("https://idp.example.com", "http://127.0.0.1:9");
+    load(&text, &[]).unwrap();
+}
+
+#[test]
+fn connection_limits_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let c = load(&client_toml(&s, ""), &[]).unwrap();
+    assert_eq!(c.server.max_connections, 1024);
+    assert_eq!(c.server.max_concurrent_streams, 128);
+    let cases = [
+        (
+            "max_connections = 0",
+            "server.max_connections",
+            "at least 1",
+        ),
+        (
+            "max_connections = 10\nmax_connections_per_uid = 11",
+            "server.max_connections_per_uid",
+            "larger than server.max_connections (10)",
+        ),
+        (
+            "max_concurrent_streams = 0",
+            "server.max_concurrent_streams",
+            "at least 1",
+        ),
+        ("idle_timeout = \"0s\"", "server.idle_timeout", "positive"),
+        (
+            "handshake_timeout = \"0s\"",
+            "server.handshake_timeout",
+            "positive",
+        ),
+    ];
+    for (server, key, reason) in cases {
+        let text = format!("[server]\n{server}\n{}", client_toml(&s, ""));
+        let err = load(&text, &[]).expect_err(&text);
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.reason.contains(reason), "want {reason:?} in {err}");
+    }
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let err = Config::load_with_env(Path::new("/nonexistent/tokend.toml"), []).unwrap_err();
+    assert_eq!(err.file, "/nonexistent/tokend.toml");
+    assert!(err.reason.contains("cannot read"), "{err}");
+}

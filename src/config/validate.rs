@@ -1,0 +1,425 @@
+//! What a config cannot work with, refused at load (and at reload, leaving the running config in
+//! place) with the key and the reason.
+
+use std::time::Duration;
+
+use super::{ClientConfig, Config, ConfigError, ServerConfig, parse_mode};
+use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
+use crate::oauth::Grant;
+use crate::refresh::RefreshPolicy;
+
+/// The upper bound of `server.max_wait`: beyond an hour, a "wait" is a held connection.
+const MAX_MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Form parameters a client may not override through `extra_params`: tokend sets them itself.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "scope",
+    "audience",
+    "resource",
+];
+
+impl Config {
+    /// Rejects what cannot work, naming the key.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, reason: String| ConfigError {
+            file: file.to_string(),
+            key,
+            reason,
+        };
+        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                err(
+                    "server.socket_mode".into(),
+                    format!(
+                        "{:?} is not an octal file mode such as \"0660\"",
+                        self.server.socket_mode
+                    ),
+                )
+            })?;
+        if let Some(tcp) = self.server.tcp
+            && !tcp.ip().is_loopback()
+        {
+            return Err(err(
+                "server.tcp".into(),
+                format!(
+                    "{tcp} is not a loopback address; tokens must not leave the host (use 127.0.0.1 or [::1])"
+                ),
+            ));
+        }
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(err(
+                "metrics.listen".into(),
+                format!("{addr} is not a loopback address (use 127.0.0.1 or [::1])"),
+            ));
+        }
+        if parse_mode(&self.metrics.socket_mode).is_none() {
+            return Err(err(
+                "metrics.socket_mode".into(),
+                format!(
+                    "{:?} is not an octal file mode such as \"0600\"",
+                    self.metrics.socket_mode
+                ),
+            ));
+        }
+        if let Some(socket) = &self.metrics.socket {
+            if !socket.is_absolute() {
+                return Err(err(
+                    "metrics.socket".into(),
+                    format!("{} must be an absolute path", socket.display()),
+                ));
+            }
+            if *socket == self.server.socket {
+                return Err(err(
+                    "metrics.socket".into(),
+                    "is server.socket; metrics need a socket of their own".into(),
+                ));
+            }
+        }
+        if self.server.default_wait.is_zero() {
+            return Err(err("server.default_wait".into(), "must be positive".into()));
+        }
+        self.server.validate_limits().map_err(|(k, r)| err(k, r))?;
+        self.server.validate().map_err(|(k, r)| err(k, r))?;
+        validate_refresh(&self.refresh).map_err(|(k, r)| err(k, r))?;
+        for (name, client) in &self.clients {
+            client
+                .validate(name)
+                .map_err(|(k, r)| err(format!("clients.{name}.{k}"), r))?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
+            (
+                "max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+            ),
+        ];
+        for (key, value) in counts {
+            if value == 0 {
+                return Err((format!("server.{key}"), "must be at least 1".into()));
+            }
+        }
+        if self.max_connections_per_uid > self.max_connections {
+            return Err((
+                "server.max_connections_per_uid".into(),
+                format!(
+                    "{} is larger than server.max_connections ({})",
+                    self.max_connections_per_uid, self.max_connections
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((format!("server.{key}"), "must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The largest `refresh.retry_after_max`: the longest lifetime a token is given
+/// ([`crate::oauth::reply::MAX_LIFETIME`]).
+const MAX_RETRY_AFTER: Duration = crate::oauth::reply::MAX_LIFETIME;
+
+impl ServerConfig {
+    fn validate_limits(&self) -> Result<(), (String, String)> {
+        if self.max_wait.is_zero() || self.max_wait > MAX_MAX_WAIT {
+            return Err((
+                "server.max_wait".into(),
+                format!(
+                    "must be between 1s and {}",
+                    humantime::format_duration(MAX_MAX_WAIT)
+                ),
+            ));
+        }
+        if self.default_wait > self.max_wait {
+            return Err((
+                "server.default_wait".into(),
+                format!(
+                    "{} is longer than server.max_wait ({})",
+                    humantime::format_duration(self.default_wait),
+                    humantime::format_duration(self.max_wait)
+                ),
+            ));
+        }
+        let caps = [
+            (
+                "max_watch_streams",
+                self.max_watch_streams,
+                self.max_watch_streams_per_uid,
+            ),
+            (
+                "max_waiting_calls",
+                self.max_waiting_calls,
+                self.max_waiting_calls_per_uid,
+            ),
+        ];
+        for (key, total, per_uid) in caps {
+            if total == 0 || per_uid == 0 {
+                return Err((
+                    format!("server.{key}"),
+                    "this cap and its _per_uid cap must be at least 1".into(),
+                ));
+            }
+            if per_uid > total {
+                return Err((
+                    format!("server.{key}_per_uid"),
+                    format!("{per_uid} is larger than server.{key} ({total})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `[refresh]` values that cannot work.
+fn validate_refresh(policy: &RefreshPolicy) -> Result<(), (String, String)> {
+    let [lo, hi] = policy.lifetime_fraction;
+    if !(0.1..=0.95).contains(&lo) || !(0.1..=0.95).contains(&hi) || lo > hi {
+        return Err((
+            "refresh.lifetime_fraction".into(),
+            format!("[{lo}, {hi}] must be an ascending pair between 0.1 and 0.95"),
+        ));
+    }
+    let positive = [
+        ("backoff_min", policy.backoff_min),
+        ("backoff_max", policy.backoff_max),
+        ("retry_after_max", policy.retry_after_max),
+        ("operator_retry", policy.operator_retry),
+        ("default_lifetime", policy.default_lifetime),
+        ("request_timeout", policy.request_timeout),
+        ("min_interval", policy.min_interval),
+    ];
+    for (key, value) in positive {
+        if value.is_zero() {
+            return Err((format!("refresh.{key}"), "must be positive".into()));
+        }
+    }
+    if policy.endpoint_concurrency == 0 {
+        return Err((
+            "refresh.endpoint_concurrency".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if policy.retry_after_max > MAX_RETRY_AFTER {
+        return Err((
+            "refresh.retry_after_max".into(),
+            format!(
+                "{} is longer than {}: a token lives at most that long, so waiting longer \
+                 for a provider would only leave the client without one",
+                humantime::format_duration(policy.retry_after_max),
+                humantime::format_duration(MAX_RETRY_AFTER)
+            ),
+        ));
+    }
+    if policy.backoff_min > policy.backoff_max {
+        return Err((
+            "refresh.backoff_min".into(),
+            format!(
+                "{} is larger than refresh.backoff_max ({})",
+                humantime::format_duration(policy.backoff_min),
+                humantime::format_duration(policy.backoff_max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ClientConfig {
+    fn validate(&self, name: &str) -> Result<(), (String, String)> {
+        if !is_client_name(name) {
+            return Err((
+                String::new(),
+                format!(
+                    "client name {name:?} must be 1 to {MAX_CLIENT_NAME} letters, digits, '-', '_' and '.'"
+                ),
+            ));
+        }
+        validate_endpoint(&self.token_endpoint, self.allow_insecure_http)
+            .map_err(|r| ("token_endpoint".to_string(), r))?;
+        if self.client_id.is_empty() {
+            return Err(("client_id".into(), "must not be empty".into()));
+        }
+        let sources = [
+            self.client_secret_file.is_some(),
+            self.client_secret_env.is_some(),
+            self.client_secret_credential.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => {
+                return Err((
+                    "client_secret_file".into(),
+                    "a client secret is required: set client_secret_file, client_secret_env or client_secret_credential".into(),
+                ));
+            }
+            1 => {}
+            _ => {
+                return Err((
+                    "client_secret_file".into(),
+                    "set only one of client_secret_file, client_secret_env and client_secret_credential, not both".into(),
+                ));
+            }
+        }
+        if let Some(path) = &self.client_secret_file
+            && !path.is_absolute()
+        {
+            return Err((
+                "client_secret_file".into(),
+                format!("{} must be an absolute path", path.display()),
+            ));
+        }
+        if let Some(name) = &self.client_secret_credential {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err((
+                    "client_secret_credential".into(),
+                    format!("{name:?} is not a credential name"),
+                ));
+            }
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                return Err((
+                    "client_secret_credential".into(),
+                    "needs systemd's LoadCredential= (CREDENTIALS_DIRECTORY is not set)".into(),
+                ));
+            }
+        }
+        if let Some(path) = self.secret_file() {
+            let key = if self.client_secret_file.is_some() {
+                "client_secret_file"
+            } else {
+                "client_secret_credential"
+            };
+            crate::secret::check_file(&path).map_err(|e| (key.to_string(), e.to_string()))?;
+        }
+        if let Some(var) = &self.client_secret_env
+            && std::env::var_os(var).is_none_or(|v| v.is_empty())
+        {
+            return Err((
+                "client_secret_env".into(),
+                format!("environment variable {var} is not set or empty"),
+            ));
+        }
+        crate::serve::access::Access::resolve(
+            &self.allowed_users,
+            &self.allowed_groups,
+            self.allow_tcp,
+        )
+        .map_err(|(key, reason)| (key.to_string(), reason))?;
+        if let Some(sink) = &self.file_sink {
+            sink.resolve()
+                .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;
+        }
+        match (self.grant, &self.refresh_token_file) {
+            (Grant::RefreshToken, None) => {
+                return Err((
+                    "refresh_token_file".into(),
+                    "grant = \"refresh_token\" needs refresh_token_file".into(),
+                ));
+            }
+            (Grant::RefreshToken, Some(path)) if !path.is_absolute() => {
+                return Err((
+                    "refresh_token_file".into(),
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+            (Grant::ClientCredentials, Some(_)) => {
+                return Err((
+                    "refresh_token_file".into(),
+                    "only used with grant = \"refresh_token\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(path) = &self.refresh_token_file {
+            // Its directory gets the file sinks' rule: written into by tokend, it must not be
+            // writable by anyone who could plant a file or swap the token there.
+            crate::atomic_file::split(path)
+                .map_err(|e| e.to_string())
+                .and_then(|(dir, _)| {
+                    crate::atomic_file::SafeDir::open(dir, &crate::atomic_file::Trust::state())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|r| ("refresh_token_file".to_string(), r))?;
+        }
+        if let Some(endpoint) = &self.authorize_endpoint {
+            validate_endpoint(endpoint, self.allow_insecure_http)
+                .map_err(|r| ("authorize_endpoint".to_string(), r))?;
+        }
+        if let Some(uri) = &self.redirect_uri {
+            redirect_listen_addr(uri).map_err(|r| ("redirect_uri".to_string(), r))?;
+        }
+        if let Some(param) = self
+            .extra_params
+            .keys()
+            .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
+        {
+            return Err((
+                format!("extra_params.{param}"),
+                "is set by tokend itself and cannot be overridden".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint must be an absolute http(s) URL; plain http only to loopback unless allowed.
+fn validate_endpoint(endpoint: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let url =
+        reqwest::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback || allow_insecure_http {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{endpoint} uses plain http to a non-loopback host, which would send the client secret in clear; use https (or set allow_insecure_http = true)"
+                ))
+            }
+        }
+        other => Err(format!("scheme {other:?} is not http or https")),
+    }
+}
+
+/// Where `tokend authorize` listens for a redirect URI: it must be `http://` to a loopback
+/// address with an explicit port (RFC 8252 section 7.3), so the code never leaves the host.
+pub fn redirect_listen_addr(uri: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("{uri:?} is not a URL: {e}"))?;
+    let ip: std::net::IpAddr = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.into(),
+        Some(url::Host::Ipv6(ip)) => ip.into(),
+        Some(url::Host::Domain("localhost")) => std::net::Ipv4Addr::LOCALHOST.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    if url.scheme() != "http" || !ip.is_loopback() {
+        return Err(format!(
+            "{uri} must be http:// to a loopback address such as http://127.0.0.1:8765/callback"
+        ));
+    }
+    let port = url
+        .port()
+        .ok_or_else(|| format!("{uri} needs an explicit port"))?;
+    Ok((std::net::SocketAddr::new(ip, port), url.path().to_string()))
+}

@@ -1,0 +1,186 @@
+//! The config turned into what each component takes: the one place that knows both. Components
+//! own their settings types and never read the config; the daemon and the CLI build them here.
+
+use std::sync::Arc;
+
+use crate::config::{ClientConfig, Config, ServerConfig};
+use crate::oauth::budget::EndpointLimiters;
+use crate::oauth::{ClientSettings, Grant, HttpTokenSource, RequestSettings, SecretSource};
+use crate::refresh::RefreshPolicy;
+use crate::refresh::clients::{ClientSpec, Clients};
+use crate::serve::access::Access;
+use crate::serve::call_limits::{self, CallLimits};
+use crate::serve::connections;
+use crate::store::SlotSettings;
+
+/// What the token endpoint client needs of a configured client (validated: it has a secret
+/// source).
+pub fn client_settings(c: &ClientConfig) -> ClientSettings {
+    let secret = match (c.secret_file(), &c.client_secret_env) {
+        (Some(path), _) => SecretSource::File(path),
+        (None, Some(var)) => SecretSource::Env(var.clone()),
+        // Validation refuses a client without one; an empty variable name fails its requests.
+        (None, None) => SecretSource::Env(String::new()),
+    };
+    ClientSettings {
+        token_endpoint: c.token_endpoint.clone(),
+        client_id: c.client_id.clone(),
+        secret,
+        auth_method: c.auth_method,
+        grant: c.grant,
+        refresh_token_file: c.refresh_token_file.clone(),
+        scope: c.scope.clone(),
+        audience: c.audience.clone(),
+        resource: c.resource.clone(),
+        extra_params: c.extra_params.clone(),
+    }
+}
+
+/// How every token request is made.
+pub fn request_settings(policy: &RefreshPolicy) -> RequestSettings {
+    RequestSettings {
+        timeout: policy.request_timeout,
+        default_lifetime: policy.default_lifetime,
+    }
+}
+
+/// The caps of the gRPC service.
+pub fn call_limits(server: &ServerConfig) -> CallLimits {
+    CallLimits::of(&call_limits::Settings {
+        max_wait: server.max_wait,
+        max_watch_streams: server.max_watch_streams,
+        max_watch_streams_per_uid: server.max_watch_streams_per_uid,
+        max_waiting_calls: server.max_waiting_calls,
+        max_waiting_calls_per_uid: server.max_waiting_calls_per_uid,
+    })
+}
+
+/// The limits on callers' connections.
+pub fn connections(server: &ServerConfig) -> connections::Settings {
+    connections::Settings {
+        max_connections: server.max_connections,
+        max_connections_per_uid: server.max_connections_per_uid,
+        handshake_timeout: server.handshake_timeout,
+        idle_timeout: server.idle_timeout,
+        max_concurrent_streams: server.max_concurrent_streams,
+    }
+}
+
+/// The slot settings of a configured client (validated config: names resolve).
+pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSettings {
+    SlotSettings {
+        grant: c.grant,
+        authorize_command: (c.grant == Grant::RefreshToken).then(|| {
+            let path = config
+                .source_path
+                .as_ref()
+                .map_or("CONFIG".into(), |p| p.display().to_string());
+            format!("tokend authorize {name} --config {path}")
+        }),
+        // Validated at load; should a user or group have vanished since, fail closed: root only.
+        access: Access::resolve(&c.allowed_users, &c.allowed_groups, c.allow_tcp)
+            .unwrap_or_else(|_| Access::resolve(&["0".into()], &[], false).expect("uid 0")),
+        required: c.required,
+    }
+}
+
+/// Builds specs for configured clients over `http`; clients of one token endpoint share that
+/// endpoint's request budget in `limiters` (kept across reloads).
+pub fn client_spec(
+    config: &Config,
+    name: &str,
+    http: &reqwest::Client,
+    limiters: &mut EndpointLimiters,
+) -> ClientSpec {
+    let c = &config.clients[name];
+    ClientSpec {
+        name: name.to_string(),
+        settings: settings_of(config, name, c),
+        // Validated at load, as for the access lists.
+        sink: c.file_sink.as_ref().and_then(|s| s.resolve().ok()),
+        source: Arc::new(HttpTokenSource::new(
+            http.clone(),
+            name,
+            Arc::new(client_settings(c)),
+            request_settings(&config.refresh),
+            limiters.for_endpoint(&c.token_endpoint),
+        )),
+    }
+}
+
+/// Specs for every configured client.
+pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> {
+    let mut limiters = EndpointLimiters::new(
+        config.refresh.endpoint_concurrency,
+        config.refresh.endpoint_spacing,
+    );
+    config
+        .clients
+        .keys()
+        .map(|name| client_spec(config, name, http, &mut limiters))
+        .collect()
+}
+
+/// What a reload changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub refetched: Vec<String>,
+    pub rescheduled: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// Applies the difference between `old` and `new` (both validated) to the running clients:
+/// added clients start, removed ones stop, clients whose fetch settings changed fetch anew,
+/// a changed refresh policy restarts actors but keeps their tokens, and changes to who may
+/// read a token apply in place. Untouched clients keep their tokens and streams.
+pub async fn reconcile(
+    clients: &Clients,
+    old: &Config,
+    new: &Config,
+    http: &reqwest::Client,
+    limiters: &mut EndpointLimiters,
+) -> Changes {
+    let mut changes = Changes::default();
+    for name in old.clients.keys().filter(|n| !new.clients.contains_key(*n)) {
+        clients.remove(name).await;
+        changes.removed.push(name.clone());
+    }
+    let policy_changed = old.refresh != new.refresh;
+    // One copy for every client the reload starts.
+    let policy = Arc::new(new.refresh.clone());
+    for (name, c) in &new.clients {
+        let mut spec = || client_spec(new, name, http, limiters);
+        match old.clients.get(name) {
+            None => {
+                clients.run(spec(), &policy, false).await;
+                changes.added.push(name.clone());
+            }
+            Some(before) if before.fetch_settings() != c.fetch_settings() => {
+                clients.run(spec(), &policy, false).await;
+                changes.refetched.push(name.clone());
+            }
+            Some(_) if policy_changed => {
+                clients.run(spec(), &policy, true).await;
+                changes.rescheduled.push(name.clone());
+            }
+            Some(before) => {
+                let (was, now) = (settings_of(old, name, before), settings_of(new, name, c));
+                if was.access != now.access || was.required != now.required {
+                    if let Some(slot) = clients.store.get(name) {
+                        slot.set_settings(now);
+                    }
+                    changes.updated.push(name.clone());
+                }
+            }
+        }
+    }
+    changes
+}

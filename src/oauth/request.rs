@@ -1,0 +1,207 @@
+//! One token request: the form body, client authentication, the reply read within a size cap,
+//! and provider text redacted of every credential the request carried.
+
+use std::time::{Duration, SystemTime};
+
+use super::client_auth::{AuthMethod, basic_authorization};
+use super::settings::{ClientSettings, SecretSource};
+use super::{FetchError, MAX_REPLY_BYTES, Redactor, TokenReply, parse_retry_after, reply};
+use crate::secret::{self, ExposeSecret, SecretString};
+
+/// A 2xx reply that is a JSON object: the refresh token it rotated to, kept apart from the rest
+/// so that it is saved even when the rest is unusable, and the token or why it is unusable.
+pub struct Granted {
+    pub refresh_token: Option<SecretString>,
+    pub token: Result<TokenReply, FetchError>,
+    /// Scope entries dropped as malformed, for a warning.
+    pub dropped_scopes: usize,
+}
+
+/// Grant parameters that are credentials, redacted wherever a provider echoes them.
+const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier"];
+
+/// Sends one token request for `c` with the grant's own parameters (`grant_type` first),
+/// authenticating the client as configured, and reads the reply. `with_scope` adds the
+/// configured scope (only client credentials ask for it at the token endpoint; other grants
+/// carry the scope settled at the authorization endpoint). Provider text in the outcome has
+/// every credential of the request redacted, as well as those `redactor` already holds.
+pub async fn request_token(
+    http: &reqwest::Client,
+    c: &ClientSettings,
+    grant: &[(&str, &str)],
+    with_scope: bool,
+    default_lifetime: Duration,
+    mut redactor: Redactor,
+) -> Result<Granted, FetchError> {
+    let secret = match &c.secret {
+        SecretSource::File(path) => secret::read_file_async(path).await?,
+        SecretSource::Env(var) => secret::read_env(var)?,
+    };
+    let body = form_body(c, &secret, grant, with_scope);
+    let mut request = http
+        .post(&c.token_endpoint)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body);
+    if c.auth_method == AuthMethod::Basic {
+        request = request.header(
+            reqwest::header::AUTHORIZATION,
+            basic_authorization(&c.client_id, secret.expose_secret()),
+        );
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| FetchError::Network(describe(&e)))?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| FetchError::Network(describe(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    redactor.add_client_credentials(&c.client_id, secret.expose_secret());
+    for (key, value) in grant {
+        if CREDENTIAL_PARAMS.contains(key) {
+            redactor.add(value);
+        }
+    }
+    if !status.is_success() {
+        return Err(match reply::parse_error(&body, &redactor) {
+            Some(error) => FetchError::OAuth {
+                status: status.as_u16(),
+                error,
+                retry_after,
+            },
+            None => FetchError::Status {
+                status: status.as_u16(),
+                retry_after,
+            },
+        });
+    }
+    let obj = reply::parse_object(&body, &content_type, &redactor)?;
+    let refresh_token = reply::refresh_token(&obj)?;
+    if let Some(rt) = &refresh_token {
+        redactor.add(rt.expose_secret());
+    }
+    let parsed = reply::parse_token(
+        &obj,
+        c.scope.as_deref(),
+        default_lifetime,
+        SystemTime::now(),
+        &redactor,
+    );
+    Ok(match parsed {
+        Ok((token, dropped_scopes)) => Granted {
+            refresh_token,
+            token: Ok(token),
+            dropped_scopes,
+        },
+        Err(e) => Granted {
+            refresh_token,
+            token: Err(e.into()),
+            dropped_scopes: 0,
+        },
+    })
+}
+
+/// The form body: the grant's parameters, the client's credentials with `client_secret_post`,
+/// then scope (`with_scope`), audience, resource, and the configured extra parameters.
+fn form_body(
+    c: &ClientSettings,
+    secret: &SecretString,
+    grant: &[(&str, &str)],
+    with_scope: bool,
+) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in grant {
+        form.append_pair(key, value);
+    }
+    if c.auth_method == AuthMethod::Post {
+        form.append_pair("client_id", &c.client_id);
+        form.append_pair("client_secret", secret.expose_secret());
+    }
+    if let Some(scope) = c.scope.as_ref().filter(|_| with_scope) {
+        form.append_pair("scope", scope);
+    }
+    for (key, value) in [("audience", &c.audience), ("resource", &c.resource)] {
+        if let Some(v) = value {
+            form.append_pair(key, v);
+        }
+    }
+    for (key, value) in &c.extra_params {
+        form.append_pair(key, value);
+    }
+    form.finish()
+}
+
+/// reqwest's error text with its source chain, which carries the useful part ("connection
+/// refused"). No secret can be in it: credentials travel in headers and body, never the URL.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::Grant;
+
+    #[test]
+    fn form_body_per_auth_method() {
+        let mut c = ClientSettings {
+            token_endpoint: "https://x/token".into(),
+            client_id: "my id".into(),
+            secret: SecretSource::Env("X".into()),
+            auth_method: AuthMethod::Post,
+            grant: Grant::ClientCredentials,
+            refresh_token_file: None,
+            scope: Some("a b".into()),
+            audience: None,
+            resource: None,
+            extra_params: [("foo".to_string(), "bar".to_string())].into(),
+        };
+        let secret = SecretString::from("s&=cret".to_string());
+        let cc = [("grant_type", "client_credentials")];
+        assert_eq!(
+            form_body(&c, &secret, &cc, true),
+            "grant_type=client_credentials&client_id=my+id&client_secret=s%26%3Dcret&scope=a+b&foo=bar"
+        );
+        c.auth_method = AuthMethod::Basic;
+        let rt = [("grant_type", "refresh_token"), ("refresh_token", "r/t")];
+        assert_eq!(
+            form_body(&c, &secret, &rt, false),
+            "grant_type=refresh_token&refresh_token=r%2Ft&foo=bar"
+        );
+        let code = [("grant_type", "authorization_code"), ("code", "c")];
+        assert_eq!(
+            form_body(&c, &secret, &code, false),
+            "grant_type=authorization_code&code=c&foo=bar"
+        );
+    }
+}

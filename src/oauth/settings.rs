@@ -1,0 +1,76 @@
+//! What the token endpoint client needs to know of a client: its endpoint, credentials, grant
+//! and the parameters it sends. The config parses into these types; nothing here reads it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::client_auth::AuthMethod;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Grant {
+    ClientCredentials,
+    RefreshToken,
+}
+
+// Parsed by hand so that a wrong value is named with the accepted ones, rather than serde's
+// "does not have variant constructor".
+impl TryFrom<String> for Grant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "client_credentials" => Ok(Grant::ClientCredentials),
+            "refresh_token" => Ok(Grant::RefreshToken),
+            _ => Err(format!(
+                "{s:?} is not a supported grant; use \"client_credentials\" or \"refresh_token\""
+            )),
+        }
+    }
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// Where the client secret is read, each time a request is made (so a rotated secret is used
+/// without a reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// One client as its token requests need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub secret: SecretSource,
+    pub auth_method: AuthMethod,
+    pub grant: Grant,
+    /// Where the refresh token is kept (refresh-token grant only).
+    pub refresh_token_file: Option<PathBuf>,
+    /// Space-separated scopes to request; omitted from the request when unset.
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    /// Further form parameters sent with every token request.
+    pub extra_params: BTreeMap<String, String>,
+}
+
+/// How every request is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// One request, connect to last byte.
+    pub timeout: Duration,
+    /// Assumed when a reply has no `expires_in` and the token is not a JWT with `exp`.
+    pub default_lifetime: Duration,
+}

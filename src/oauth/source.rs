@@ -1,0 +1,356 @@
+//! Where tokens come from: the [`TokenSource`] the refresher asks, and [`HttpTokenSource`], which
+//! asks a client's token endpoint, one request at a time, within the endpoint's budget, keeping
+//! a rotated refresh token safe across the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::budget::EndpointLimiter;
+use super::request::request_token;
+use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
+use super::{FetchError, Redactor, TokenReply, inflight, unsaved};
+use crate::metrics::METRICS;
+use crate::secret::{self, AccessToken, ExposeSecret, SecretError};
+
+/// Where tokens come from. The daemon uses [`HttpTokenSource`]; tests drive the token actor's
+/// schedule on a paused clock with a scripted source.
+pub trait TokenSource: Send + Sync + 'static {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>>;
+
+    /// A value that changes when the credential files change, so a client stuck on rejected
+    /// credentials can retry as soon as an operator replaces them. `None`: nothing to watch.
+    fn credentials_stamp(&self) -> Option<u64> {
+        None
+    }
+
+    /// The token endpoint: clients of one endpoint take turns to start (see
+    /// [`crate::refresh::supervisor`]).
+    fn endpoint(&self) -> &str {
+        ""
+    }
+
+    /// Resolves once no request is in flight (waited for at shutdown, so that a rotated
+    /// refresh token already on its way back is saved rather than lost).
+    fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// While the newest refresh token could not be written and is held in memory only: what
+    /// is at risk and why, for the client's status. `None` when nothing is at risk.
+    fn unsaved(&self) -> Option<String> {
+        None
+    }
+
+    /// Tries again to write a refresh token held in memory only; resolves when tried.
+    fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Fetches tokens for one configured client from its token endpoint.
+pub struct HttpTokenSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// The client's name in the config, for logs.
+    name: String,
+    client: Arc<ClientSettings>,
+    default_lifetime: Duration,
+    timeout: Duration,
+    limiter: Arc<EndpointLimiter>,
+    /// Held from reading the refresh token until its successor is on disk (or, if that
+    /// fails, in [`unsaved`]). The source outlives actor restarts, so a restarted actor's
+    /// request waits for one still in flight instead of sending the same refresh token twice.
+    in_flight: tokio::sync::Mutex<()>,
+    /// The access token last received: a provider knows it and may echo it in an error.
+    last_access_token: std::sync::Mutex<Option<AccessToken>>,
+}
+
+impl HttpTokenSource {
+    pub fn new(
+        http: reqwest::Client,
+        name: &str,
+        client: Arc<ClientSettings>,
+        requests: RequestSettings,
+        limiter: Arc<EndpointLimiter>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                name: name.to_string(),
+                client,
+                default_lifetime: requests.default_lifetime,
+                timeout: requests.timeout,
+                limiter,
+                in_flight: tokio::sync::Mutex::new(()),
+                last_access_token: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+}
+
+impl TokenSource for HttpTokenSource {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let _in_flight = inner.in_flight.lock().await;
+            if let (Grant::RefreshToken, Some(path)) =
+                (inner.client.grant, &inner.client.refresh_token_file)
+            {
+                let wait = inflight::wait_before_use(path, inner.timeout)
+                    .map_err(FetchError::NoRefreshToken)?
+                    .max(unsaved::wait_before_use(path, inner.timeout));
+                if !wait.is_zero() {
+                    tracing::info!(
+                        client = %inner.name,
+                        wait = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                        "an earlier refresh request may still be in flight; waiting until it is settled before reusing the refresh token"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            // Waiting for the endpoint's budget is not part of the request's timeout.
+            let _permit = inner.limiter.acquire().await;
+            let timeout = inner.timeout;
+            let started = tokio::time::Instant::now();
+            let result = match tokio::time::timeout(timeout, inner.fetch()).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout(timeout)),
+            };
+            METRICS.request_took(&inner.endpoint_label(), started.elapsed());
+            result
+        })
+    }
+
+    fn credentials_stamp(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let c = &self.inner.client;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let secret_file = match &c.secret {
+            SecretSource::File(path) => Some(path),
+            SecretSource::Env(_) => None,
+        };
+        for path in [secret_file, c.refresh_token_file.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+                .hash(&mut hasher);
+        }
+        Some(hasher.finish())
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.inner.client.token_endpoint
+    }
+
+    fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _in_flight = self.inner.in_flight.lock().await;
+            // A last attempt before the process takes the unsaved token with it.
+            if let Some(path) = self.inner.refresh_token_file()
+                && unsaved::current(path).is_some()
+            {
+                tracing::error!(
+                    client = %self.inner.name,
+                    "tokend stops while the newest refresh token is not saved: the grant is likely lost (the file holds a spent one); if so, run `tokend authorize {}` once the refresh token file can be written",
+                    self.inner.name
+                );
+            }
+        })
+    }
+
+    fn unsaved(&self) -> Option<String> {
+        unsaved::warning(self.inner.refresh_token_file()?)
+    }
+
+    fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // After any request in flight, which may have rotated the token again.
+            let _in_flight = inner.in_flight.lock().await;
+            if let Some(path) = inner.refresh_token_file() {
+                unsaved::current(path);
+            }
+        })
+    }
+}
+
+/// One shared HTTP client for all token endpoints: connection reuse across clients of one
+/// provider, rustls with the platform's trust store.
+pub fn http_client() -> reqwest::Client {
+    // Installing twice is harmless; the first provider wins for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+        // A token endpoint that redirects a POST is misconfigured; following it would resend
+        // credentials to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("TLS backend initialises")
+}
+
+impl Inner {
+    /// The endpoint as metrics name it: without credentials, query or fragment, which may
+    /// carry secrets and would split one provider's series.
+    fn endpoint_label(&self) -> String {
+        match reqwest::Url::parse(&self.client.token_endpoint) {
+            Ok(mut url) => {
+                url.set_query(None);
+                url.set_fragment(None);
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The refresh token file, for clients of the refresh-token grant.
+    fn refresh_token_file(&self) -> Option<&std::path::Path> {
+        match (self.client.grant, &self.client.refresh_token_file) {
+            (Grant::RefreshToken, Some(path)) => Some(path),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self) -> Result<TokenReply, FetchError> {
+        let c = &self.client;
+        let rt_file = self.refresh_token_file();
+        // The newest refresh token: one held in memory because it could not be written wins
+        // over the file's, which the provider has already spent.
+        let refresh_token = match rt_file {
+            Some(path) => Some(match unsaved::current(path) {
+                Some(kept) => kept,
+                None => {
+                    let file = unsaved::stamp(path);
+                    let token = secret::read_file_async(path)
+                        .await
+                        .map_err(FetchError::NoRefreshToken)?;
+                    (token, file)
+                }
+            }),
+            None => None,
+        };
+        let mut grant = vec![("grant_type", c.grant.as_str())];
+        if let Some((rt, _)) = &refresh_token {
+            grant.push(("refresh_token", rt.expose_secret()));
+        }
+        // A refresh asks for no scope: omitted, it means the scope already granted (RFC 6749
+        // section 6), while asking again fails with invalid_scope wherever consent granted less.
+        let with_scope = c.grant == Grant::ClientCredentials;
+        if let Some(path) = rt_file {
+            if let Err(source) = inflight::mark(path) {
+                let error = SecretError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                // With the newest refresh token in memory only, not refreshing saves nothing:
+                // the token is lost with the process either way. [`unsaved`] keeps the marker.
+                if !unsaved::holds(path) {
+                    return Err(error.into());
+                }
+                tracing::warn!(client = %self.name, "refreshing without an in-flight marker: {error}");
+            }
+            unsaved::sending(path);
+        }
+        let known = self
+            .last_access_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let redactor = Redactor::new(known.as_ref().map(AccessToken::expose));
+        let result = request_token(
+            &self.http,
+            c,
+            &grant,
+            with_scope,
+            self.default_lifetime,
+            redactor,
+        )
+        .await;
+        let result = match result {
+            Ok(granted) => granted,
+            Err(e) => {
+                // An answer settles the request; a network error may have struck after it was
+                // sent, so its marker stays (see `inflight`).
+                if let Some(path) = rt_file
+                    && !matches!(e, FetchError::Network(_))
+                {
+                    inflight::clear(path);
+                    unsaved::answered(path);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(path) = rt_file {
+            unsaved::answered(path);
+            // Saved before anything else in the reply is judged, and before the access token is
+            // published: the provider has spent the old refresh token, and a grant whose newest
+            // token was dropped needs a person to authorize again.
+            if let Some(new) = &result.refresh_token {
+                let file = refresh_token.as_ref().and_then(|(_, file)| *file);
+                unsaved::save(path, &self.name, new, file);
+            }
+            inflight::clear(path);
+        }
+        if result.dropped_scopes > 0 {
+            tracing::warn!(
+                client = %self.name,
+                dropped = result.dropped_scopes,
+                "ignored scope entries that are not RFC 6749 scope tokens (NQCHAR), are too long or too many, or echo a credential"
+            );
+        }
+        if let Ok(token) = &result.token {
+            *self
+                .last_access_token
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(token.access_token.clone());
+        }
+        result.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::AuthMethod;
+
+    #[test]
+    fn metrics_name_the_endpoint_without_credentials_or_query() {
+        let c = ClientSettings {
+            token_endpoint: "https://user:pw@idp.example.com/oauth/token?key=k#f".into(),
+            client_id: "a".into(),
+            secret: SecretSource::Env("X".into()),
+            auth_method: AuthMethod::Basic,
+            grant: Grant::ClientCredentials,
+            refresh_token_file: None,
+            scope: None,
+            audience: None,
+            resource: None,
+            extra_params: Default::default(),
+        };
+        let source = HttpTokenSource::new(
+            http_client(),
+            "a",
+            Arc::new(c),
+            RequestSettings {
+                timeout: Duration::from_secs(30),
+                default_lifetime: Duration::from_secs(300),
+            },
+            Arc::new(EndpointLimiter::new(1, Duration::ZERO)),
+        );
+        assert_eq!(
+            source.inner.endpoint_label(),
+            "https://idp.example.com/oauth/token"
+        );
+    }
+}

@@ -11,8 +11,9 @@
 //! - [`oauth`]: the token endpoint client: grant requests, client authentication, reply
 //!   parsing, in-flight markers, each endpoint's request budget.
 //! - [`store`]: per-client `watch` channels the gRPC handlers read without asking an actor.
-//! - [`serve`]: the gRPC service, caller access, call and connection limits, listeners, the
-//!   HTTP/2 `:authority` fix.
+//! - [`access`]: who may read which client's token (peer credentials, allow-lists).
+//! - [`serve`]: the gRPC service, call and connection limits, listeners, the HTTP/2
+//!   `:authority` fix.
 //! - [`cli`]: `get`, `status`, `authorize` and `demo`.
 //! - [`daemon`]: wires the above together and runs until shutdown.
 //! - [`systemd`]: readiness, status, watchdog, reload and stop notifications; socket activation.
@@ -24,6 +25,7 @@
 //! - [`metrics`]: Prometheus metrics on an optional listener.
 //! - [`logging`]: text or JSON log output.
 
+pub mod access;
 pub mod atomic_file;
 pub mod cli;
 mod client_name;
@@ -34,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod oauth;
 pub mod offload;
+mod panics;
 pub mod refresh;
 pub mod secret;
 pub mod serve;

@@ -197,7 +197,7 @@ pub fn spawn(slot: &Arc<ClientSlot>, sink: FileSink) -> JoinHandle<()> {
                         client = %name,
                         path = %path.display(),
                         "file sink write panicked: {}; writing the next token again",
-                        crate::refresh::supervisor::panic_text(&e.into_panic())
+                        crate::panics::panic_text(&e.into_panic())
                     ),
                     Err(e) => warn!(client = %name, "file sink task failed: {e}"),
                 }

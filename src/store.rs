@@ -10,11 +10,11 @@ use ractor::ActorRef;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::access::{Access, Caller};
 use crate::metrics::METRICS;
 use crate::oauth::Grant;
 use crate::refresh::supervisor::SupervisorMsg;
 use crate::secret::AccessToken;
-use crate::serve::access::{Access, Caller};
 
 /// A token as handed to callers, with both clocks: the monotonic one decides validity (immune
 /// to wall-clock jumps), the wall one is what callers are told.

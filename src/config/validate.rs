@@ -315,12 +315,8 @@ impl ClientConfig {
                 format!("environment variable {var} is not set or empty"),
             ));
         }
-        crate::serve::access::Access::resolve(
-            &self.allowed_users,
-            &self.allowed_groups,
-            self.allow_tcp,
-        )
-        .map_err(|(key, reason)| (key.to_string(), reason))?;
+        crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
+            .map_err(|(key, reason)| (key.to_string(), reason))?;
         if let Some(sink) = &self.file_sink {
             sink.resolve()
                 .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::access::Access;
 use crate::config::{ClientConfig, Config, ServerConfig};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::{ClientSettings, Grant, HttpTokenSource, RequestSettings, SecretSource};
 use crate::refresh::RefreshPolicy;
 use crate::refresh::clients::{ClientSpec, Clients};
-use crate::serve::access::Access;
 use crate::serve::call_limits::{self, CallLimits};
 use crate::serve::connections;
 use crate::store::SlotSettings;

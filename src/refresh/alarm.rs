@@ -15,8 +15,9 @@ use tokio_stream::StreamExt;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
+use crate::panics::panic_text;
 use crate::refresh::schedule::MAX_WAIT;
-use crate::refresh::supervisor::{SupervisorMsg, panic_text};
+use crate::refresh::supervisor::SupervisorMsg;
 
 enum Command {
     /// Wake `client` at the instant, replacing its earlier alarm.

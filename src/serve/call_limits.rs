@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::access::Caller;
 use crate::metrics::METRICS;
-use crate::serve::access::Caller;
 
 /// Every cap of the gRPC service, from `[server]`.
 pub struct CallLimits {

@@ -1,16 +1,14 @@
-//! Serving callers: the gRPC `TokenService`, who may read which client's token, the caps on
-//! what callers hold open, the listeners, and the HTTP/2 `:authority` fix stock clients need
-//! over a Unix socket.
+//! Serving callers: the gRPC `TokenService`, the caps on what callers hold open, the
+//! listeners, and the HTTP/2 `:authority` fix stock clients need over a Unix socket. Who may
+//! read which client's token is [`crate::access`].
 //!
 //! - `service`: the `tokend.v1.TokenService` implementation and its status mapping.
-//! - `access`: who may read which client's token (peer credentials, allow-lists).
 //! - `call_limits`: caps on watch streams and waiting calls, in all and per uid.
 //! - `listen`: the Unix socket and loopback TCP listeners.
 //! - `connections`: connection caps, handshake and idle timeouts, HTTP/2 limits.
 //! - `h2_authority`: rewrites the `:authority` stock gRPC clients send over a Unix socket (the
 //!   socket path) into one tonic's HTTP/2 layer accepts.
 
-pub mod access;
 pub mod call_limits;
 pub mod connections;
 pub mod h2_authority;

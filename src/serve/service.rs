@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
+use crate::access::Caller;
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
 use crate::metrics::{METRICS, WatchGuard};
 use crate::proto::{self, token_service_server::TokenService};
-use crate::serve::access::Caller;
 use crate::serve::call_limits::CallLimits;
 use crate::store::{ClientSlot, ClientState, ClientView, RefreshRequest, Token, TokenStore};
 

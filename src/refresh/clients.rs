@@ -12,10 +12,10 @@ use crate::config::{ClientConfig, Config, Grant, RefreshPolicy};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::{HttpTokenSource, TokenSource};
 use crate::refresh::actor::TokenArgs;
-use crate::refresh::supervisor::{Supervisor, SupervisorMsg};
+use crate::refresh::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::serve::access::Access;
 use crate::sink::{self, FileSink};
-use crate::store::{ClientSlot, SlotSettings, TokenStore};
+use crate::store::{ClientSlot, Refresher, SlotSettings, TokenStore};
 
 /// One client to run: its name, its slot settings, where its tokens come from, and the file
 /// they are also written to.
@@ -41,6 +41,7 @@ pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSetting
         access: Access::resolve(&c.allowed_users, &c.allowed_groups, c.allow_tcp)
             .unwrap_or_else(|_| Access::resolve(&["0".into()], &[], false).expect("uid 0")),
         required: c.required,
+        min_interval: config.refresh.min_interval,
     }
 }
 
@@ -84,6 +85,8 @@ pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> 
 /// The running token actors, under their supervisor, and the store they publish to.
 pub struct Clients {
     pub store: Arc<TokenStore>,
+    /// Given to every slot: its refresh requests go to the supervisor.
+    refresher: Refresher,
     supervisor: ActorRef<SupervisorMsg>,
     task: JoinHandle<()>,
     /// Every source ever started, to wait for their requests at shutdown.
@@ -100,6 +103,7 @@ pub struct StartError(String);
 impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, StartError> {
         let store = Arc::new(TokenStore::default());
+        let (refresher, requests) = Refresher::channel();
         let policy = Arc::new(policy.clone());
         let sources = specs.iter().map(|s| s.source.clone()).collect();
         let mut sinks = HashMap::new();
@@ -109,6 +113,7 @@ impl Clients {
                 let slot = Arc::new(ClientSlot::new(
                     spec.name,
                     spec.settings,
+                    refresher.clone(),
                     store.changed.clone(),
                 ));
                 store.insert(slot.clone());
@@ -122,11 +127,16 @@ impl Clients {
                 }
             })
             .collect();
+        let args = SupervisorArgs {
+            clients: args,
+            requests,
+        };
         let (supervisor, task) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| StartError(e.to_string()))?;
         Ok(Self {
             store,
+            refresher,
             supervisor,
             task,
             sources: Mutex::new(sources),
@@ -156,6 +166,7 @@ impl Clients {
                 let slot = Arc::new(ClientSlot::new(
                     spec.name,
                     spec.settings,
+                    self.refresher.clone(),
                     self.store.changed.clone(),
                 ));
                 self.store.insert(slot.clone());

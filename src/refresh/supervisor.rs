@@ -18,12 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::refresh::actor::{TokenActor, TokenArgs, TokenMsg, TokenStart};
-use crate::refresh::alarm::Alarms;
-use crate::store::ClientState;
+use crate::refresh::alarm::{Alarm, AlarmSender, Alarms};
+use crate::store::{ClientState, RefreshWanted};
 
 /// At most this many restarts of one client within [`RESTART_WINDOW`]; past that the client is
 /// marked failed rather than restarted in a loop that would hide a persistent bug.
@@ -48,7 +50,7 @@ pub enum SupervisorMsg {
     /// A sleeping client's next attempt is due.
     Wake { client: Arc<str> },
     /// A caller needs a newer token than `generation`.
-    Refresh { client: String, generation: u64 },
+    Refresh { client: Arc<str>, generation: u64 },
     /// An actor has nothing in flight. `seen`: forwarded refresh requests it has handled;
     /// `can_sleep`: it waits only for its next attempt.
     Settled {
@@ -73,6 +75,39 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 pub struct Supervisor;
+
+/// What the supervisor starts with: the clients, and the refresh requests their store slots
+/// send.
+pub struct SupervisorArgs {
+    pub clients: Vec<TokenArgs>,
+    pub requests: mpsc::UnboundedReceiver<RefreshWanted>,
+}
+
+/// Feeds what a channel receives into the supervisor's mailbox, mapped to one of its messages,
+/// so that the sender need not know the supervisor. Ends with the guard (dropped with the
+/// supervisor's state), or once the supervisor is gone.
+struct Forwarding(AbortHandle);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn forward<T: Send + 'static>(
+    mut from: mpsc::UnboundedReceiver<T>,
+    to: ActorRef<SupervisorMsg>,
+    map: impl Fn(T) -> SupervisorMsg + Send + 'static,
+) -> Forwarding {
+    let task = tokio::spawn(async move {
+        while let Some(item) = from.recv().await {
+            if to.cast(map(item)).is_err() {
+                return;
+            }
+        }
+    });
+    Forwarding(task.abort_handle())
+}
 
 struct Child {
     name: Arc<str>,
@@ -103,26 +138,46 @@ pub struct SupervisorState {
     running: HashMap<ActorId, Arc<str>>,
     turns: HashMap<String, Turns>,
     alarms: Alarms,
+    /// What every timer wheel, the first and any restarted one, reports to.
+    alarm_to: AlarmSender,
     /// When the timer wheel was restarted, within the restart window.
     wheel_restarts: VecDeque<Instant>,
+    /// Refresh requests and alarms into the mailbox.
+    _forwarding: [Forwarding; 2],
 }
 
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = Vec<TokenArgs>;
+    type Arguments = SupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        clients: Vec<TokenArgs>,
+        args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let SupervisorArgs { clients, requests } = args;
+        let (alarm_to, alarms) = mpsc::unbounded_channel();
+        let forwarding = [
+            forward(requests, myself.clone(), |r: RefreshWanted| {
+                SupervisorMsg::Refresh {
+                    client: r.client,
+                    generation: r.generation,
+                }
+            }),
+            forward(alarms, myself.clone(), |alarm| match alarm {
+                Alarm::Due(client) => SupervisorMsg::Wake { client },
+                Alarm::WheelDied(why) => SupervisorMsg::WheelDied(why),
+            }),
+        ];
         let mut state = SupervisorState {
             children: HashMap::new(),
             running: HashMap::new(),
             turns: HashMap::new(),
-            alarms: Alarms::start(myself.clone()),
+            alarms: Alarms::start(alarm_to.clone()),
+            alarm_to,
             wheel_restarts: VecDeque::new(),
+            _forwarding: forwarding,
         };
         for args in clients {
             state.add(&myself, args).await;
@@ -157,8 +212,10 @@ impl Actor for Supervisor {
                 seen,
                 can_sleep,
             } => state.settled(&myself, actor, seen, can_sleep).await,
-            SupervisorMsg::Ping(reply) => state.alarms.ping(reply),
-            SupervisorMsg::WheelDied(why) => state.restart_wheel(&myself, &why)?,
+            SupervisorMsg::Ping(reply) => state.alarms.ping(move || {
+                let _ = reply.send(());
+            }),
+            SupervisorMsg::WheelDied(why) => state.restart_wheel(&why)?,
         }
         Ok(())
     }
@@ -198,7 +255,6 @@ impl Actor for Supervisor {
 impl SupervisorState {
     async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: TokenArgs) {
         let name: Arc<str> = args.slot.name.as_str().into();
-        args.slot.attach(myself.clone(), args.policy.min_interval);
         self.children.insert(
             name.clone(),
             Child {
@@ -389,11 +445,7 @@ impl SupervisorState {
     /// A new timer wheel in place of one that died, with every sleeping client's alarm set
     /// again from its published next attempt. Past the restart budget the supervisor fails,
     /// and the daemon with it: a wheel that keeps dying is a bug no restart will fix.
-    fn restart_wheel(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        why: &str,
-    ) -> Result<(), ActorProcessingErr> {
+    fn restart_wheel(&mut self, why: &str) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         let restarts = &mut self.wheel_restarts;
         while restarts
@@ -411,7 +463,7 @@ impl SupervisorState {
             return Err(e.into());
         }
         restarts.push_back(now);
-        self.alarms = Alarms::start(myself.clone());
+        self.alarms = Alarms::start(self.alarm_to.clone());
         let mut asleep = 0;
         for child in self.children.values() {
             if child.actor.is_some() || child.queued || child.given_up {

@@ -25,7 +25,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::refresh::actor::{TokenActor, TokenArgs, TokenMsg, TokenStart};
+use crate::refresh::actor::{Settled, TokenActor, TokenArgs, TokenMsg, TokenStart};
 use crate::refresh::alarm::{Alarm, AlarmSender, Alarms};
 use crate::store::{ClientState, RefreshWanted};
 
@@ -53,13 +53,8 @@ pub enum SupervisorMsg {
     Wake { client: Arc<str> },
     /// A caller needs a newer token than `generation`.
     Refresh { client: Arc<str>, generation: u64 },
-    /// An actor has nothing in flight. `seen`: forwarded refresh requests it has handled;
-    /// `can_sleep`: it waits only for its next attempt.
-    Settled {
-        actor: ActorId,
-        seen: u64,
-        can_sleep: bool,
-    },
+    /// An actor has nothing in flight.
+    Settled(Settled),
     /// Answered by the timer wheel, through the supervisor's mailbox: both are live (the
     /// systemd watchdog asks).
     Ping(RpcReplyPort<()>),
@@ -221,11 +216,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Refresh { client, generation } => {
                 state.refresh(&myself, &client, generation).await;
             }
-            SupervisorMsg::Settled {
-                actor,
-                seen,
-                can_sleep,
-            } => state.settled(&myself, actor, seen, can_sleep).await,
+            SupervisorMsg::Settled(settled) => state.settled(&myself, settled).await,
             SupervisorMsg::Ping(reply) => state.alarms.ping(move || {
                 let _ = reply.send(());
             }),
@@ -345,7 +336,12 @@ impl SupervisorState {
         self.alarms.cancel(name.clone());
         let start = TokenStart {
             args: child.args.clone(),
-            supervisor: myself.clone(),
+            settled: {
+                let supervisor = myself.clone();
+                Arc::new(move |settled| {
+                    let _ = supervisor.cast(SupervisorMsg::Settled(settled));
+                })
+            },
         };
         // Unnamed: ractor's registry is process-wide, and names would collide between daemons
         // in one process (tests) without adding anything the store does not already index.
@@ -399,13 +395,12 @@ impl SupervisorState {
         self.wake(myself, &name).await;
     }
 
-    async fn settled(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        actor: ActorId,
-        seen: u64,
-        can_sleep: bool,
-    ) {
+    async fn settled(&mut self, myself: &ActorRef<SupervisorMsg>, settled: Settled) {
+        let Settled {
+            actor,
+            seen,
+            can_sleep,
+        } = settled;
         let Some(name) = self.running.get(&actor).cloned() else {
             return; // An actor stopped meanwhile.
         };

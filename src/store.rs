@@ -136,6 +136,7 @@ pub struct RefreshWanted {
 
 /// Where slots send their refresh requests. The store defines it and only sends; whoever runs
 /// the clients holds the receiving end, and must, because a client's actor may be asleep.
+/// Unbounded, as the mailbox it feeds: callers who saw the same token coalesce before sending.
 #[derive(Clone)]
 pub struct Refresher(mpsc::UnboundedSender<RefreshWanted>);
 
@@ -146,7 +147,6 @@ impl Refresher {
         (Refresher(tx), rx)
     }
 
-    /// Unbounded, as a mailbox is: callers who saw the same token coalesce before sending.
     fn send(&self, wanted: RefreshWanted) {
         // Nobody receiving means the daemon is stopping: no refresh is coming anyway.
         let _ = self.0.send(wanted);

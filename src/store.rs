@@ -1,19 +1,20 @@
 //! The token store: what each client's actor last published, readable by gRPC handlers without a
 //! round trip through the actor's mailbox. One `watch` channel per client carries the current
 //! view; readers borrow it (the hot path) or wait on it (first fetch, rotation streams).
+//! A caller's request for a newer token leaves through the slot's [`Refresher`], a channel
+//! whose receiving end belongs to whoever runs the clients: the store holds data, and knows no
+//! actor.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use ractor::ActorRef;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::access::{Access, Caller};
 use crate::metrics::METRICS;
 use crate::oauth::Grant;
-use crate::refresh::supervisor::SupervisorMsg;
 use crate::secret::AccessToken;
 
 /// A token as handed to callers, with both clocks: the monotonic one decides validity (immune
@@ -111,6 +112,8 @@ pub struct SlotSettings {
     pub access: Access,
     /// Whether systemd readiness waits for this client.
     pub required: bool,
+    /// The least time between two token requests callers cause (`refresh.min_interval`).
+    pub min_interval: Duration,
 }
 
 /// What became of a caller's request for a token newer than the current one.
@@ -124,10 +127,30 @@ pub enum RefreshRequest {
     Deferred(Instant),
 }
 
-/// The supervisor that runs a client, and how often callers may make it send a request.
-struct Runner {
-    supervisor: ActorRef<SupervisorMsg>,
-    min_interval: Duration,
+/// A caller's request that `client` replace its token `generation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshWanted {
+    pub client: Arc<str>,
+    pub generation: u64,
+}
+
+/// Where slots send their refresh requests. The store defines it and only sends; whoever runs
+/// the clients holds the receiving end, and must, because a client's actor may be asleep.
+/// Unbounded, as the mailbox it feeds: callers who saw the same token coalesce before sending.
+#[derive(Clone)]
+pub struct Refresher(mpsc::UnboundedSender<RefreshWanted>);
+
+impl Refresher {
+    /// A handle for slots, and the requests they will send through it.
+    pub fn channel() -> (Refresher, mpsc::UnboundedReceiver<RefreshWanted>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Refresher(tx), rx)
+    }
+
+    fn send(&self, wanted: RefreshWanted) {
+        // Nobody receiving means the daemon is stopping: no refresh is coming anyway.
+        let _ = self.0.send(wanted);
+    }
 }
 
 /// The caller-driven token requests of one client. It lives in the slot, not in the actor,
@@ -144,18 +167,24 @@ struct RefreshGate {
 /// One configured client's published state and the way to ask for a refresh.
 pub struct ClientSlot {
     pub name: String,
+    /// The name again, shared with the refresh requests that carry it.
+    key: Arc<str>,
     settings: RwLock<Arc<SlotSettings>>,
     view: watch::Sender<ClientView>,
-    /// The supervisor that runs this client: refresh requests go through it, because the
-    /// client's actor may be asleep.
-    runner: Mutex<Option<Runner>>,
+    refresher: Refresher,
     gate: Arc<Mutex<RefreshGate>>,
     /// Shared by every slot of a store: woken on any change (systemd status reporting).
     changed: Arc<Notify>,
 }
 
 impl ClientSlot {
-    pub fn new(name: String, settings: SlotSettings, changed: Arc<Notify>) -> Self {
+    /// A slot whose refresh requests go to `refresher`; `changed` is woken on every change.
+    pub fn new(
+        name: String,
+        settings: SlotSettings,
+        refresher: Refresher,
+        changed: Arc<Notify>,
+    ) -> Self {
         let (view, _) = watch::channel(ClientView {
             token: None,
             state: ClientState::Starting,
@@ -166,10 +195,11 @@ impl ClientSlot {
         });
         METRICS.set_state(&name, None, ClientState::Starting);
         Self {
+            key: name.as_str().into(),
             name,
             settings: RwLock::new(Arc::new(settings)),
             view,
-            runner: Mutex::new(None),
+            refresher,
             gate: Arc::default(),
             changed,
         }
@@ -236,31 +266,20 @@ impl ClientSlot {
         self.changed.notify_one();
     }
 
-    /// Records the supervisor that runs this client, and the least time between two token
-    /// requests callers cause. What callers caused before is kept: a restart or a reload does
-    /// not reopen the gate.
-    pub fn attach(&self, supervisor: ActorRef<SupervisorMsg>, min_interval: Duration) {
-        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(Runner {
-            supervisor,
-            min_interval,
-        });
-    }
-
     /// Asks for a refresh if `generation` is still the current, fresh token. Callers that saw
     /// the same token coalesce into one request (here, and again in the actor, which alone
     /// knows whether a request is in flight), and callers together start at most one request
-    /// per `min_interval`: a later one is deferred to the end of the interval.
+    /// per `min_interval`: a later one is deferred to the end of the interval. What callers
+    /// caused is kept across restarts and reloads: neither reopens the gate.
     pub fn request_refresh(&self, generation: u64) -> RefreshRequest {
         if !self.view.borrow().refreshable(generation) {
             return RefreshRequest::Pending;
         }
-        let (supervisor, min_interval) = {
-            let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner());
-            match runner.as_ref() {
-                Some(r) => (r.supervisor.clone(), r.min_interval),
-                None => return RefreshRequest::Pending,
-            }
-        };
+        let min_interval = self
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .min_interval;
         let now = Instant::now();
         let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, newest)) = gate.deferred.as_mut()
@@ -279,23 +298,28 @@ impl ClientSlot {
             gate.deferred = Some((at, generation));
             let gate = self.gate.clone();
             let view = self.view.subscribe();
-            let client = self.name.clone();
-            supervisor.send_after(at - now, move || {
-                let mut gate = gate.lock().unwrap_or_else(|e| e.into_inner());
-                let generation = gate.deferred.take().map_or(generation, |(_, g)| g);
-                // Only a request that will go out counts against the interval; a token replaced
-                // meanwhile (its scheduled refresh) makes this one moot.
-                if view.borrow().refreshable(generation) {
-                    gate.last = Some((generation, Instant::now()));
-                }
-                SupervisorMsg::Refresh { client, generation }
+            let client = self.key.clone();
+            let refresher = self.refresher.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let generation = {
+                    let mut gate = gate.lock().unwrap_or_else(|e| e.into_inner());
+                    let generation = gate.deferred.take().map_or(generation, |(_, g)| g);
+                    // Only a request that will go out counts against the interval; a token
+                    // replaced meanwhile (its scheduled refresh) makes this one moot.
+                    if view.borrow().refreshable(generation) {
+                        gate.last = Some((generation, Instant::now()));
+                    }
+                    generation
+                };
+                refresher.send(RefreshWanted { client, generation });
             });
             return RefreshRequest::Deferred(at);
         }
         gate.last = Some((generation, now));
         drop(gate);
-        let _ = supervisor.cast(SupervisorMsg::Refresh {
-            client: self.name.clone(),
+        self.refresher.send(RefreshWanted {
+            client: self.key.clone(),
             generation,
         });
         RefreshRequest::Pending

@@ -161,6 +161,7 @@ async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
                 authorize_command: None,
                 access: Default::default(),
                 required: true,
+                min_interval: policy.min_interval,
             },
             source: Arc::new(source.clone()),
             sink: None,

@@ -81,6 +81,7 @@ pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSetting
         access: Access::resolve(&c.allowed_users, &c.allowed_groups, c.allow_tcp)
             .unwrap_or_else(|_| Access::resolve(&["0".into()], &[], false).expect("uid 0")),
         required: c.required,
+        min_interval: config.refresh.min_interval,
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The actor runs only while it has work: a request to start or in flight, or rejected
 //! credentials to watch. Once it has published and is only waiting for its next refresh or
-//! retry, it reports [`SupervisorMsg::Settled`] and the supervisor lets it sleep: the actor
+//! retry, it reports [`Settled`] and the supervisor lets it sleep: the actor
 //! stops and the client's wake-up time goes to the shared [`crate::refresh::alarm`] wheel. Everything
 //! the actor needs to resume lives in the slot's view (token, state, next attempt, failures),
 //! so the actor started at the wake-up carries on where the last one stopped.
@@ -15,13 +15,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, Grant, TokenReply, TokenSource};
-use crate::refresh::supervisor::SupervisorMsg;
 use crate::refresh::{RefreshPolicy, schedule};
 use crate::store::{ClientSlot, ClientState, Token};
 
@@ -60,18 +59,32 @@ pub struct TokenArgs {
     pub policy: Arc<RefreshPolicy>,
 }
 
+/// What an actor reports whenever it has nothing in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub actor: ActorId,
+    /// How many forwarded refresh requests it has handled.
+    pub seen: u64,
+    /// It waits only for its next attempt (it watches no credentials and saves nothing).
+    pub can_sleep: bool,
+}
+
+/// Where an actor sends its [`Settled`] reports: whoever starts it maps them into its own
+/// messages, so the actor does not know its supervisor's type.
+pub type SettledTo = Arc<dyn Fn(Settled) + Send + Sync>;
+
 /// What the supervisor starts an actor with.
 pub struct TokenStart {
     pub args: TokenArgs,
     /// Told when the actor has nothing to do until its next attempt.
-    pub supervisor: ActorRef<SupervisorMsg>,
+    pub settled: SettledTo,
 }
 
 pub struct TokenActor;
 
 pub struct TokenState {
     args: TokenArgs,
-    supervisor: ActorRef<SupervisorMsg>,
+    settled: SettledTo,
     /// How many refresh requests the supervisor forwarded that this actor has handled: the
     /// supervisor puts the actor to sleep only if it has seen every one.
     seen: u64,
@@ -103,11 +116,11 @@ impl Actor for TokenActor {
         myself: ActorRef<Self::Msg>,
         start: TokenStart,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let TokenStart { args, supervisor } = start;
+        let TokenStart { args, settled } = start;
         let view = args.slot.view();
         let mut state = TokenState {
             args,
-            supervisor,
+            settled,
             seen: 0,
             epoch: 0,
             in_flight: false,
@@ -432,7 +445,7 @@ impl TokenState {
         if self.in_flight {
             return;
         }
-        let _ = self.supervisor.cast(SupervisorMsg::Settled {
+        (self.settled)(Settled {
             actor: myself.get_id(),
             seen: self.seen,
             can_sleep: !self.watching_credentials && !self.saving,

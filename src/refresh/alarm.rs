@@ -1,13 +1,12 @@
 //! One timer for every sleeping client. A client whose actor has nothing to do until its next
 //! refresh or retry has no actor at all: its wake-up time sits here, in a single timer wheel
-//! served by one task, which tells the supervisor when it is due. Ten thousand sleeping clients
+//! served by one task, which says so to whoever started it when it is due. Ten thousand sleeping clients
 //! cost ten thousand wheel entries, not ten thousand actors with their mailboxes and timer
 //! tasks, and the process stays asleep until the earliest one is due.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -17,14 +16,25 @@ use tokio_util::time::delay_queue::Key;
 
 use crate::panics::panic_text;
 use crate::refresh::schedule::MAX_WAIT;
-use crate::refresh::supervisor::SupervisorMsg;
+/// What the wheel tells whoever started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alarm {
+    /// The client's wake-up time has come.
+    Due(Arc<str>),
+    /// The wheel's task died (it panicked), with what it said: without the wheel no sleeping
+    /// client would wake again.
+    WheelDied(String),
+}
+
+/// Where the wheel sends its [`Alarm`]s; the starter holds the receiving end.
+pub type AlarmSender = mpsc::UnboundedSender<Alarm>;
 
 enum Command {
     /// Wake `client` at the instant, replacing its earlier alarm.
     Set(Arc<str>, Instant),
     Cancel(Arc<str>),
-    /// Answered from the wheel's own loop: the watchdog's proof that the wheel still turns.
-    Ping(RpcReplyPort<()>),
+    /// Called from the wheel's own loop: the watchdog's proof that the wheel still turns.
+    Ping(Box<dyn FnOnce() + Send>),
 }
 
 /// The alarms of one supervisor; dropped with it, which ends the task.
@@ -34,12 +44,11 @@ pub struct Alarms {
 }
 
 impl Alarms {
-    /// Starts the timer task; each alarm that goes off is sent to `supervisor` as
-    /// [`SupervisorMsg::Wake`]. Should the task ever die, `supervisor` is told with
-    /// [`SupervisorMsg::WheelDied`]: without the wheel no sleeping client would wake again.
-    pub fn start(supervisor: ActorRef<SupervisorMsg>) -> Alarms {
+    /// Starts the timer task; each alarm that goes off is sent to `to` as [`Alarm::Due`], and
+    /// should the task ever die, [`Alarm::WheelDied`] is.
+    pub fn start(to: AlarmSender) -> Alarms {
         let (commands, rx) = mpsc::unbounded_channel();
-        let wheel = tokio::spawn(serve(rx, supervisor.clone()));
+        let wheel = tokio::spawn(serve(rx, to.clone()));
         let task = wheel.abort_handle();
         tokio::spawn(async move {
             // The wheel ends by itself only when its `Alarms` are dropped, and is aborted by
@@ -47,7 +56,7 @@ impl Alarms {
             match wheel.await {
                 Err(e) if e.is_panic() => {
                     let why = panic_text(&e.into_panic());
-                    let _ = supervisor.cast(SupervisorMsg::WheelDied(why));
+                    let _ = to.send(Alarm::WheelDied(why));
                 }
                 _ => {}
             }
@@ -66,9 +75,9 @@ impl Alarms {
         let _ = self.commands.send(Command::Cancel(client));
     }
 
-    /// Asks the wheel to answer on `reply`; a dead or wedged wheel never does.
-    pub fn ping(&self, reply: RpcReplyPort<()>) {
-        let _ = self.commands.send(Command::Ping(reply));
+    /// Asks the wheel to call `answer`; a dead or wedged wheel never does.
+    pub fn ping(&self, answer: impl FnOnce() + Send + 'static) {
+        let _ = self.commands.send(Command::Ping(Box::new(answer)));
     }
 }
 
@@ -78,10 +87,7 @@ impl Drop for Alarms {
     }
 }
 
-async fn serve(
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    supervisor: ActorRef<SupervisorMsg>,
-) {
+async fn serve(mut commands: mpsc::UnboundedReceiver<Command>, to: AlarmSender) {
     let mut queue: DelayQueue<Arc<str>> = DelayQueue::new();
     let mut keys: HashMap<Arc<str>, Key> = HashMap::new();
     loop {
@@ -100,15 +106,13 @@ async fn serve(
                         queue.remove(&key);
                     }
                 }
-                Some(Command::Ping(reply)) => {
-                    let _ = reply.send(());
-                }
+                Some(Command::Ping(answer)) => answer(),
             },
             // An empty queue yields `None`, which disables this branch until the next command.
             Some(expired) = queue.next() => {
                 let client = expired.into_inner();
                 keys.remove(&client);
-                let _ = supervisor.cast(SupervisorMsg::Wake { client });
+                let _ = to.send(Alarm::Due(client));
             }
         }
     }
@@ -117,49 +121,19 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ractor::{Actor, ActorProcessingErr};
     use std::time::Duration;
+    use tokio::sync::oneshot;
 
-    /// Stands in for the supervisor: forwards what the wheel tells it.
-    struct Recorder;
-
-    impl Actor for Recorder {
-        type Msg = SupervisorMsg;
-        type State = mpsc::UnboundedSender<String>;
-        type Arguments = mpsc::UnboundedSender<String>;
-
-        async fn pre_start(
-            &self,
-            _: ActorRef<SupervisorMsg>,
-            out: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(out)
-        }
-
-        async fn handle(
-            &self,
-            _: ActorRef<SupervisorMsg>,
-            msg: SupervisorMsg,
-            out: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            let _ = out.send(match msg {
-                SupervisorMsg::Wake { client } => format!("wake {client}"),
-                SupervisorMsg::WheelDied(why) => format!("died: {why}"),
-                _ => "other".into(),
-            });
-            Ok(())
-        }
-    }
-
-    async fn wheel() -> (Alarms, mpsc::UnboundedReceiver<String>) {
+    fn wheel() -> (Alarms, mpsc::UnboundedReceiver<Alarm>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (recorder, _) = Actor::spawn(None, Recorder, tx).await.unwrap();
-        (Alarms::start(recorder), rx)
+        (Alarms::start(tx), rx)
     }
 
     async fn pong(alarms: &Alarms) -> bool {
-        let (tx, rx) = ractor::concurrency::oneshot();
-        alarms.ping(tx.into());
+        let (tx, rx) = oneshot::channel();
+        alarms.ping(move || {
+            let _ = tx.send(());
+        });
         tokio::time::timeout(Duration::from_secs(1), rx)
             .await
             .is_ok_and(|r| r.is_ok())
@@ -167,14 +141,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn alarms_beyond_the_wheels_range_are_clamped_not_fatal() {
-        let (alarms, mut told) = wheel().await;
+        let (alarms, mut told) = wheel();
         let years = Duration::from_secs(100 * 365 * 86_400);
         alarms.set("far".into(), Instant::now() + years);
         alarms.set("soon".into(), Instant::now() + Duration::from_secs(5));
-        assert_eq!(told.recv().await.unwrap(), "wake soon");
+        assert_eq!(told.recv().await.unwrap(), Alarm::Due("soon".into()));
         assert!(pong(&alarms).await, "the wheel still turns");
         let start = Instant::now();
-        assert_eq!(told.recv().await.unwrap(), "wake far");
+        assert_eq!(told.recv().await.unwrap(), Alarm::Due("far".into()));
         let waited = start.elapsed() + Duration::from_secs(5);
         assert!(
             waited.abs_diff(MAX_WAIT) < Duration::from_secs(1),
@@ -184,19 +158,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wheel_that_dies_says_so_and_stops_answering_pings() {
-        let (alarms, mut told) = wheel().await;
+        let (alarms, mut told) = wheel();
         assert!(pong(&alarms).await);
         // What an unclamped alarm of years did to the wheel: DelayQueue panics past its range.
         let years = Duration::from_secs(3 * 365 * 86_400);
         let _ = alarms
             .commands
             .send(Command::Set("hostile".into(), Instant::now() + years));
-        let said = told.recv().await.unwrap();
-        assert!(said.starts_with("died: "), "{said}");
-        assert!(
-            said.len() > "died: ".len(),
-            "the panic's text is kept: {said}"
-        );
+        let Alarm::WheelDied(why) = told.recv().await.unwrap() else {
+            panic!("the wheel was expected to die");
+        };
+        assert!(!why.is_empty(), "the panic's text is kept: {why:?}");
         assert!(
             !pong(&alarms).await,
             "a dead wheel must not feed the watchdog"

@@ -11,9 +11,9 @@ use tokio::task::JoinHandle;
 use crate::oauth::TokenSource;
 use crate::refresh::RefreshPolicy;
 use crate::refresh::actor::TokenArgs;
-use crate::refresh::supervisor::{Supervisor, SupervisorMsg};
+use crate::refresh::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::sink::{self, FileSink};
-use crate::store::{ClientSlot, SlotSettings, TokenStore};
+use crate::store::{ClientSlot, Refresher, SlotSettings, TokenStore};
 
 /// One client to run: its name, its slot settings, where its tokens come from, and the file
 /// they are also written to.
@@ -27,6 +27,8 @@ pub struct ClientSpec {
 /// The running token actors, under their supervisor, and the store they publish to.
 pub struct Clients {
     pub store: Arc<TokenStore>,
+    /// Given to every slot: its refresh requests go to the supervisor.
+    refresher: Refresher,
     supervisor: ActorRef<SupervisorMsg>,
     task: JoinHandle<()>,
     /// Every source ever started, to wait for their requests at shutdown.
@@ -43,6 +45,7 @@ pub struct StartError(String);
 impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, StartError> {
         let store = Arc::new(TokenStore::default());
+        let (refresher, requests) = Refresher::channel();
         let policy = Arc::new(policy.clone());
         let sources = specs.iter().map(|s| s.source.clone()).collect();
         let mut sinks = HashMap::new();
@@ -52,6 +55,7 @@ impl Clients {
                 let slot = Arc::new(ClientSlot::new(
                     spec.name,
                     spec.settings,
+                    refresher.clone(),
                     store.changed.clone(),
                 ));
                 store.insert(slot.clone());
@@ -65,11 +69,16 @@ impl Clients {
                 }
             })
             .collect();
+        let args = SupervisorArgs {
+            clients: args,
+            requests,
+        };
         let (supervisor, task) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| StartError(e.to_string()))?;
         Ok(Self {
             store,
+            refresher,
             supervisor,
             task,
             sources: Mutex::new(sources),
@@ -99,6 +108,7 @@ impl Clients {
                 let slot = Arc::new(ClientSlot::new(
                     spec.name,
                     spec.settings,
+                    self.refresher.clone(),
                     self.store.changed.clone(),
                 ));
                 self.store.insert(slot.clone());

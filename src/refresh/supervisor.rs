@@ -3,11 +3,13 @@
 //! that fails or stops unexpectedly, within a restart budget. The last good token lives in the
 //! client's store slot, not in the actor, so it survives sleep and restarts alike.
 //!
-//! A client is in one of three conditions here:
+//! A client is in one of the conditions of [`Run`]:
 //! - running: its actor is up (fetching, or watching rejected credentials);
 //! - waiting its turn: it has work, but its token endpoint already has [`starts_per_endpoint`]
 //!   actors started and not yet settled; it starts when one of them settles;
-//! - asleep: no actor; its next refresh or retry is an entry in the shared [`Alarms`].
+//! - asleep: no actor; its next refresh or retry is an entry in the shared [`Alarms`] (or its
+//!   restart is scheduled);
+//! - failed: its restart budget is spent.
 //!
 //! The turn keeps the number of actors alive at once bounded by what the endpoint can serve:
 //! 10,000 clients starting together wait as 10,000 queue entries, not as 10,000 actors with
@@ -18,12 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::refresh::actor::{TokenActor, TokenArgs, TokenMsg, TokenStart};
-use crate::refresh::alarm::Alarms;
-use crate::store::ClientState;
+use crate::refresh::actor::{Settled, TokenActor, TokenArgs, TokenMsg, TokenStart};
+use crate::refresh::alarm::{Alarm, AlarmSender, Alarms};
+use crate::store::{ClientState, RefreshWanted};
 
 /// At most this many restarts of one client within [`RESTART_WINDOW`]; past that the client is
 /// marked failed rather than restarted in a loop that would hide a persistent bug.
@@ -48,14 +52,9 @@ pub enum SupervisorMsg {
     /// A sleeping client's next attempt is due.
     Wake { client: Arc<str> },
     /// A caller needs a newer token than `generation`.
-    Refresh { client: String, generation: u64 },
-    /// An actor has nothing in flight. `seen`: forwarded refresh requests it has handled;
-    /// `can_sleep`: it waits only for its next attempt.
-    Settled {
-        actor: ActorId,
-        seen: u64,
-        can_sleep: bool,
-    },
+    Refresh { client: Arc<str>, generation: u64 },
+    /// An actor has nothing in flight.
+    Settled(Settled),
     /// Answered by the timer wheel, through the supervisor's mailbox: both are live (the
     /// systemd watchdog asks).
     Ping(RpcReplyPort<()>),
@@ -65,21 +64,66 @@ pub enum SupervisorMsg {
 
 pub struct Supervisor;
 
+/// What the supervisor starts with: the clients, and the refresh requests their store slots
+/// send.
+pub struct SupervisorArgs {
+    pub clients: Vec<TokenArgs>,
+    pub requests: mpsc::UnboundedReceiver<RefreshWanted>,
+}
+
+/// Feeds what a channel receives into the supervisor's mailbox, mapped to one of its messages,
+/// so that the sender need not know the supervisor. Ends with the guard (dropped with the
+/// supervisor's state), or once the supervisor is gone.
+struct Forwarding(AbortHandle);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn forward<T: Send + 'static>(
+    mut from: mpsc::UnboundedReceiver<T>,
+    to: ActorRef<SupervisorMsg>,
+    map: impl Fn(T) -> SupervisorMsg + Send + 'static,
+) -> Forwarding {
+    let task = tokio::spawn(async move {
+        while let Some(item) = from.recv().await {
+            if to.cast(map(item)).is_err() {
+                return;
+            }
+        }
+    });
+    Forwarding(task.abort_handle())
+}
+
 struct Child {
     name: Arc<str>,
     args: TokenArgs,
-    actor: Option<ActorRef<TokenMsg>>,
+    run: Run,
     restarts: VecDeque<Instant>,
-    /// Refresh requests forwarded to the running actor.
-    forwarded: u64,
-    /// Holds one of its endpoint's starts (started, not yet settled).
-    holds_start: bool,
+}
+
+/// The condition a client is in, each holding only what that condition needs (a queued client
+/// has no actor, a failed one holds no start). `refresh`: a caller's refresh request, delivered
+/// once the actor runs.
+enum Run {
+    /// No actor: its next attempt is an alarm, or its restart is scheduled.
+    Asleep { refresh: Option<u64> },
     /// In its endpoint's queue, waiting for a start.
-    queued: bool,
-    /// A caller's refresh request, delivered once the actor runs.
-    pending_refresh: Option<u64>,
+    Queued { refresh: Option<u64> },
+    /// Holds one of its endpoint's starts without an actor: about to be spawned, or its actor
+    /// has just exited.
+    Starting { refresh: Option<u64> },
+    /// Its actor is up. `holds_start`: started and not yet settled; `forwarded`: refresh
+    /// requests forwarded to it.
+    Running {
+        actor: ActorRef<TokenMsg>,
+        holds_start: bool,
+        forwarded: u64,
+    },
     /// The restart budget is spent: nothing starts it again but a reload.
-    given_up: bool,
+    Failed,
 }
 
 /// The starts of one token endpoint.
@@ -94,26 +138,46 @@ pub struct SupervisorState {
     running: HashMap<ActorId, Arc<str>>,
     turns: HashMap<String, Turns>,
     alarms: Alarms,
+    /// What every timer wheel, the first and any restarted one, reports to.
+    alarm_to: AlarmSender,
     /// When the timer wheel was restarted, within the restart window.
     wheel_restarts: VecDeque<Instant>,
+    /// Refresh requests and alarms into the mailbox.
+    _forwarding: [Forwarding; 2],
 }
 
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = Vec<TokenArgs>;
+    type Arguments = SupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        clients: Vec<TokenArgs>,
+        args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let SupervisorArgs { clients, requests } = args;
+        let (alarm_to, alarms) = mpsc::unbounded_channel();
+        let forwarding = [
+            forward(requests, myself.clone(), |r: RefreshWanted| {
+                SupervisorMsg::Refresh {
+                    client: r.client,
+                    generation: r.generation,
+                }
+            }),
+            forward(alarms, myself.clone(), |alarm| match alarm {
+                Alarm::Due(client) => SupervisorMsg::Wake { client },
+                Alarm::WheelDied(why) => SupervisorMsg::WheelDied(why),
+            }),
+        ];
         let mut state = SupervisorState {
             children: HashMap::new(),
             running: HashMap::new(),
             turns: HashMap::new(),
-            alarms: Alarms::start(myself.clone()),
+            alarms: Alarms::start(alarm_to.clone()),
+            alarm_to,
             wheel_restarts: VecDeque::new(),
+            _forwarding: forwarding,
         };
         for args in clients {
             state.add(&myself, args).await;
@@ -143,13 +207,11 @@ impl Actor for Supervisor {
             SupervisorMsg::Refresh { client, generation } => {
                 state.refresh(&myself, &client, generation).await;
             }
-            SupervisorMsg::Settled {
-                actor,
-                seen,
-                can_sleep,
-            } => state.settled(&myself, actor, seen, can_sleep).await,
-            SupervisorMsg::Ping(reply) => state.alarms.ping(reply),
-            SupervisorMsg::WheelDied(why) => state.restart_wheel(&myself, &why)?,
+            SupervisorMsg::Settled(settled) => state.settled(&myself, settled).await,
+            SupervisorMsg::Ping(reply) => state.alarms.ping(move || {
+                let _ = reply.send(());
+            }),
+            SupervisorMsg::WheelDied(why) => state.restart_wheel(&why)?,
         }
         Ok(())
     }
@@ -177,7 +239,7 @@ impl Actor for Supervisor {
         // only unexpected exits get here.
         if let Some(client) = state.running.remove(&cell.get_id()) {
             if let Some(child) = state.children.get_mut(&client) {
-                child.actor = None;
+                child.take_actor();
             }
             state.release_start_and_go_on(&myself, &client).await;
             state.on_exit(&myself, client, &reason);
@@ -189,19 +251,13 @@ impl Actor for Supervisor {
 impl SupervisorState {
     async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: TokenArgs) {
         let name: Arc<str> = args.slot.name.as_str().into();
-        args.slot.attach(myself.clone(), args.policy.min_interval);
         self.children.insert(
             name.clone(),
             Child {
                 name: name.clone(),
                 args,
-                actor: None,
+                run: Run::Asleep { refresh: None },
                 restarts: VecDeque::new(),
-                forwarded: 0,
-                holds_start: false,
-                queued: false,
-                pending_refresh: None,
-                given_up: false,
             },
         );
         self.wake(myself, &name).await;
@@ -215,7 +271,7 @@ impl SupervisorState {
         };
         let name = child.name.clone();
         self.alarms.cancel(name.clone());
-        if let Some(actor) = child.actor.take() {
+        if let Some(actor) = child.take_actor() {
             self.running.remove(&actor.get_id());
             let _ = actor
                 .stop_and_wait(Some("configuration reloaded".into()), None)
@@ -232,19 +288,19 @@ impl SupervisorState {
         let Some(child) = self.children.get_mut(name) else {
             return; // Removed by a reload meanwhile.
         };
-        if child.actor.is_some() || child.queued || child.given_up {
+        let Run::Asleep { refresh } = child.run else {
             return;
-        }
+        };
         let endpoint = child.args.source.endpoint();
         let limit = starts_per_endpoint(child.args.policy.endpoint_concurrency);
         let turns = self.turns.entry(endpoint.to_string()).or_default();
         if turns.started >= limit {
-            child.queued = true;
+            child.run = Run::Queued { refresh };
             turns.queue.push_back(child.name.clone());
             return;
         }
         turns.started += 1;
-        child.holds_start = true;
+        child.run = Run::Starting { refresh };
         let name = child.name.clone();
         self.spawn(myself, name).await;
     }
@@ -265,22 +321,34 @@ impl SupervisorState {
         name: Arc<str>,
     ) -> Option<Arc<str>> {
         let child = self.children.get_mut(&name)?;
+        let Run::Starting { refresh } = child.run else {
+            return None; // Only a client holding a start is spawned.
+        };
         self.alarms.cancel(name.clone());
         let start = TokenStart {
             args: child.args.clone(),
-            supervisor: myself.clone(),
+            settled: {
+                let supervisor = myself.clone();
+                Arc::new(move |settled| {
+                    let _ = supervisor.cast(SupervisorMsg::Settled(settled));
+                })
+            },
         };
         // Unnamed: ractor's registry is process-wide, and names would collide between daemons
         // in one process (tests) without adding anything the store does not already index.
         match Actor::spawn_linked(None, TokenActor, start, myself.get_cell()).await {
             Ok((actor, _)) => {
-                child.forwarded = 0;
-                if let Some(generation) = child.pending_refresh.take() {
-                    child.forwarded += 1;
+                let mut forwarded = 0;
+                if let Some(generation) = refresh {
+                    forwarded += 1;
                     let _ = actor.cast(TokenMsg::Refresh { generation });
                 }
                 self.running.insert(actor.get_id(), name);
-                child.actor = Some(actor);
+                child.run = Run::Running {
+                    actor,
+                    holds_start: true,
+                    forwarded,
+                };
                 None
             }
             Err(e) => {
@@ -298,26 +366,32 @@ impl SupervisorState {
         let Some(child) = self.children.get_mut(name) else {
             return;
         };
-        if let Some(actor) = &child.actor {
-            child.forwarded += 1;
+        if let Run::Running {
+            actor, forwarded, ..
+        } = &mut child.run
+        {
+            *forwarded += 1;
             let _ = actor.cast(TokenMsg::Refresh { generation });
             return;
         }
         if !child.args.slot.view().refreshable(generation) {
             return;
         }
-        child.pending_refresh = Some(generation);
+        if let Run::Asleep { refresh } | Run::Queued { refresh } | Run::Starting { refresh } =
+            &mut child.run
+        {
+            *refresh = Some(generation);
+        }
         let name = child.name.clone();
         self.wake(myself, &name).await;
     }
 
-    async fn settled(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        actor: ActorId,
-        seen: u64,
-        can_sleep: bool,
-    ) {
+    async fn settled(&mut self, myself: &ActorRef<SupervisorMsg>, settled: Settled) {
+        let Settled {
+            actor,
+            seen,
+            can_sleep,
+        } = settled;
         let Some(name) = self.running.get(&actor).cloned() else {
             return; // An actor stopped meanwhile.
         };
@@ -327,10 +401,13 @@ impl SupervisorState {
         };
         // A refresh request forwarded after the actor reported is still in its mailbox: the
         // actor reports again once it has handled it.
-        if !can_sleep || seen != child.forwarded {
+        let Run::Running { forwarded, .. } = child.run else {
+            return;
+        };
+        if !can_sleep || seen != forwarded {
             return;
         }
-        let Some(actor) = child.actor.take() else {
+        let Some(actor) = child.take_actor() else {
             return;
         };
         self.running.remove(&actor.get_id());
@@ -356,21 +433,23 @@ impl SupervisorState {
     /// that client (to be spawned by the caller).
     fn release_start(&mut self, name: &str) -> Option<Arc<str>> {
         let child = self.children.get_mut(name)?;
-        if !child.holds_start {
-            return None;
+        match &mut child.run {
+            Run::Starting { refresh } => {
+                child.run = Run::Asleep { refresh: *refresh };
+            }
+            Run::Running { holds_start, .. } if *holds_start => *holds_start = false,
+            _ => return None,
         }
-        child.holds_start = false;
         let turns = self.turns.get_mut(child.args.source.endpoint())?;
         turns.started -= 1;
         while let Some(next) = turns.queue.pop_front() {
             let Some(child) = self.children.get_mut(&next) else {
                 continue; // Removed while it waited.
             };
-            if !child.queued {
+            let Run::Queued { refresh } = child.run else {
                 continue; // Replaced by a reload while it waited.
-            }
-            child.queued = false;
-            child.holds_start = true;
+            };
+            child.run = Run::Starting { refresh };
             turns.started += 1;
             return Some(next);
         }
@@ -380,11 +459,7 @@ impl SupervisorState {
     /// A new timer wheel in place of one that died, with every sleeping client's alarm set
     /// again from its published next attempt. Past the restart budget the supervisor fails,
     /// and the daemon with it: a wheel that keeps dying is a bug no restart will fix.
-    fn restart_wheel(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        why: &str,
-    ) -> Result<(), ActorProcessingErr> {
+    fn restart_wheel(&mut self, why: &str) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         let restarts = &mut self.wheel_restarts;
         while restarts
@@ -402,10 +477,10 @@ impl SupervisorState {
             return Err(e.into());
         }
         restarts.push_back(now);
-        self.alarms = Alarms::start(myself.clone());
+        self.alarms = Alarms::start(self.alarm_to.clone());
         let mut asleep = 0;
         for child in self.children.values() {
-            if child.actor.is_some() || child.queued || child.given_up {
+            if !matches!(child.run, Run::Asleep { .. }) {
                 continue;
             }
             if let Some((at, _)) = child.args.slot.view().next_attempt {
@@ -438,7 +513,7 @@ impl SupervisorState {
                 "token actor {reason}; {MAX_RESTARTS} restarts within {}s already, giving up on this client",
                 RESTART_WINDOW.as_secs()
             );
-            child.given_up = true;
+            child.run = Run::Failed;
             child.args.slot.publish(|v| {
                 v.state = ClientState::Failed;
                 v.next_attempt = None;
@@ -452,5 +527,29 @@ impl SupervisorState {
         child.restarts.push_back(now);
         warn!(client = %client, restarts = child.restarts.len(), "token actor {reason}; restarting");
         myself.send_after(RESTART_DELAY, move || SupervisorMsg::Restart { client });
+    }
+}
+
+impl Child {
+    /// The running actor, if any, leaving the client without one; a start it held stays held
+    /// until released.
+    fn take_actor(&mut self) -> Option<ActorRef<TokenMsg>> {
+        match std::mem::replace(&mut self.run, Run::Failed) {
+            Run::Running {
+                actor, holds_start, ..
+            } => {
+                let refresh = None;
+                self.run = if holds_start {
+                    Run::Starting { refresh }
+                } else {
+                    Run::Asleep { refresh }
+                };
+                Some(actor)
+            }
+            other => {
+                self.run = other;
+                None
+            }
+        }
     }
 }

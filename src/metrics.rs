@@ -1,8 +1,7 @@
-//! Prometheus metrics (OpenMetrics text), served on an optional loopback listener
-//! (`[metrics] listen`, open to everyone on the host) and an optional Unix socket
-//! (`[metrics] socket`, whose file mode decides who may scrape). One registry for the process: the daemon has one set of clients.
+//! Prometheus metrics (OpenMetrics text): one registry for the process (the daemon has one set
+//! of clients), fed with plain labels so that every part can report without this module
+//! knowing any of them. [`crate::serve::metrics_http`] serves it.
 
-use std::path::Path;
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -13,10 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-
-use crate::oauth::FetchError;
-use crate::serve::listen::{self, ListenError, SocketFile};
-use crate::store::ClientState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabel {
@@ -198,8 +193,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A client moved from state `from` (`None`: it is new) to `to`.
-    pub fn set_state(&self, client: &str, from: Option<ClientState>, to: ClientState) {
+    /// A client moved from state `from` (`None`: it is new) to `to` (the states' names).
+    pub fn set_state(&self, client: &str, from: Option<&'static str>, to: &'static str) {
         if from == Some(to) {
             return;
         }
@@ -209,24 +204,18 @@ impl Metrics {
         self.client_state
             .get_or_create(&StateLabels {
                 client: client.to_string(),
-                state: to.as_str(),
+                state: to,
             })
             .set(1);
-        self.clients
-            .get_or_create(&StateOnly { state: to.as_str() })
-            .inc();
+        self.clients.get_or_create(&StateOnly { state: to }).inc();
     }
 
-    fn leave_state(&self, client: &str, state: ClientState) {
+    fn leave_state(&self, client: &str, state: &'static str) {
         self.client_state.remove(&StateLabels {
             client: client.to_string(),
-            state: state.as_str(),
+            state,
         });
-        self.clients
-            .get_or_create(&StateOnly {
-                state: state.as_str(),
-            })
-            .dec();
+        self.clients.get_or_create(&StateOnly { state }).dec();
     }
 
     pub fn token_received(&self, client: &str, expires_unix: f64) {
@@ -242,7 +231,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn token_failed(&self, client: &str, kind: &'static str, error: &FetchError) {
+    /// A token request failed; `error` is the failure's short label (an OAuth error code,
+    /// `http_NNN`, or a kind such as `network`).
+    pub fn token_failed(&self, client: &str, kind: &'static str, error: String) {
         self.refreshes
             .get_or_create(&RefreshLabels {
                 client: client.to_string(),
@@ -253,7 +244,7 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 client: client.to_string(),
                 kind,
-                error: error.label(),
+                error,
             })
             .inc();
     }
@@ -299,7 +290,7 @@ impl Metrics {
 
     /// Drops the gauges of a client that was removed in `state` (its counters stay until
     /// restart).
-    pub fn forget(&self, client: &str, state: ClientState) {
+    pub fn forget(&self, client: &str, state: &'static str) {
         self.leave_state(client, state);
         self.token_expiry.remove(&ClientLabel {
             client: client.to_string(),
@@ -321,62 +312,6 @@ impl Drop for WatchGuard {
     fn drop(&mut self) {
         METRICS.watch_streams.dec();
     }
-}
-
-/// A listener metrics are served on.
-pub enum Listener {
-    /// Loopback TCP: anyone on the host can scrape.
-    Tcp(tokio::net::TcpListener),
-    /// A Unix socket, whose file mode decides who can scrape; its file goes with it.
-    Unix(tokio::net::UnixListener, SocketFile),
-}
-
-/// Binds the metrics listeners configured: a loopback address, a Unix socket with `mode`, both
-/// or none.
-pub async fn bind(
-    tcp: Option<std::net::SocketAddr>,
-    socket: Option<&Path>,
-    mode: u32,
-) -> Result<Vec<Listener>, ListenError> {
-    let mut listeners = Vec::new();
-    if let Some(addr) = tcp {
-        listeners.push(Listener::Tcp(listen::bind_tcp(addr).await?));
-    }
-    if let Some(path) = socket {
-        let (listener, file) = SocketFile::bind(path, mode)?;
-        listeners.push(Listener::Unix(listener, file));
-    }
-    Ok(listeners)
-}
-
-/// Serves `GET /metrics` on every listener until the task is aborted (a Unix socket's file is
-/// removed then), or until one of them fails.
-pub async fn serve(listeners: Vec<Listener>) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )],
-                METRICS.encode(),
-            )
-        }),
-    );
-    let servers = listeners.into_iter().map(|listener| {
-        let app = app.clone();
-        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
-            match listener {
-                Listener::Tcp(l) => Box::pin(async move { axum::serve(l, app).await }),
-                Listener::Unix(l, file) => Box::pin(async move {
-                    let _file = file;
-                    axum::serve(l, app).await
-                }),
-            };
-        server
-    });
-    futures_util::future::try_join_all(servers).await.map(drop)
 }
 
 #[cfg(test)]
@@ -409,10 +344,10 @@ mod tests {
     #[test]
     fn a_client_has_one_state_series_and_the_totals_follow_it() {
         let metrics = Metrics::new();
-        metrics.set_state("a", None, ClientState::Starting);
-        metrics.set_state("b", None, ClientState::Starting);
-        metrics.set_state("a", Some(ClientState::Starting), ClientState::Fresh);
-        metrics.set_state("a", Some(ClientState::Fresh), ClientState::Fresh);
+        metrics.set_state("a", None, "starting");
+        metrics.set_state("b", None, "starting");
+        metrics.set_state("a", Some("starting"), "fresh");
+        metrics.set_state("a", Some("fresh"), "fresh");
         let text = metrics.encode();
         let lines: Vec<&str> = text
             .lines()
@@ -427,7 +362,7 @@ mod tests {
             assert!(lines.contains(&line), "{line} missing from:\n{text}");
         }
         assert_eq!(lines.len(), 4, "{lines:?}");
-        metrics.forget("a", ClientState::Fresh);
+        metrics.forget("a", "fresh");
         let text = metrics.encode();
         assert!(!text.contains(r#"client="a""#), "{text}");
         assert!(

@@ -193,7 +193,7 @@ impl ClientSlot {
             last_error: None,
             retry_after_capped: false,
         });
-        METRICS.set_state(&name, None, ClientState::Starting);
+        METRICS.set_state(&name, None, ClientState::Starting.as_str());
         Self {
             key: name.as_str().into(),
             name,
@@ -261,7 +261,7 @@ impl ClientSlot {
             let before = v.state;
             change(v);
             // Under the view's lock, so that concurrent changes reach the metrics in order.
-            METRICS.set_state(&self.name, Some(before), v.state);
+            METRICS.set_state(&self.name, Some(before.as_str()), v.state.as_str());
         });
         self.changed.notify_one();
     }

@@ -108,7 +108,7 @@ pub async fn run(
     }
 
     let mut tasks = Tasks::default();
-    let metrics = crate::metrics::bind(
+    let metrics = crate::serve::metrics_http::bind(
         config.metrics.listen,
         config.metrics.socket.as_deref(),
         config.metrics.socket_mode(),
@@ -116,7 +116,7 @@ pub async fn run(
     .await?;
     if !metrics.is_empty() {
         tasks.spawn("the metrics listener", async move {
-            match crate::metrics::serve(metrics).await {
+            match crate::serve::metrics_http::serve(metrics).await {
                 Ok(()) => "it stopped serving".into(),
                 Err(e) => e.to_string(),
             }

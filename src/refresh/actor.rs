@@ -330,7 +330,7 @@ impl TokenState {
                 FailureKind::Transient => "transient",
                 FailureKind::NeedsOperator => "needs_operator",
             },
-            &e,
+            e.label(),
         );
         let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         match state {

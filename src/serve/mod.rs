@@ -5,6 +5,7 @@
 //! - `service`: the `tokend.v1.TokenService` implementation and its status mapping.
 //! - `call_limits`: caps on watch streams and waiting calls, in all and per uid.
 //! - `listen`: the Unix socket and loopback TCP listeners.
+//! - `metrics_http`: the listeners metrics are scraped on.
 //! - `connections`: connection caps, handshake and idle timeouts, HTTP/2 limits.
 //! - `h2_authority`: rewrites the `:authority` stock gRPC clients send over a Unix socket (the
 //!   socket path) into one tonic's HTTP/2 layer accepts.
@@ -13,4 +14,5 @@ pub mod call_limits;
 pub mod connections;
 pub mod h2_authority;
 pub mod listen;
+pub mod metrics_http;
 pub mod service;

@@ -50,6 +50,39 @@ pub mod proto {
 
     /// The encoded descriptor set, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokend_descriptor");
+
+    impl ClientState {
+        /// The state's one spelling in metrics, logs and `tokend status`: its proto name
+        /// lower-cased, without the `CLIENT_STATE_` prefix.
+        pub fn name(self) -> &'static str {
+            match self {
+                ClientState::Unspecified => "unspecified",
+                ClientState::Starting => "starting",
+                ClientState::Fresh => "fresh",
+                ClientState::Refreshing => "refreshing",
+                ClientState::BackingOff => "backing_off",
+                ClientState::NeedsOperator => "needs_operator",
+                ClientState::Failed => "failed",
+                ClientState::ReauthorizationRequired => "reauthorization_required",
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::ClientState;
+
+        #[test]
+        fn state_names_are_the_proto_names() {
+            for n in 0.. {
+                let Ok(state) = ClientState::try_from(n) else {
+                    break;
+                };
+                let proto = state.as_str_name().strip_prefix("CLIENT_STATE_").unwrap();
+                assert_eq!(state.name(), proto.to_lowercase());
+            }
+        }
+    }
 }
 
 pub use config::Config;

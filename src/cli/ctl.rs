@@ -191,7 +191,7 @@ fn render_status(clients: &[proto::ClientStatus], now: SystemTime) -> String {
         .iter()
         .map(|c| {
             let state = proto::ClientState::try_from(c.state)
-                .map(state_name)
+                .map(proto::ClientState::name)
                 .unwrap_or("unknown");
             [
                 display_cell(&c.client, MAX_CELL),
@@ -253,19 +253,6 @@ fn scope_list(scopes: &[String]) -> String {
         out.push_str(scope);
     }
     out
-}
-
-fn state_name(state: proto::ClientState) -> &'static str {
-    match state {
-        proto::ClientState::Unspecified => "unknown",
-        proto::ClientState::Starting => "starting",
-        proto::ClientState::Fresh => "fresh",
-        proto::ClientState::Refreshing => "refreshing",
-        proto::ClientState::BackingOff => "backing-off",
-        proto::ClientState::NeedsOperator => "needs-operator",
-        proto::ClientState::Failed => "failed",
-        proto::ClientState::ReauthorizationRequired => "reauthorize",
-    }
 }
 
 /// "4m 10s", or "expired" for a time in the past.
@@ -332,11 +319,11 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("billing  fresh "), "{table}");
         assert!(lines[1].contains("4m 10s"), "{table}");
-        assert!(lines[2].contains("needs-operator"), "{table}");
+        assert!(lines[2].contains("needs_operator"), "{table}");
         assert!(lines[2].ends_with("invalid_client"), "{table}");
         // Columns line up: STATE starts at the same offset in every line.
         let col = lines[0].find("STATE").unwrap();
-        assert_eq!(&lines[2][col..col + 14], "needs-operator");
+        assert_eq!(&lines[2][col..col + 14], "needs_operator");
     }
 
     #[test]

@@ -363,7 +363,7 @@ impl TokenServiceImpl {
                 let token = view.token.as_ref();
                 proto::ClientStatus {
                     client: slot.name.clone(),
-                    state: state_to_proto(view.state) as i32,
+                    state: proto::ClientState::from(view.state) as i32,
                     scopes: token.map(|t| t.scopes.clone()).unwrap_or_default(),
                     expires_at: token.map(|t| timestamp(t.expires_wall)),
                     next_refresh_at: view.next_attempt.map(|(_, wall)| timestamp(wall)),
@@ -438,18 +438,6 @@ fn to_proto(client: &str, token: &Token) -> proto::Token {
         scopes: token.scopes.clone(),
         expires_at: Some(timestamp(token.expires_wall)),
         issued_at: Some(timestamp(token.received_wall)),
-    }
-}
-
-fn state_to_proto(state: ClientState) -> proto::ClientState {
-    match state {
-        ClientState::Starting => proto::ClientState::Starting,
-        ClientState::Fresh => proto::ClientState::Fresh,
-        ClientState::Refreshing => proto::ClientState::Refreshing,
-        ClientState::BackingOff => proto::ClientState::BackingOff,
-        ClientState::NeedsOperator => proto::ClientState::NeedsOperator,
-        ClientState::ReauthorizationRequired => proto::ClientState::ReauthorizationRequired,
-        ClientState::Failed => proto::ClientState::Failed,
     }
 }
 

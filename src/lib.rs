@@ -19,6 +19,7 @@
 //! - [`systemd`]: readiness, status, watchdog, reload and stop notifications; socket activation.
 //! - [`sink`]: per-client files rewritten atomically with each new token.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
+//! - [`accounts`]: user and group names (or numbers) to ids.
 //! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
 //!   write against the host (no symlink or name they plant is followed).
 //! - [`offload`]: blocking file work on the blocking pool, with a timeout.
@@ -26,6 +27,7 @@
 //! - [`logging`]: text or JSON log output.
 
 pub mod access;
+pub mod accounts;
 pub mod atomic_file;
 pub mod cli;
 mod client_name;

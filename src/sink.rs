@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
+use crate::accounts::{gid_of, uid_of};
 use crate::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
 use crate::store::{ClientSlot, Token};
 
@@ -70,27 +71,11 @@ impl FileSinkConfig {
             ))?;
         let owner = match &self.owner {
             None => None,
-            Some(name) => Some(match name.parse::<u32>() {
-                Ok(uid) => uid,
-                Err(_) => nix::unistd::User::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or(("owner", format!("no user named {name:?} on this host")))?
-                    .uid
-                    .as_raw(),
-            }),
+            Some(name) => Some(uid_of(name).map_err(|reason| ("owner", reason))?),
         };
         let group = match &self.group {
             None => None,
-            Some(name) => Some(match name.parse::<u32>() {
-                Ok(gid) => gid,
-                Err(_) => nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or(("group", format!("no group named {name:?} on this host")))?
-                    .gid
-                    .as_raw(),
-            }),
+            Some(name) => Some(gid_of(name).map_err(|reason| ("group", reason))?),
         };
         check_path(&self.path, &Trust::sink(owner)).map_err(|reason| ("path", reason))?;
         Ok(FileSink {

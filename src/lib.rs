@@ -22,6 +22,7 @@
 //! - [`accounts`]: user and group names (or numbers) to ids.
 //! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
 //!   write against the host (no symlink or name they plant is followed).
+//! - [`file_mode`]: octal file modes in settings.
 //! - [`offload`]: blocking file work on the blocking pool, with a timeout.
 //! - [`metrics`]: Prometheus metrics on an optional listener.
 //! - [`logging`]: text or JSON log output.
@@ -34,6 +35,7 @@ mod client_name;
 pub mod config;
 pub mod daemon;
 mod durations;
+pub mod file_mode;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;

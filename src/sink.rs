@@ -13,6 +13,7 @@ use tracing::{debug, error, warn};
 
 use crate::accounts::{gid_of, uid_of};
 use crate::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
+use crate::file_mode;
 use crate::store::{ClientSlot, Token};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,13 +63,7 @@ impl FileSinkConfig {
                 format!("{} must be an absolute path", self.path.display()),
             ));
         }
-        let mode = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or((
-                "mode",
-                format!("{:?} is not an octal file mode such as \"0640\"", self.mode),
-            ))?;
+        let mode = file_mode::parse(&self.mode, "0640").map_err(|e| ("mode", e.to_string()))?;
         let owner = match &self.owner {
             None => None,
             Some(name) => Some(uid_of(name).map_err(|reason| ("owner", reason))?),

@@ -25,6 +25,7 @@
 //! - [`file_mode`]: octal file modes in settings.
 //! - [`offload`]: blocking file work on the blocking pool, with a timeout.
 //! - [`metrics`]: Prometheus metrics on an optional listener.
+//! - [`unix_time`]: wall-clock times as Unix time.
 //! - [`logging`]: text or JSON log output.
 
 pub mod access;
@@ -47,6 +48,7 @@ pub mod serve;
 pub mod sink;
 pub mod store;
 pub mod systemd;
+pub mod unix_time;
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {

@@ -15,6 +15,7 @@ use crate::accounts::{gid_of, uid_of};
 use crate::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
 use crate::file_mode;
 use crate::store::{ClientSlot, Token};
+use crate::unix_time::since_epoch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,11 +89,7 @@ impl FileSink {
         match self.format {
             SinkFormat::Token => format!("{}\n", token.access_token.expose()),
             SinkFormat::Json => {
-                let expires = token
-                    .expires_wall
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
+                let expires = since_epoch(token.expires_wall).as_secs();
                 let mut text = serde_json::json!({
                     "access_token": token.access_token.expose(),
                     "token_type": token.token_type,

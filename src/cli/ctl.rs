@@ -155,15 +155,14 @@ fn ascii_json(json: &str) -> String {
 }
 
 /// A timestamp from the daemon as a `SystemTime`, clamped into range (before 1970 reads as
-/// 1970; SystemTime holds every later `i64` second).
+/// 1970; SystemTime holds every later `i64` second). Nanoseconds out of range are clamped
+/// first: prost would carry them into the seconds, and `i64::MAX` seconds must stay that.
 fn system_time(t: &prost_types::Timestamp) -> SystemTime {
-    let since = Duration::new(
-        u64::try_from(t.seconds).unwrap_or(0),
-        u32::try_from(t.nanos.clamp(0, 999_999_999)).unwrap_or(0),
-    );
-    SystemTime::UNIX_EPOCH
-        .checked_add(since)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
+    let t = prost_types::Timestamp {
+        seconds: t.seconds,
+        nanos: t.nanos.clamp(0, 999_999_999),
+    };
+    SystemTime::try_from(t).map_or(SystemTime::UNIX_EPOCH, |t| t.max(SystemTime::UNIX_EPOCH))
 }
 
 /// Every client's status, rendered as a table.

@@ -2,6 +2,10 @@
 //! formats of section 5.6.7 that recipients must accept. The value is the provider's, so it is
 //! parsed without trusting its range: delays saturate instead of overflowing, and the policy's
 //! cap (`refresh.retry_after_max`) is applied by the caller, which knows the policy.
+//!
+//! Not the `httpdate` crate: it reads RFC 850's two-digit year with a fixed 1970 pivot where
+//! RFC 9110 requires the 50-year rule, and it refuses a wrong weekday or a date before 1970,
+//! which this parser reads as a date (the weekday is redundant) and as no delay.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

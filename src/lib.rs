@@ -19,24 +19,24 @@
 //! - [`systemd`]: readiness, status, watchdog, reload and stop notifications; socket activation.
 //! - [`sink`]: per-client files rewritten atomically with each new token.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
-//! - [`accounts`]: user and group names (or numbers) to ids.
+//! - `accounts`: user and group names (or numbers) to ids.
 //! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
 //!   write against the host (no symlink or name they plant is followed).
-//! - [`file_mode`]: octal file modes in settings.
+//! - `file_mode`: octal file modes in settings.
 //! - [`offload`]: blocking file work on the blocking pool, with a timeout.
 //! - [`metrics`]: Prometheus metrics on an optional listener.
-//! - [`unix_time`]: wall-clock times as Unix time.
+//! - `unix_time`: wall-clock times as Unix time.
 //! - [`logging`]: text or JSON log output.
 
 pub mod access;
-pub mod accounts;
+mod accounts;
 pub mod atomic_file;
 pub mod cli;
 mod client_name;
 pub mod config;
 pub mod daemon;
 mod durations;
-pub mod file_mode;
+mod file_mode;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
@@ -48,7 +48,7 @@ pub mod serve;
 pub mod sink;
 pub mod store;
 pub mod systemd;
-pub mod unix_time;
+mod unix_time;
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {

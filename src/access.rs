@@ -8,12 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use nix::unistd::{Gid, Group, User};
+use nix::unistd::User;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Request;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::warn;
+
+use crate::accounts::{group_of, uid_of};
 
 /// The process on the other end of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,36 +331,6 @@ fn resolve_group(spec: &str) -> Result<ResolvedGroup, String> {
             .map(|u| u.uid.as_raw())
             .collect(),
     })
-}
-
-fn uid_of(user: &str) -> Result<u32, String> {
-    if let Ok(uid) = user.parse::<u32>() {
-        return Ok(uid);
-    }
-    match User::from_name(user) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(format!("no user named {user:?} on this host")),
-        Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
-    }
-}
-
-fn group_of(group: &str) -> Result<Group, String> {
-    let found = match group.parse::<u32>() {
-        Ok(gid) => Group::from_gid(Gid::from_raw(gid)).map(|g| {
-            g.or(Some(Group {
-                name: gid.to_string(),
-                passwd: Default::default(),
-                gid: Gid::from_raw(gid),
-                mem: Vec::new(),
-            }))
-        }),
-        Err(_) => Group::from_name(group),
-    };
-    match found {
-        Ok(Some(g)) => Ok(g),
-        Ok(None) => Err(format!("no group named {group:?} on this host")),
-        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
-    }
 }
 
 #[cfg(test)]

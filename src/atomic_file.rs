@@ -11,6 +11,10 @@
 //! directory: owned by a trusted user and writable by nobody else. A symlink on the way is
 //! followed only if root or the daemon's user owns it (so `/var/run -> /run` works, one the
 //! consumer made does not).
+//!
+//! Not `tempfile`: it creates and renames by path (`renameat` from the working directory), so
+//! it cannot open the file or rename it within a directory descriptor opened
+//! `O_DIRECTORY|O_NOFOLLOW`, which is what keeps a swapped directory from redirecting the write.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};

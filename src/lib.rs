@@ -19,19 +19,24 @@
 //! - [`systemd`]: readiness, status, watchdog, reload and stop notifications; socket activation.
 //! - [`sink`]: per-client files rewritten atomically with each new token.
 //! - [`secret`]: reading secret files, redacted token types, durable writes.
+//! - `accounts`: user and group names (or numbers) to ids.
 //! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
 //!   write against the host (no symlink or name they plant is followed).
+//! - `file_mode`: octal file modes in settings.
 //! - [`offload`]: blocking file work on the blocking pool, with a timeout.
 //! - [`metrics`]: Prometheus metrics on an optional listener.
+//! - `unix_time`: wall-clock times as Unix time.
 //! - [`logging`]: text or JSON log output.
 
 pub mod access;
+mod accounts;
 pub mod atomic_file;
 pub mod cli;
 mod client_name;
 pub mod config;
 pub mod daemon;
 mod durations;
+mod file_mode;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
@@ -43,6 +48,7 @@ pub mod serve;
 pub mod sink;
 pub mod store;
 pub mod systemd;
+mod unix_time;
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {
@@ -50,6 +56,39 @@ pub mod proto {
 
     /// The encoded descriptor set, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokend_descriptor");
+
+    impl ClientState {
+        /// The state's one spelling in metrics, logs and `tokend status`: its proto name
+        /// lower-cased, without the `CLIENT_STATE_` prefix.
+        pub fn name(self) -> &'static str {
+            match self {
+                ClientState::Unspecified => "unspecified",
+                ClientState::Starting => "starting",
+                ClientState::Fresh => "fresh",
+                ClientState::Refreshing => "refreshing",
+                ClientState::BackingOff => "backing_off",
+                ClientState::NeedsOperator => "needs_operator",
+                ClientState::Failed => "failed",
+                ClientState::ReauthorizationRequired => "reauthorization_required",
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::ClientState;
+
+        #[test]
+        fn state_names_are_the_proto_names() {
+            for n in 0.. {
+                let Ok(state) = ClientState::try_from(n) else {
+                    break;
+                };
+                let proto = state.as_str_name().strip_prefix("CLIENT_STATE_").unwrap();
+                assert_eq!(state.name(), proto.to_lowercase());
+            }
+        }
+    }
 }
 
 pub use config::Config;

@@ -11,8 +11,11 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
+use crate::accounts::{gid_of, uid_of};
 use crate::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
+use crate::file_mode;
 use crate::store::{ClientSlot, Token};
+use crate::unix_time::since_epoch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,36 +64,14 @@ impl FileSinkConfig {
                 format!("{} must be an absolute path", self.path.display()),
             ));
         }
-        let mode = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or((
-                "mode",
-                format!("{:?} is not an octal file mode such as \"0640\"", self.mode),
-            ))?;
+        let mode = file_mode::parse(&self.mode, "0640").map_err(|e| ("mode", e.to_string()))?;
         let owner = match &self.owner {
             None => None,
-            Some(name) => Some(match name.parse::<u32>() {
-                Ok(uid) => uid,
-                Err(_) => nix::unistd::User::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or(("owner", format!("no user named {name:?} on this host")))?
-                    .uid
-                    .as_raw(),
-            }),
+            Some(name) => Some(uid_of(name).map_err(|reason| ("owner", reason))?),
         };
         let group = match &self.group {
             None => None,
-            Some(name) => Some(match name.parse::<u32>() {
-                Ok(gid) => gid,
-                Err(_) => nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or(("group", format!("no group named {name:?} on this host")))?
-                    .gid
-                    .as_raw(),
-            }),
+            Some(name) => Some(gid_of(name).map_err(|reason| ("group", reason))?),
         };
         check_path(&self.path, &Trust::sink(owner)).map_err(|reason| ("path", reason))?;
         Ok(FileSink {
@@ -108,11 +89,7 @@ impl FileSink {
         match self.format {
             SinkFormat::Token => format!("{}\n", token.access_token.expose()),
             SinkFormat::Json => {
-                let expires = token
-                    .expires_wall
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
+                let expires = since_epoch(token.expires_wall).as_secs();
                 let mut text = serde_json::json!({
                     "access_token": token.access_token.expose(),
                     "token_type": token.token_type,

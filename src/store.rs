@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::access::{Access, Caller};
 use crate::metrics::METRICS;
 use crate::oauth::Grant;
+use crate::proto;
 use crate::secret::AccessToken;
 
 /// A token as handed to callers, with both clocks: the monotonic one decides validity (immune
@@ -58,16 +59,22 @@ pub enum ClientState {
 }
 
 impl ClientState {
-    /// The state's name in metrics and logs.
+    /// The state's name in metrics and logs: the proto's, so that every place spells it alike.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ClientState::Starting => "starting",
-            ClientState::Fresh => "fresh",
-            ClientState::Refreshing => "refreshing",
-            ClientState::BackingOff => "backing_off",
-            ClientState::NeedsOperator => "needs_operator",
-            ClientState::ReauthorizationRequired => "reauthorization_required",
-            ClientState::Failed => "failed",
+        proto::ClientState::from(self).name()
+    }
+}
+
+impl From<ClientState> for proto::ClientState {
+    fn from(state: ClientState) -> proto::ClientState {
+        match state {
+            ClientState::Starting => proto::ClientState::Starting,
+            ClientState::Fresh => proto::ClientState::Fresh,
+            ClientState::Refreshing => proto::ClientState::Refreshing,
+            ClientState::BackingOff => proto::ClientState::BackingOff,
+            ClientState::NeedsOperator => proto::ClientState::NeedsOperator,
+            ClientState::ReauthorizationRequired => proto::ClientState::ReauthorizationRequired,
+            ClientState::Failed => proto::ClientState::Failed,
         }
     }
 }

@@ -47,7 +47,7 @@ async fn start(endpoint: FaultEndpoint, clients: &[&str], refresh: &str) -> Harn
     let config = Config::load_with_env(&path, []).unwrap();
     let t0 = Instant::now();
     let clients = Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()),
+        client_specs(&config, &tokend::oauth::http_client()).0,
         &config.refresh,
     )
     .await

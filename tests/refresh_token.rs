@@ -169,7 +169,7 @@ async fn authorize_once_then_rotate_refresh_tokens_many_times() {
     let command = format!("tokend authorize web --config {}", config.display());
     assert!(err.message().contains(&command), "{}", err.message());
     let (_, status, _) = d.cli(&["status"]);
-    assert!(status.contains("reauthorize"), "{status}");
+    assert!(status.contains("reauthorization_required"), "{status}");
 
     // The one-time approval, through the provider's real pages.
     let (child, url) = start_authorize(&config, "web");

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use crate::config::{ClientConfig, Config, redirect_listen_addr};
 use crate::daemon::plan;
 use crate::oauth::{self, FetchError, Grant};
 use crate::secret::{self, ExposeSecret};
+use crate::unix_time::since_epoch;
 
 /// A pending authorization older than this is not trusted for a pasted code: the code it was
 /// issued for has long expired anyway.
@@ -141,10 +142,7 @@ fn pending_path(rt_file: &Path) -> PathBuf {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+    since_epoch(SystemTime::now()).as_secs()
 }
 
 /// Prints the URL, waits for the redirect (up to `timeout`), exchanges the code and stores the

@@ -155,15 +155,14 @@ fn ascii_json(json: &str) -> String {
 }
 
 /// A timestamp from the daemon as a `SystemTime`, clamped into range (before 1970 reads as
-/// 1970; SystemTime holds every later `i64` second).
+/// 1970; SystemTime holds every later `i64` second). Nanoseconds out of range are clamped
+/// first: prost would carry them into the seconds, and `i64::MAX` seconds must stay that.
 fn system_time(t: &prost_types::Timestamp) -> SystemTime {
-    let since = Duration::new(
-        u64::try_from(t.seconds).unwrap_or(0),
-        u32::try_from(t.nanos.clamp(0, 999_999_999)).unwrap_or(0),
-    );
-    SystemTime::UNIX_EPOCH
-        .checked_add(since)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
+    let t = prost_types::Timestamp {
+        seconds: t.seconds,
+        nanos: t.nanos.clamp(0, 999_999_999),
+    };
+    SystemTime::try_from(t).map_or(SystemTime::UNIX_EPOCH, |t| t.max(SystemTime::UNIX_EPOCH))
 }
 
 /// Every client's status, rendered as a table.
@@ -191,7 +190,7 @@ fn render_status(clients: &[proto::ClientStatus], now: SystemTime) -> String {
         .iter()
         .map(|c| {
             let state = proto::ClientState::try_from(c.state)
-                .map(state_name)
+                .map(proto::ClientState::name)
                 .unwrap_or("unknown");
             [
                 display_cell(&c.client, MAX_CELL),
@@ -253,19 +252,6 @@ fn scope_list(scopes: &[String]) -> String {
         out.push_str(scope);
     }
     out
-}
-
-fn state_name(state: proto::ClientState) -> &'static str {
-    match state {
-        proto::ClientState::Unspecified => "unknown",
-        proto::ClientState::Starting => "starting",
-        proto::ClientState::Fresh => "fresh",
-        proto::ClientState::Refreshing => "refreshing",
-        proto::ClientState::BackingOff => "backing-off",
-        proto::ClientState::NeedsOperator => "needs-operator",
-        proto::ClientState::Failed => "failed",
-        proto::ClientState::ReauthorizationRequired => "reauthorize",
-    }
 }
 
 /// "4m 10s", or "expired" for a time in the past.
@@ -332,11 +318,11 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("billing  fresh "), "{table}");
         assert!(lines[1].contains("4m 10s"), "{table}");
-        assert!(lines[2].contains("needs-operator"), "{table}");
+        assert!(lines[2].contains("needs_operator"), "{table}");
         assert!(lines[2].ends_with("invalid_client"), "{table}");
         // Columns line up: STATE starts at the same offset in every line.
         let col = lines[0].find("STATE").unwrap();
-        assert_eq!(&lines[2][col..col + 14], "needs-operator");
+        assert_eq!(&lines[2][col..col + 14], "needs_operator");
     }
 
     #[test]

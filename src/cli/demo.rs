@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::config::{ClientConfig, Config, ServerConfig};
 use crate::oauth::{AuthMethod, Grant};
 use crate::refresh::RefreshPolicy;
+use crate::unix_time::since_epoch;
 
 /// Short enough that refreshes show up in the log within a minute of starting.
 pub const DEMO_LIFETIME: Duration = Duration::from_secs(20);
@@ -121,10 +122,7 @@ impl Issuer {
     /// An HS256 JWT with the claims a real provider's access token carries.
     fn sign(&self, client_id: &str) -> String {
         let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = since_epoch(SystemTime::now()).as_secs();
         let claims = json!({
             "iss": self.issuer,
             "sub": client_id,

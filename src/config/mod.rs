@@ -145,15 +145,8 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// The socket mode as a number; valid after [`Config::validate`].
     pub fn socket_mode(&self) -> u32 {
-        parse_mode(&self.socket_mode).unwrap_or(0o600)
+        crate::file_mode::parse(&self.socket_mode, "0600").unwrap_or(0o600)
     }
-}
-
-/// An octal file mode such as "0660" (or "0o660"), permission bits only.
-fn parse_mode(text: &str) -> Option<u32> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -246,6 +239,6 @@ fn default_grant() -> Grant {
 impl Config {
     /// The socket mode as a number; valid after [`Config::validate`].
     pub fn socket_mode(&self) -> u32 {
-        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660)
+        crate::file_mode::parse(&self.server.socket_mode, "0660").unwrap_or(0o660)
     }
 }

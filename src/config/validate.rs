@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ClientConfig, Config, ConfigError, ServerConfig, parse_mode};
+use super::{ClientConfig, Config, ConfigError, ServerConfig};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
 use crate::oauth::Grant;
 use crate::refresh::RefreshPolicy;
@@ -30,18 +30,8 @@ impl Config {
             key,
             reason,
         };
-        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                err(
-                    "server.socket_mode".into(),
-                    format!(
-                        "{:?} is not an octal file mode such as \"0660\"",
-                        self.server.socket_mode
-                    ),
-                )
-            })?;
+        crate::file_mode::parse(&self.server.socket_mode, "0660")
+            .map_err(|e| err("server.socket_mode".into(), e.to_string()))?;
         if let Some(tcp) = self.server.tcp
             && !tcp.ip().is_loopback()
         {
@@ -60,15 +50,8 @@ impl Config {
                 format!("{addr} is not a loopback address (use 127.0.0.1 or [::1])"),
             ));
         }
-        if parse_mode(&self.metrics.socket_mode).is_none() {
-            return Err(err(
-                "metrics.socket_mode".into(),
-                format!(
-                    "{:?} is not an octal file mode such as \"0600\"",
-                    self.metrics.socket_mode
-                ),
-            ));
-        }
+        crate::file_mode::parse(&self.metrics.socket_mode, "0600")
+            .map_err(|e| err("metrics.socket_mode".into(), e.to_string()))?;
         if let Some(socket) = &self.metrics.socket {
             if !socket.is_absolute() {
                 return Err(err(

@@ -124,15 +124,7 @@ pub async fn run(
     }
 
     let http = http_client();
-    let mut limiters = EndpointLimiters::new(
-        config.refresh.endpoint_concurrency,
-        config.refresh.endpoint_spacing,
-    );
-    let specs = config
-        .clients
-        .keys()
-        .map(|name| plan::client_spec(&config, name, &http, &mut limiters))
-        .collect();
+    let (specs, limiters) = plan::client_specs(&config, &http);
     let clients = Clients::start(specs, &config.refresh).await?;
     info!(
         socket = %config.server.socket.display(),

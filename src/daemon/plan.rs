@@ -109,17 +109,22 @@ pub fn client_spec(
     }
 }
 
-/// Specs for every configured client.
-pub fn client_specs(config: &Config, http: &reqwest::Client) -> Vec<ClientSpec> {
+/// Specs for every configured client, and the endpoints' request budgets they share (which
+/// the daemon keeps across reloads).
+pub fn client_specs(
+    config: &Config,
+    http: &reqwest::Client,
+) -> (Vec<ClientSpec>, EndpointLimiters) {
     let mut limiters = EndpointLimiters::new(
         config.refresh.endpoint_concurrency,
         config.refresh.endpoint_spacing,
     );
-    config
+    let specs = config
         .clients
         .keys()
         .map(|name| client_spec(config, name, http, &mut limiters))
-        .collect()
+        .collect();
+    (specs, limiters)
 }
 
 /// What a reload changed, for the log.

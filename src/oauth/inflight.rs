@@ -12,10 +12,11 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::atomic_file::{Durability, Perms, SafeDir, Trust};
 use crate::secret::SecretError;
+use crate::unix_time::since_epoch;
 
 /// A marker holds a decimal timestamp and a newline; anything longer is not one of ours.
 const MAX_MARKER: u64 = 64;
@@ -30,10 +31,7 @@ fn marker(refresh_token_file: &Path) -> std::io::Result<(SafeDir, OsString)> {
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
+    since_epoch(SystemTime::now()).as_millis()
 }
 
 /// How long to wait before the refresh token may be sent again: the rest of `timeout` since

@@ -1,13 +1,14 @@
 //! Reading a token endpoint's reply (RFC 6749 section 5.1 and 5.2) into what tokend needs:
 //! the token, its lifetime and its scopes, or a classified error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::redact::Redactor;
 use crate::secret::{AccessToken, SecretString};
+use crate::unix_time::since_epoch;
 
 /// Lifetimes above this are clamped: a token that claims to live for years is refreshed daily
 /// anyway, which bounds how long a revoked or mis-scoped token stays in use.
@@ -191,10 +192,7 @@ pub fn parse_token(
             .and_then(Value::as_f64)
         {
             Some(exp) => {
-                let now_secs = now
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
+                let now_secs = since_epoch(now).as_secs_f64();
                 if exp <= now_secs {
                     return Err(ReplyError::AlreadyExpired((now_secs - exp) as u64));
                 }
@@ -325,6 +323,7 @@ fn jwt_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
 mod tests {
     use super::*;
     use crate::secret::ExposeSecret;
+    use std::time::UNIX_EPOCH;
 
     const NOW: u64 = 1_700_000_000;
 

@@ -2,8 +2,14 @@
 //! formats of section 5.6.7 that recipients must accept. The value is the provider's, so it is
 //! parsed without trusting its range: delays saturate instead of overflowing, and the policy's
 //! cap (`refresh.retry_after_max`) is applied by the caller, which knows the policy.
+//!
+//! Not the `httpdate` crate: it reads RFC 850's two-digit year with a fixed 1970 pivot where
+//! RFC 9110 requires the 50-year rule, and it refuses a wrong weekday or a date before 1970,
+//! which this parser reads as a date (the weekday is redundant) and as no delay.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::unix_time::since_epoch;
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -106,9 +112,7 @@ fn clock(s: &str) -> Option<(u32, u32, u32)> {
 /// The year of RFC 850's two-digit `yy`: the latest year ending in `yy` that is at most 50
 /// years after `now` (one more than 50 years ahead is taken for the past century's).
 fn century(yy: u32, now: SystemTime) -> u32 {
-    let days = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400);
+    let days = since_epoch(now).as_secs() / 86_400;
     // Days to years is close enough here: the rule is about decades. A clock past year 9999
     // reads as 9999, the last year a four-digit date can name.
     let this_year = (1970 + days / 146_097 * 400 + days % 146_097 * 400 / 146_097).min(9999) as u32;

@@ -23,6 +23,7 @@ use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, Grant, TokenReply, TokenSource};
 use crate::refresh::{RefreshPolicy, schedule};
 use crate::store::{ClientSlot, ClientState, Token};
+use crate::unix_time::since_epoch;
 
 pub enum TokenMsg {
     /// A retry of rejected credentials is due (the only timer a running actor keeps; other
@@ -252,10 +253,7 @@ impl TokenState {
             schedule::after(now, delay),
             schedule::wall_after(wall, delay),
         );
-        let expires_unix = expires_wall
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let expires_unix = since_epoch(expires_wall).as_secs_f64();
         METRICS.token_received(&slot.name, expires_unix);
         info!(
             client = %slot.name,

@@ -363,10 +363,10 @@ impl TokenServiceImpl {
                 let token = view.token.as_ref();
                 proto::ClientStatus {
                     client: slot.name.clone(),
-                    state: state_to_proto(view.state) as i32,
+                    state: proto::ClientState::from(view.state) as i32,
                     scopes: token.map(|t| t.scopes.clone()).unwrap_or_default(),
-                    expires_at: token.map(|t| timestamp(t.expires_wall)),
-                    next_refresh_at: view.next_attempt.map(|(_, wall)| timestamp(wall)),
+                    expires_at: token.map(|t| t.expires_wall.into()),
+                    next_refresh_at: view.next_attempt.map(|(_, wall)| wall.into()),
                     consecutive_failures: view.consecutive_failures,
                     last_error: view.last_error.clone().unwrap_or_default(),
                     grant: slot.settings().grant.as_str().to_string(),
@@ -436,25 +436,9 @@ fn to_proto(client: &str, token: &Token) -> proto::Token {
         access_token: token.access_token.expose().to_string(),
         token_type: token.token_type.clone(),
         scopes: token.scopes.clone(),
-        expires_at: Some(timestamp(token.expires_wall)),
-        issued_at: Some(timestamp(token.received_wall)),
+        expires_at: Some(token.expires_wall.into()),
+        issued_at: Some(token.received_wall.into()),
     }
-}
-
-fn state_to_proto(state: ClientState) -> proto::ClientState {
-    match state {
-        ClientState::Starting => proto::ClientState::Starting,
-        ClientState::Fresh => proto::ClientState::Fresh,
-        ClientState::Refreshing => proto::ClientState::Refreshing,
-        ClientState::BackingOff => proto::ClientState::BackingOff,
-        ClientState::NeedsOperator => proto::ClientState::NeedsOperator,
-        ClientState::ReauthorizationRequired => proto::ClientState::ReauthorizationRequired,
-        ClientState::Failed => proto::ClientState::Failed,
-    }
-}
-
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t)
 }
 
 /// `t` in RFC 3339 to the second; `None` after year 9999, which RFC 3339 cannot write (and

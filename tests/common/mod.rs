@@ -387,7 +387,7 @@ impl InProcess {
         std::fs::write(&path, toml).unwrap();
         let config = tokend::Config::load_with_env(&path, []).unwrap();
         let clients = tokend::refresh::clients::Clients::start(
-            tokend::daemon::plan::client_specs(&config, &tokend::oauth::http_client()),
+            tokend::daemon::plan::client_specs(&config, &tokend::oauth::http_client()).0,
             &config.refresh,
         )
         .await

@@ -52,7 +52,7 @@ pub async fn start(endpoint: FaultEndpoint, name: &str, client_id: &str) -> Harn
     std::fs::write(&path, toml).unwrap();
     let config = Config::load_with_env(&path, []).unwrap();
     let clients = Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()),
+        client_specs(&config, &tokend::oauth::http_client()).0,
         &config.refresh,
     )
     .await

@@ -197,7 +197,7 @@ async fn in_process(endpoint: &FaultEndpoint, dir: &Path) -> Clients {
     .unwrap();
     let config = Config::load_with_env(&path, []).unwrap();
     Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()),
+        client_specs(&config, &tokend::oauth::http_client()).0,
         &config.refresh,
     )
     .await

@@ -56,7 +56,7 @@ async fn pair(reply: Reply) -> Pair {
     let config = Config::load_with_env(&path, []).unwrap();
     let t0 = Instant::now();
     let clients = Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()),
+        client_specs(&config, &tokend::oauth::http_client()).0,
         &config.refresh,
     )
     .await

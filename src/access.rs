@@ -15,7 +15,7 @@ use tonic::Request;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::warn;
 
-use crate::accounts::{group_of, uid_of};
+use crate::host::accounts::{group_of, uid_of};
 
 /// The process on the other end of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

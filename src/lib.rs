@@ -29,26 +29,21 @@
 //! - [`logging`]: text or JSON log output.
 
 pub mod access;
-mod accounts;
-pub mod atomic_file;
 pub mod cli;
 mod client_name;
 pub mod config;
 pub mod daemon;
 mod durations;
-mod file_mode;
+pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
-pub mod offload;
 mod panics;
 pub mod refresh;
 pub mod secret;
 pub mod serve;
 pub mod sink;
 pub mod store;
-pub mod systemd;
-mod unix_time;
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {

@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             Command::Demo { socket } => run_demo(socket.unwrap_or_else(demo::default_socket)).await,
         }
     });
-    // A read stuck on a hung file system (see tokend::offload) must not hold up the exit.
+    // A read stuck on a hung file system (see tokend::host::offload) must not hold up the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
 }

@@ -7,11 +7,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::offload::{self, Stalled};
+use crate::host::offload::{self, Stalled};
 
 pub use secrecy::{ExposeSecret, SecretString};
 
-use crate::atomic_file;
+use crate::host::atomic_file;
 
 /// Secret files larger than this are not secrets but a mistake (a certificate bundle, a log).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
@@ -259,7 +259,7 @@ pub fn read_env(var: &str) -> Result<SecretString, SecretError> {
 
 /// Replaces `path` with `content` and a newline, mode 0600, so that a crash at any moment
 /// leaves either the old or the new content, in a directory no one but root, the daemon's user
-/// and the directory's owner can write (see [`crate::atomic_file`]).
+/// and the directory's owner can write (see [`crate::host::atomic_file`]).
 pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError> {
     atomic_file::replace(
         path,

@@ -2,7 +2,7 @@
 //! written to a file of its own, replaced atomically (temporary file beside it with the final
 //! mode and owner, fsync, rename), so a reader never sees a partial or mixed file. The sink's
 //! directory may belong to the consumer, so the write follows nothing the consumer can plant
-//! there ([`crate::atomic_file`]).
+//! there ([`crate::host::atomic_file`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,11 +11,11 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
-use crate::accounts::{gid_of, uid_of};
-use crate::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
-use crate::file_mode;
+use crate::host::accounts::{gid_of, uid_of};
+use crate::host::atomic_file::{self, Durability, Entry, Perms, SafeDir, Trust};
+use crate::host::file_mode;
+use crate::host::unix_time::since_epoch;
 use crate::store::{ClientSlot, Token};
-use crate::unix_time::since_epoch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +122,7 @@ impl FileSink {
     }
 }
 
-/// A sink's directory must be one only trusted users can write (see [`crate::atomic_file`]),
+/// A sink's directory must be one only trusted users can write (see [`crate::host::atomic_file`]),
 /// and its path a regular file or nothing yet: a symlink there would send the token wherever
 /// whoever made it chose (writes replace such a symlink; refusing it tells the operator).
 fn check_path(path: &Path, trust: &Trust) -> Result<(), String> {

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
-use crate::atomic_file::{self, Trust};
 use crate::config::{ClientConfig, Config, redirect_listen_addr};
 use crate::daemon::plan;
+use crate::host::atomic_file::{self, Trust};
+use crate::host::unix_time::since_epoch;
 use crate::oauth::{self, FetchError, Grant};
 use crate::secret::{self, ExposeSecret};
-use crate::unix_time::since_epoch;
 
 /// A pending authorization older than this is not trusted for a pasted code: the code it was
 /// issued for has long expired anyway.

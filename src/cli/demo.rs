@@ -17,9 +17,9 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 
 use crate::config::{ClientConfig, Config, ServerConfig};
+use crate::host::unix_time::since_epoch;
 use crate::oauth::{AuthMethod, Grant};
 use crate::refresh::RefreshPolicy;
-use crate::unix_time::since_epoch;
 
 /// Short enough that refreshes show up in the log within a minute of starting.
 pub const DEMO_LIFETIME: Duration = Duration::from_secs(20);

@@ -26,7 +26,7 @@ impl Config {
     /// message instead of blocking the daemon.
     pub async fn load_async(path: &Path) -> Result<Config, ConfigError> {
         let owned = path.to_path_buf();
-        crate::offload::run(path, LOAD_TIMEOUT, move || Self::load(&owned))
+        crate::host::offload::run(path, LOAD_TIMEOUT, move || Self::load(&owned))
             .await
             .map_err(|e| ConfigError {
                 file: path.display().to_string(),

@@ -145,7 +145,7 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// The socket mode as a number; valid after [`Config::validate`].
     pub fn socket_mode(&self) -> u32 {
-        crate::file_mode::parse(&self.socket_mode, "0600").unwrap_or(0o600)
+        crate::host::file_mode::parse(&self.socket_mode, "0600").unwrap_or(0o600)
     }
 }
 
@@ -239,6 +239,6 @@ fn default_grant() -> Grant {
 impl Config {
     /// The socket mode as a number; valid after [`Config::validate`].
     pub fn socket_mode(&self) -> u32 {
-        crate::file_mode::parse(&self.server.socket_mode, "0660").unwrap_or(0o660)
+        crate::host::file_mode::parse(&self.server.socket_mode, "0660").unwrap_or(0o660)
     }
 }

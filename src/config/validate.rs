@@ -30,7 +30,7 @@ impl Config {
             key,
             reason,
         };
-        crate::file_mode::parse(&self.server.socket_mode, "0660")
+        crate::host::file_mode::parse(&self.server.socket_mode, "0660")
             .map_err(|e| err("server.socket_mode".into(), e.to_string()))?;
         if let Some(tcp) = self.server.tcp
             && !tcp.ip().is_loopback()
@@ -50,7 +50,7 @@ impl Config {
                 format!("{addr} is not a loopback address (use 127.0.0.1 or [::1])"),
             ));
         }
-        crate::file_mode::parse(&self.metrics.socket_mode, "0600")
+        crate::host::file_mode::parse(&self.metrics.socket_mode, "0600")
             .map_err(|e| err("metrics.socket_mode".into(), e.to_string()))?;
         if let Some(socket) = &self.metrics.socket {
             if !socket.is_absolute() {
@@ -328,11 +328,14 @@ impl ClientConfig {
         if let Some(path) = &self.refresh_token_file {
             // Its directory gets the file sinks' rule: written into by tokend, it must not be
             // writable by anyone who could plant a file or swap the token there.
-            crate::atomic_file::split(path)
+            crate::host::atomic_file::split(path)
                 .map_err(|e| e.to_string())
                 .and_then(|(dir, _)| {
-                    crate::atomic_file::SafeDir::open(dir, &crate::atomic_file::Trust::state())
-                        .map_err(|e| e.to_string())
+                    crate::host::atomic_file::SafeDir::open(
+                        dir,
+                        &crate::host::atomic_file::Trust::state(),
+                    )
+                    .map_err(|e| e.to_string())
                 })
                 .map_err(|r| ("refresh_token_file".to_string(), r))?;
         }

@@ -15,6 +15,7 @@ use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ServerConfig};
+use crate::host::systemd::{self, Activated};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::http_client;
 use crate::panics::panic_text;
@@ -23,7 +24,6 @@ use crate::refresh::clients::{Clients, StartError};
 use crate::serve::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
 use crate::serve::listen::{self, ListenError, SocketFile};
 use crate::serve::service::TokenServiceImpl;
-use crate::systemd::{self, Activated};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -14,9 +14,9 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::atomic_file::{Durability, Perms, SafeDir, Trust};
+use crate::host::atomic_file::{Durability, Perms, SafeDir, Trust};
+use crate::host::unix_time::since_epoch;
 use crate::secret::SecretError;
-use crate::unix_time::since_epoch;
 
 /// A marker holds a decimal timestamp and a newline; anything longer is not one of ours.
 const MAX_MARKER: u64 = 64;

@@ -7,8 +7,8 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::redact::Redactor;
+use crate::host::unix_time::since_epoch;
 use crate::secret::{AccessToken, SecretString};
-use crate::unix_time::since_epoch;
 
 /// Lifetimes above this are clamped: a token that claims to live for years is refreshed daily
 /// anyway, which bounds how long a revoked or mis-scoped token stays in use.

@@ -19,11 +19,11 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::host::unix_time::since_epoch;
 use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, Grant, TokenReply, TokenSource};
 use crate::refresh::{RefreshPolicy, schedule};
 use crate::store::{ClientSlot, ClientState, Token};
-use crate::unix_time::since_epoch;
 
 pub enum TokenMsg {
     /// A retry of rejected credentials is due (the only timer a running actor keeps; other

@@ -244,6 +244,37 @@ async fn operator_errors_stop_the_fast_retry_loop() {
     assert_eq!(text.matches("ERROR").count(), 1, "{text}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_failed_request_is_logged_with_its_reason_once() {
+    let endpoint = FaultEndpoint::start(Reply::token("ok", 300)).await;
+    endpoint.then([Reply::Drop]);
+    let log = LogCapture::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let h = start(
+        &endpoint,
+        &["app"],
+        "backoff_min = \"1s\"\nbackoff_max = \"1s\"",
+    )
+    .await;
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "ok");
+    let text = log.text();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("client=app"))
+        .unwrap_or_else(|| panic!("the failure is logged: {text}"));
+    assert_eq!(
+        warning.matches("token request failed").count(),
+        1,
+        "{warning}"
+    );
+}
+
 /// Collects log output of the current thread (the paused-clock runtime runs every task there).
 #[derive(Clone, Default)]
 struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -8,9 +8,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::notify::NotifySocket;
 use common::{OidcServer, eventually, repo_root, secret_file};
 use tokend::proto::{GetTokenRequest, ListClientsRequest, WatchTokenRequest};
 use tokio::time::Instant;
@@ -209,42 +209,6 @@ async fn socket_activation_serves_on_the_passed_socket() {
     proc.wait_log("socket_activated=true", 1).await;
 }
 
-/// Collects sd_notify datagrams with their arrival times.
-struct NotifySocket {
-    path: PathBuf,
-    messages: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        NotifySocket { path, messages }
-    }
-
-    fn all(&self) -> Vec<(Instant, String)> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    async fn first(&self, what: &str) -> (Instant, String) {
-        eventually(Duration::from_secs(15), what, || async {
-            self.all()
-                .into_iter()
-                .find(|(_, m)| m.lines().any(|l| l == what))
-        })
-        .await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn notify_ready_only_with_tokens_then_watchdog_and_stopping() {
     // Each token request takes 1 s at the provider: READY must wait for both tokens.
@@ -295,18 +259,11 @@ async fn notify_ready_only_with_tokens_then_watchdog_and_stopping() {
     // above by the half-seconds that passed (two more for a ping sent before `from` and
     // received after it).
     let from = Instant::now();
-    let pings_since = |t: Instant| {
-        notify
-            .all()
-            .into_iter()
-            .filter(|(at, m)| *at >= t && is_ping(m))
-            .count()
-    };
     eventually(Duration::from_secs(30), "4 watchdog pings", || async {
-        (pings_since(from) >= 4).then_some(())
+        (notify.count_since(from, "WATCHDOG=1") >= 4).then_some(())
     })
     .await;
-    let pings = pings_since(from);
+    let pings = notify.count_since(from, "WATCHDOG=1");
     let elapsed = from.elapsed();
     assert!(
         pings <= (elapsed.as_secs_f64() / 0.5) as usize + 2,

@@ -14,6 +14,7 @@ use tokend::proto::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
 pub mod in_process;
+pub mod notify;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

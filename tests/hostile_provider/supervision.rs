@@ -5,49 +5,17 @@
 //! anyway is restarted with every sleeping client's alarm; and a supervisor that fails takes
 //! the watchdog's pings with it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokend::refresh::supervisor::SupervisorMsg;
 use tokio::time::Instant;
 
 use crate::common::in_process::{InProcess, client_table};
+use crate::common::notify::NotifySocket;
 use crate::common::{KillOnDrop, eventually, secret_file};
 use crate::fault::{FaultEndpoint, Reply};
-
-/// sd_notify datagrams with their arrival times.
-struct NotifySocket {
-    path: PathBuf,
-    messages: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        NotifySocket { path, messages }
-    }
-
-    fn count_since(&self, from: Instant, line: &str) -> usize {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, m)| *t >= from && m.lines().any(|l| l == line))
-            .count()
-    }
-}
 
 /// `tokend serve` on `config`, its stderr in `dir/tokend.log`, under a watchdog of 1 s.
 fn serve(dir: &Path, config: &str, notify: &NotifySocket) -> KillOnDrop {

@@ -218,13 +218,7 @@ async fn operator_errors_stop_the_fast_retry_loop() {
         serde_json::json!({"error": "invalid_client", "error_description": "unknown client"}),
     ))
     .await;
-    let log = LogCapture::default();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(log.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (log, _guard) = LogCapture::install();
     let h = start(&endpoint, &["app"], "operator_retry = \"10m\"").await;
     let err = h.get("app", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -248,13 +242,7 @@ async fn operator_errors_stop_the_fast_retry_loop() {
 async fn a_failed_request_is_logged_with_its_reason_once() {
     let endpoint = FaultEndpoint::start(Reply::token("ok", 300)).await;
     endpoint.then([Reply::Drop]);
-    let log = LogCapture::default();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(log.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (log, _guard) = LogCapture::install();
     let h = start(
         &endpoint,
         &["app"],
@@ -280,6 +268,18 @@ async fn a_failed_request_is_logged_with_its_reason_once() {
 struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl LogCapture {
+    /// Captures this thread's log output until the guard is dropped.
+    fn install() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let log = LogCapture::default();
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(log.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        (log, guard)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }

@@ -1,5 +1,7 @@
 //! Shared harness for the black-box tests: a real OAuth server (`oidc-provider` under Node),
-//! the real `tokend` binary on a temporary Unix socket, and gRPC clients for it.
+//! the real `tokend` binary on a temporary Unix socket, and gRPC clients for it; the daemon's
+//! parts in the test's own process, for tokio's paused clock ([`in_process`]); and a stand-in
+//! for systemd's notify socket ([`notify`]).
 //!
 //! Missing components fail the test with what to install; nothing is skipped.
 

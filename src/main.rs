@@ -69,6 +69,7 @@ enum Command {
     /// token is stored in the client's refresh_token_file (the running daemon picks it up).
     ///
     /// Example: tokend authorize likeco --config /etc/tokend/tokend.toml
+    ///
     /// Without a browser on this host: open the URL elsewhere, then paste the code (or the whole
     /// redirect URL) with: tokend authorize likeco --config ... --code CODE
     Authorize {

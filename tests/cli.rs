@@ -56,6 +56,18 @@ fn check_accepts_a_good_config_and_names_file_key_and_reason_for_a_bad_one() {
 }
 
 #[test]
+fn authorize_help_keeps_its_example_a_paragraph_of_its_own() {
+    let (code, out, _) = tokend(&["authorize", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "\n\nExample: tokend authorize likeco --config /etc/tokend/tokend.toml\n\nWithout a browser on this host:"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn serve_refuses_a_bad_config_without_touching_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let bad = config(dir.path(), "grant = \"refresh_token\"");

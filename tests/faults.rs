@@ -3,101 +3,32 @@
 //! an outage, herds of callers, the per-endpoint budget, and monotonic scheduling. Each test
 //! asserts what callers got, what the endpoint saw, and when.
 
+mod common;
 mod fault;
 
 use std::time::Duration;
 
+use common::in_process::InProcess;
 use fault::{FaultEndpoint, Reply};
 use futures::FutureExt;
 use futures::future::join_all;
-use tokend::Config;
-use tokend::daemon::plan::client_specs;
 use tokend::proto::token_service_server::TokenService;
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
-use tokend::refresh::clients::Clients;
-use tokend::serve::service::TokenServiceImpl;
+use tokend::proto::{self, RefreshTokenRequest};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
 
-struct Harness {
-    endpoint: FaultEndpoint,
-    service: TokenServiceImpl,
-    clients: Clients,
-    t0: Instant,
-    _dir: tempfile::TempDir,
-}
-
 /// Starts `clients` (all on the fault endpoint) with extra `[refresh]` settings.
-async fn start(endpoint: FaultEndpoint, clients: &[&str], refresh: &str) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s3cret\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut toml = format!("[refresh]\nrequest_timeout = \"5s\"\n{refresh}\n");
-    for name in clients {
-        toml.push_str(&format!(
-            "[clients.{name}]\ntoken_endpoint = \"{}\"\nclient_id = \"{name}\"\nclient_secret_file = \"{}\"\n",
-            endpoint.url,
-            secret.display()
-        ));
-    }
-    let path = dir.path().join("tokend.toml");
-    std::fs::write(&path, toml).unwrap();
-    let config = Config::load_with_env(&path, []).unwrap();
-    let t0 = Instant::now();
-    let clients = Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()).0,
-        &config.refresh,
+async fn start(endpoint: &FaultEndpoint, clients: &[&str], refresh: &str) -> InProcess {
+    InProcess::start(
+        &endpoint.url,
+        clients,
+        &format!("[refresh]\nrequest_timeout = \"5s\"\n{refresh}"),
     )
     .await
-    .unwrap();
-    let service = TokenServiceImpl::new(clients.store.clone(), secs(30), CancellationToken::new());
-    Harness {
-        endpoint,
-        service,
-        clients,
-        t0,
-        _dir: dir,
-    }
 }
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-impl Harness {
-    async fn get(&self, client: &str) -> Result<proto::Token, tonic::Status> {
-        self.service
-            .get_token(Request::new(GetTokenRequest {
-                client: client.into(),
-                min_valid_seconds: 0,
-            }))
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    async fn status(&self, client: &str) -> proto::ClientStatus {
-        let list = self
-            .service
-            .list_clients(Request::new(ListClientsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        list.clients
-            .into_iter()
-            .find(|c| c.client == client)
-            .unwrap()
-    }
-
-    /// Seconds since start of each request the endpoint saw.
-    fn times(&self) -> Vec<f64> {
-        self.endpoint
-            .seen()
-            .iter()
-            .map(|s| (s.at - self.t0).as_secs_f64())
-            .collect()
-    }
 }
 
 fn state(s: proto::ClientState) -> i32 {
@@ -147,7 +78,7 @@ async fn odd_replies_are_clear_per_client_errors_and_the_client_recovers() {
     let expected: Vec<&str> = cases.iter().map(|(_, e)| *e).collect();
     endpoint.then(cases.into_iter().map(|(r, _)| r));
     let h = start(
-        endpoint,
+        &endpoint,
         &["app"],
         "backoff_min = \"1s\"\nbackoff_max = \"2s\"",
     )
@@ -177,8 +108,8 @@ async fn odd_replies_are_clear_per_client_errors_and_the_client_recovers() {
             "reply body echoed: {error}"
         );
     }
-    assert_eq!(h.get("app").await.unwrap().access_token, "good");
-    assert_eq!(h.endpoint.count(), expected.len() + 1);
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "good");
+    assert_eq!(endpoint.count(), expected.len() + 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -210,23 +141,27 @@ async fn odd_lifetimes_are_clamped_as_documented() {
     ];
     // endpoint_spacing makes the order of first requests the order of the client names.
     let h = start(
-        endpoint,
+        &endpoint,
         &names,
         "default_lifetime = \"7m\"\nendpoint_concurrency = 1",
     )
     .await;
     let mut lifetimes = Vec::new();
     for name in names {
-        let t = h.get(name).await.unwrap();
+        let t = h.get(name, 0).await.unwrap();
         let expires = t.expires_at.unwrap().seconds - t.issued_at.unwrap().seconds;
         lifetimes.push(expires);
     }
     assert_eq!(lifetimes, [420, 420, 420, 120, 86_400, 2]);
     // The 2 s token is refreshed before it expires (at 1.5 s), not after.
-    let first = h.times()[5];
+    let first = endpoint.times_since(h.t0)[5];
     tokio::time::sleep(secs(3)).await;
-    let refresh = h.times()[6];
-    assert!((1.4..=1.6).contains(&(refresh - first)), "{:?}", h.times());
+    let refresh = endpoint.times_since(h.t0)[6];
+    assert!(
+        (1.4..=1.6).contains(&(refresh - first)),
+        "{:?}",
+        endpoint.times_since(h.t0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -237,15 +172,15 @@ async fn retry_after_on_429_and_503_is_never_undercut() {
         Reply::json(429, serde_json::json!({"error": "slow_down"})).header("Retry-After", "7"),
         Reply::raw(503, "text/plain", b"busy").header("Retry-After", &date),
     ]);
-    let h = start(endpoint, &["app"], "").await;
+    let h = start(&endpoint, &["app"], "").await;
     tokio::time::sleep(secs(40)).await;
-    let t = h.times();
+    let t = endpoint.times_since(h.t0);
     assert_eq!(t.len(), 3, "{t:?}");
     assert!(t[1] - t[0] >= 7.0, "429 Retry-After 7 s honoured: {t:?}");
     // The HTTP date was 20 s after the first request; wall time does not move on the paused
     // clock, so the delay is measured from the 503's arrival.
     assert!(t[2] - t[1] >= 19.0, "503 Retry-After date honoured: {t:?}");
-    assert_eq!(h.get("app").await.unwrap().access_token, "ok");
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "ok");
 }
 
 /// An IMF-fixdate `d` from now.
@@ -283,15 +218,9 @@ async fn operator_errors_stop_the_fast_retry_loop() {
         serde_json::json!({"error": "invalid_client", "error_description": "unknown client"}),
     ))
     .await;
-    let log = LogCapture::default();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(log.clone())
-            .with_ansi(false)
-            .finish(),
-    );
-    let h = start(endpoint, &["app"], "operator_retry = \"10m\"").await;
-    let err = h.get("app").await.unwrap_err();
+    let (log, _guard) = LogCapture::install();
+    let h = start(&endpoint, &["app"], "operator_retry = \"10m\"").await;
+    let err = h.get("app", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.message().contains("invalid_client: unknown client"),
@@ -302,11 +231,36 @@ async fn operator_errors_stop_the_fast_retry_loop() {
     assert_eq!(s.state, state(proto::ClientState::NeedsOperator));
     tokio::time::sleep(secs(3500)).await;
     // One attempt at start, then one every 10 minutes: 6 in 3500 s, not thousands.
-    assert_eq!(h.endpoint.count(), 6, "{:?}", h.times());
+    assert_eq!(endpoint.count(), 6, "{:?}", endpoint.times_since(h.t0));
     // Logged once at error level, not at every attempt.
     let text = log.text();
     assert_eq!(text.matches("operator action needed").count(), 1, "{text}");
     assert_eq!(text.matches("ERROR").count(), 1, "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_request_is_logged_with_its_reason_once() {
+    let endpoint = FaultEndpoint::start(Reply::token("ok", 300)).await;
+    endpoint.then([Reply::Drop]);
+    let (log, _guard) = LogCapture::install();
+    let h = start(
+        &endpoint,
+        &["app"],
+        "backoff_min = \"1s\"\nbackoff_max = \"1s\"",
+    )
+    .await;
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "ok");
+    let text = log.text();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("client=app"))
+        .unwrap_or_else(|| panic!("the failure is logged: {text}"));
+    assert_eq!(
+        warning.matches("token request failed").count(),
+        1,
+        "{warning}"
+    );
 }
 
 /// Collects log output of the current thread (the paused-clock runtime runs every task there).
@@ -314,6 +268,18 @@ async fn operator_errors_stop_the_fast_retry_loop() {
 struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl LogCapture {
+    /// Captures this thread's log output until the guard is dropped.
+    fn install() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let log = LogCapture::default();
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(log.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        (log, guard)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
@@ -342,30 +308,24 @@ async fn outage_serves_the_valid_token_then_unavailable_then_recovers_promptly()
     let endpoint = FaultEndpoint::start(Reply::raw(500, "text/plain", b"down")).await;
     endpoint.then([Reply::token("before", 60)]);
     let h = start(
-        endpoint,
+        &endpoint,
         &["app"],
         "backoff_min = \"1s\"\nbackoff_max = \"30s\"",
     )
     .await;
-    assert_eq!(h.get("app").await.unwrap().access_token, "before");
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "before");
 
     // Until it expires at 60 s, callers keep getting the valid token.
     tokio::time::sleep(secs(59)).await;
-    assert_eq!(h.get("app").await.unwrap().access_token, "before");
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "before");
     assert!(
-        h.endpoint.count() >= 2,
+        endpoint.count() >= 2,
         "refresh attempts began before expiry"
     );
 
     // After expiry: UNAVAILABLE with the reason and the next attempt.
     tokio::time::sleep(secs(2)).await;
-    let mut req = Request::new(GetTokenRequest {
-        client: "app".into(),
-        min_valid_seconds: 0,
-    });
-    req.metadata_mut()
-        .insert("grpc-timeout", "1S".parse().unwrap());
-    let err = h.service.get_token(req).await.unwrap_err();
+    let err = h.get_within("app", secs(1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
         err.message().contains("HTTP 500") && err.message().contains("next attempt at"),
@@ -375,15 +335,9 @@ async fn outage_serves_the_valid_token_then_unavailable_then_recovers_promptly()
 
     // Back at 300 s.
     tokio::time::sleep_until(h.t0 + secs(300)).await;
-    let during = h.endpoint.count();
-    h.endpoint.otherwise(Reply::token("after", 60));
-    let mut req = Request::new(GetTokenRequest {
-        client: "app".into(),
-        min_valid_seconds: 0,
-    });
-    req.metadata_mut()
-        .insert("grpc-timeout", "40S".parse().unwrap());
-    let t = h.service.get_token(req).await.unwrap().into_inner();
+    let during = endpoint.count();
+    endpoint.otherwise(Reply::token("after", 60));
+    let t = h.get_within("app", secs(40)).await.unwrap();
     let recovered = h.t0.elapsed().as_secs_f64();
     assert_eq!(t.access_token, "after");
     assert!(
@@ -394,7 +348,7 @@ async fn outage_serves_the_valid_token_then_unavailable_then_recovers_promptly()
     // Requests during the outage follow the backoff schedule: the first failure at the
     // refresh (42-45 s into the 60 s token), then the n-th retry between backoff_min (1 s) and
     // its nominal delay, which doubles from 1 s to the 30 s ceiling.
-    let times = h.times();
+    let times = endpoint.times_since(h.t0);
     let failures = &times[1..during];
     assert!((42.0..=45.01).contains(&failures[0]), "{times:?}");
     for (n, pair) in failures.windows(2).enumerate() {
@@ -415,23 +369,23 @@ async fn outage_serves_the_valid_token_then_unavailable_then_recovers_promptly()
 #[tokio::test(start_paused = true)]
 async fn a_thousand_cold_callers_cause_one_token_request() {
     let endpoint = FaultEndpoint::start(Reply::token("t", 300).after(secs(2))).await;
-    let h = start(endpoint, &["app"], "").await;
-    let calls = (0..1000).map(|_| h.get("app"));
+    let h = start(&endpoint, &["app"], "").await;
+    let calls = (0..1000).map(|_| h.get("app", 0));
     let results = join_all(calls).await;
     assert!(
         results
             .iter()
             .all(|r| r.as_ref().unwrap().access_token == "t")
     );
-    assert_eq!(h.endpoint.count(), 1);
+    assert_eq!(endpoint.count(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_reports_of_one_rejected_token_cause_one_request() {
     let endpoint = FaultEndpoint::start(Reply::token("second", 300).after(secs(1))).await;
     endpoint.then([Reply::token("first", 300)]);
-    let h = start(endpoint, &["app"], "").await;
-    assert_eq!(h.get("app").await.unwrap().access_token, "first");
+    let h = start(&endpoint, &["app"], "").await;
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "first");
     let reports = (0..100).map(|_| {
         h.service.refresh_token(Request::new(RefreshTokenRequest {
             client: "app".into(),
@@ -444,7 +398,7 @@ async fn a_hundred_reports_of_one_rejected_token_cause_one_request() {
             .into_iter()
             .all(|r| r.unwrap().into_inner().access_token == "second")
     );
-    assert_eq!(h.endpoint.count(), 2);
+    assert_eq!(endpoint.count(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -454,15 +408,15 @@ async fn clients_sharing_an_endpoint_share_its_budget() {
     let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let h = start(
-        endpoint,
+        &endpoint,
         &refs,
         "endpoint_concurrency = 3\nendpoint_spacing = \"50ms\"",
     )
     .await;
     for name in &refs {
-        h.get(name).await.unwrap();
+        h.get(name, 0).await.unwrap();
     }
-    let seen = h.endpoint.seen();
+    let seen = endpoint.seen();
     assert_eq!(seen.len(), 20);
     assert!(seen.iter().all(|s| s.concurrent <= 3), "cap of 3 respected");
     assert_eq!(seen.iter().map(|s| s.concurrent).max(), Some(3), "and used");
@@ -482,14 +436,14 @@ async fn clients_waiting_for_their_endpoint_wait_without_an_actor() {
         FaultEndpoint::start(Reply::token("t", 300).after(Duration::from_millis(500))).await;
     let names: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let h = start(endpoint, &refs, "endpoint_concurrency = 2").await;
+    let h = start(&endpoint, &refs, "endpoint_concurrency = 2").await;
     let limit = tokend::refresh::supervisor::starts_per_endpoint(2);
     let mut most = 0;
     // 40 requests, two at a time, half a second each: ten seconds.
     for _ in 0..200 {
         let running = h.clients.supervisor().get_cell().get_children().len();
         most = most.max(running);
-        if h.endpoint.count() == 40 && running == 0 {
+        if endpoint.count() == 40 && running == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -498,7 +452,7 @@ async fn clients_waiting_for_their_endpoint_wait_without_an_actor() {
         most, limit,
         "at most {limit} actors at once, and that many used"
     );
-    assert_eq!(h.endpoint.count(), 40);
+    assert_eq!(endpoint.count(), 40);
     for name in &refs {
         assert_eq!(h.status(name).await.state, state(proto::ClientState::Fresh));
     }
@@ -514,11 +468,11 @@ async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
     // sharpest possible disagreement between the two. Refreshes still come once per token,
     // 70-80% into each 60 s lifetime: no storm, none missed.
     let endpoint = FaultEndpoint::start(Reply::token("t", 60)).await;
-    let h = start(endpoint, &["app"], "").await;
+    let h = start(&endpoint, &["app"], "").await;
     let wall = std::time::SystemTime::now();
     tokio::time::sleep(secs(1000)).await;
     assert!(std::time::SystemTime::now().duration_since(wall).unwrap() < secs(5));
-    let t = h.times();
+    let t = endpoint.times_since(h.t0);
     // 60 s tokens: refresh at 70-80% of the lifetime, capped 15 s (a quarter) before expiry.
     for pair in t.windows(2) {
         assert!((42.0..=45.01).contains(&(pair[1] - pair[0])), "{t:?}");
@@ -528,7 +482,7 @@ async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
         "{} requests in 1000 s",
         t.len()
     );
-    assert!(h.get("app").await.is_ok());
+    assert!(h.get("app", 0).await.is_ok());
 }
 
 #[tokio::test(start_paused = true)]
@@ -538,7 +492,7 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
         Reply::token("first", 300),
         Reply::token("orphaned", 300).after(secs(3)),
     ]);
-    let h = start(endpoint, &["app"], "").await;
+    let h = start(&endpoint, &["app"], "").await;
     let running = || h.clients.supervisor().get_cell().get_children();
     let kill = |when: &str| {
         let children = running();
@@ -549,7 +503,7 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
         );
         children[0].kill();
     };
-    let first = h.get("app").await.unwrap();
+    let first = h.get("app", 0).await.unwrap();
     tokio::time::sleep(secs(1)).await;
     assert!(running().is_empty(), "no actor while nothing is due");
     // A caller's report wakes the client; its request takes 3 s, and its actor dies meanwhile.
@@ -563,15 +517,15 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
     });
     // The restarted actor waited for the orphaned request, then asked again.
     assert_eq!(reported.unwrap().into_inner().access_token, "t");
-    assert_eq!(h.endpoint.count(), 3);
-    assert_ne!(h.get("app").await.unwrap().expires_at, first.expires_at);
+    assert_eq!(endpoint.count(), 3);
+    assert_ne!(h.get("app", 0).await.unwrap().expires_at, first.expires_at);
     tokio::time::sleep(secs(1)).await;
     assert!(running().is_empty(), "asleep again");
     // Past the restart window: that restart no longer counts.
     tokio::time::sleep(tokend::refresh::supervisor::RESTART_WINDOW).await;
 
     // Every request now takes 4 s, and every restarted actor is killed before it is answered.
-    h.endpoint.otherwise(Reply::token("t", 300).after(secs(4)));
+    endpoint.otherwise(Reply::token("t", 300).after(secs(4)));
     // Polled once: far enough to send the report, not to wait for its answer.
     h.service
         .refresh_token(Request::new(RefreshTokenRequest {
@@ -588,7 +542,7 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
     assert_eq!(s.state, state(proto::ClientState::Failed));
     assert!(s.last_error.contains("restart budget"), "{}", s.last_error);
     assert!(
-        h.get("app").await.is_ok(),
+        h.get("app", 0).await.is_ok(),
         "the last valid token is still served"
     );
 }

@@ -2,20 +2,22 @@
 //! operator errors, caller-triggered refreshes and actor restarts, driven by a scripted token
 //! source and observed through the gRPC service as callers see it.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::in_process::InProcess;
 use futures::future::join_all;
 use tokend::oauth::Grant;
 use tokend::oauth::reply::{LifetimeSource, OAuthError};
 use tokend::oauth::{FetchError, TokenReply, TokenSource};
 use tokend::proto::token_service_server::TokenService;
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::proto::{self, RefreshTokenRequest};
 use tokend::refresh::RefreshPolicy;
-use tokend::refresh::clients::{ClientSpec, Clients};
+use tokend::refresh::clients::ClientSpec;
 use tokend::secret::AccessToken;
-use tokend::serve::service::TokenServiceImpl;
 use tokend::store::SlotSettings;
 use tokio::time::Instant;
 use tonic::{Code, Request};
@@ -141,19 +143,12 @@ fn invalid_client() -> FetchError {
     }
 }
 
-struct Harness {
-    clients: Clients,
-    service: TokenServiceImpl,
-    t0: Instant,
-}
-
-async fn start(source: &Scripted) -> Harness {
+async fn start(source: &Scripted) -> InProcess {
     start_with(source, RefreshPolicy::default()).await
 }
 
-async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
-    let t0 = Instant::now();
-    let clients = Clients::start(
+async fn start_with(source: &Scripted, policy: RefreshPolicy) -> InProcess {
+    InProcess::from_specs(
         vec![ClientSpec {
             name: "app".into(),
             settings: SlotSettings {
@@ -169,43 +164,6 @@ async fn start_with(source: &Scripted, policy: RefreshPolicy) -> Harness {
         &policy,
     )
     .await
-    .unwrap();
-    let service = TokenServiceImpl::new(
-        clients.store.clone(),
-        secs(30),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    Harness {
-        clients,
-        service,
-        t0,
-    }
-}
-
-impl Harness {
-    async fn get(&self, min_valid: u32) -> Result<proto::Token, tonic::Status> {
-        self.service
-            .get_token(Request::new(GetTokenRequest {
-                client: "app".into(),
-                min_valid_seconds: min_valid,
-            }))
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    async fn state(&self) -> proto::ClientStatus {
-        let list = self
-            .service
-            .list_clients(Request::new(ListClientsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        list.clients.into_iter().next().unwrap()
-    }
-
-    fn elapsed(&self) -> f64 {
-        (Instant::now() - self.t0).as_secs_f64()
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -215,7 +173,7 @@ async fn first_call_waits_for_the_first_fetch() {
         after: secs(5),
     }]);
     let h = start(&source).await;
-    let t = h.get(0).await.unwrap();
+    let t = h.get("app", 0).await.unwrap();
     assert_eq!(t.access_token, "token-1");
     assert_eq!(t.scopes, ["a", "b"]);
     assert_eq!(
@@ -230,7 +188,7 @@ async fn first_call_waits_for_the_first_fetch() {
 async fn refreshes_between_70_and_80_percent_of_lifetime_once_per_token() {
     let source = Scripted::new([]);
     let h = start(&source).await;
-    h.get(0).await.unwrap();
+    h.get("app", 0).await.unwrap();
     tokio::time::sleep(secs(1000)).await;
     let times = source.times(h.t0);
     // 300 s tokens: each refresh 210-240 s after the previous token arrived, so 4-5 requests
@@ -241,7 +199,7 @@ async fn refreshes_between_70_and_80_percent_of_lifetime_once_per_token() {
         assert!((210.0..=240.0).contains(&gap), "gap {gap} in {times:?}");
     }
     // Every caller in between got a valid token without causing a request.
-    let t = h.get(0).await.unwrap();
+    let t = h.get("app", 0).await.unwrap();
     assert_eq!(t.access_token, format!("token-{}", times.len()));
 }
 
@@ -255,7 +213,7 @@ async fn transient_failures_back_off_exponentially_with_jitter() {
         token(300),
     ]);
     let h = start(&source).await;
-    let t = h.get(0).await.unwrap();
+    let t = h.get("app", 0).await.unwrap();
     assert_eq!(t.access_token, "token-1");
     let times = source.times(h.t0);
     let gaps: Vec<f64> = times.windows(2).map(|p| p[1] - p[0]).collect();
@@ -268,7 +226,7 @@ async fn transient_failures_back_off_exponentially_with_jitter() {
             "gap {gap} not in [{lo}, {hi}]: {times:?}"
         );
     }
-    let s = h.state().await;
+    let s = h.status("app").await;
     assert_eq!(s.consecutive_failures, 0);
     assert_eq!(s.state, proto::ClientState::Fresh as i32);
 }
@@ -284,7 +242,7 @@ async fn retry_after_is_honoured() {
     ]);
     let h = start(&source).await;
     // The caller's budget (30 s) ends before the retry (120 s): it is told so at once.
-    let err = h.get(0).await.unwrap_err();
+    let err = h.get("app", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("429"), "{}", err.message());
     assert!(
@@ -306,14 +264,14 @@ async fn retry_after_is_honoured() {
 async fn operator_errors_retry_slowly_and_answer_failed_precondition() {
     let source = Scripted::new([fail(invalid_client), fail(invalid_client), token(300)]);
     let h = start(&source).await;
-    let err = h.get(0).await.unwrap_err();
+    let err = h.get("app", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.message().contains("invalid_client"),
         "{}",
         err.message()
     );
-    let s = h.state().await;
+    let s = h.status("app").await;
     assert_eq!(s.state, proto::ClientState::NeedsOperator as i32);
     assert_eq!(s.consecutive_failures, 1);
     assert!(s.next_refresh_at.is_some());
@@ -321,7 +279,7 @@ async fn operator_errors_retry_slowly_and_answer_failed_precondition() {
     assert_eq!(source.requests(), 1, "no fast retry loop");
     tokio::time::sleep(secs(302)).await;
     assert_eq!(source.times(h.t0), [0.0, 300.0, 600.0]);
-    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "token-1");
 }
 
 #[tokio::test(start_paused = true)]
@@ -330,26 +288,29 @@ async fn expired_token_is_never_handed_out() {
     steps.extend((0..50).map(|_| fail(server_error)));
     let source = Scripted::new(steps);
     let h = start(&source).await;
-    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "token-1");
     // Refresh at 15 s fails; the token stays valid (and served) until 20 s.
     tokio::time::sleep(secs(19)).await;
-    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
-    assert_eq!(h.state().await.state, proto::ClientState::BackingOff as i32);
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "token-1");
+    assert_eq!(
+        h.status("app").await.state,
+        proto::ClientState::BackingOff as i32
+    );
     tokio::time::sleep(secs(2)).await;
-    let err = h.get(0).await.unwrap_err();
+    let err = h.get("app", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("503"), "{}", err.message());
-    assert!(!h.state().await.has_valid_token);
+    assert!(!h.status("app").await.has_valid_token);
 }
 
 #[tokio::test(start_paused = true)]
 async fn min_valid_triggers_one_refresh_and_is_met() {
     let source = Scripted::new([]);
     let h = start(&source).await;
-    h.get(0).await.unwrap();
+    h.get("app", 0).await.unwrap();
     tokio::time::sleep(secs(100)).await;
     // 200 s left; asking for 250 s forces a refresh; concurrent askers share it.
-    let calls = (0..20).map(|_| h.get(250));
+    let calls = (0..20).map(|_| h.get("app", 250));
     let results = join_all(calls).await;
     for r in results {
         assert_eq!(r.unwrap().access_token, "token-2");
@@ -361,8 +322,8 @@ async fn min_valid_triggers_one_refresh_and_is_met() {
 async fn unreachable_min_valid_is_out_of_range_not_a_hang() {
     let source = Scripted::new([token(60), token(60)]);
     let h = start(&source).await;
-    h.get(0).await.unwrap();
-    let err = h.get(120).await.unwrap_err();
+    h.get("app", 0).await.unwrap();
+    let err = h.get("app", 120).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
     assert!(err.message().contains("60s"), "{}", err.message());
     // Answered from the current token's lifetime, without a request that could not help.
@@ -379,7 +340,7 @@ async fn reports_of_a_rejected_token_coalesce_into_one_request() {
         },
     ]);
     let h = start(&source).await;
-    let first = h.get(0).await.unwrap().access_token;
+    let first = h.get("app", 0).await.unwrap().access_token;
     let report = |rejected: String| {
         h.service.refresh_token(Request::new(RefreshTokenRequest {
             client: "app".into(),
@@ -401,14 +362,11 @@ async fn reports_of_a_rejected_token_coalesce_into_one_request() {
 async fn bad_requests_get_the_right_status() {
     let source = Scripted::new([]);
     let h = start(&source).await;
-    let get = |client: &str| {
-        h.service.get_token(Request::new(GetTokenRequest {
-            client: client.into(),
-            min_valid_seconds: 0,
-        }))
-    };
-    assert_eq!(get("nope").await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(get("").await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(h.get("nope", 0).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        h.get("", 0).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let empty = h
         .service
         .refresh_token(Request::new(RefreshTokenRequest {
@@ -421,7 +379,7 @@ async fn bad_requests_get_the_right_status() {
 }
 
 /// The client's actors, as the supervisor sees them.
-fn actors(h: &Harness) -> Vec<ractor::ActorCell> {
+fn actors(h: &InProcess) -> Vec<ractor::ActorCell> {
     h.clients.supervisor().get_cell().get_children()
 }
 
@@ -433,7 +391,7 @@ async fn a_client_sleeps_between_refreshes_and_a_crash_mid_refresh_keeps_its_tok
     };
     let source = Scripted::new([token(300), slow]);
     let h = start(&source).await;
-    let first = h.get(0).await.unwrap().access_token;
+    let first = h.get("app", 0).await.unwrap().access_token;
     tokio::time::sleep(secs(1)).await;
     assert!(actors(&h).is_empty(), "no actor while nothing is due");
     // The alarm wakes it in 70-80% of the lifetime; this refresh takes 30 s.
@@ -450,12 +408,15 @@ async fn a_client_sleeps_between_refreshes_and_a_crash_mid_refresh_keeps_its_tok
     assert_eq!(running.len(), 1, "running while its refresh is in flight");
     running[0].kill();
     // The last good token is served meanwhile.
-    assert_eq!(h.get(0).await.unwrap().access_token, first);
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, first);
     tokio::time::sleep(secs(5)).await;
     // Restarted, it asked again, published, and went back to sleep.
     assert_eq!(source.requests(), 3);
-    assert_ne!(h.get(0).await.unwrap().access_token, first);
-    assert_eq!(h.state().await.state, proto::ClientState::Fresh as i32);
+    assert_ne!(h.get("app", 0).await.unwrap().access_token, first);
+    assert_eq!(
+        h.status("app").await.state,
+        proto::ClientState::Fresh as i32
+    );
     assert!(actors(&h).is_empty());
 }
 
@@ -467,7 +428,7 @@ async fn exhausted_restart_budget_is_visible() {
     };
     let source = Scripted::new([token(300)].into_iter().chain((0..10).map(|_| slow())));
     let h = start(&source).await;
-    h.get(0).await.unwrap();
+    h.get("app", 0).await.unwrap();
     // The refresh is in flight (and takes long): the actor runs.
     tokio::time::sleep(secs(241)).await;
     for _ in 0..=tokend::refresh::supervisor::MAX_RESTARTS {
@@ -477,9 +438,9 @@ async fn exhausted_restart_budget_is_visible() {
         tokio::time::sleep(secs(1)).await;
     }
     assert!(actors(&h).is_empty());
-    let s = h.state().await;
+    let s = h.status("app").await;
     assert_eq!(s.state, proto::ClientState::Failed as i32);
     assert!(s.last_error.contains("restart budget"), "{}", s.last_error);
     // The last good token is still served until it expires.
-    assert_eq!(h.get(0).await.unwrap().access_token, "token-1");
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "token-1");
 }

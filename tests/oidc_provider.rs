@@ -382,8 +382,18 @@ async fn log_never_contains_secrets_or_tokens_and_sigterm_stops_cleanly() {
     // An open WatchToken stream must not hold up the shutdown.
     let mut stream = watch(&mut rpc, "basic").await;
     stream.next().await.unwrap().unwrap();
-    // Let a refresh happen so its log lines are included.
-    tokio::time::sleep(Duration::from_secs(TTL)).await;
+    // Wait for a refresh, so that its log lines (and its token) are checked too.
+    let refreshed = tokio::time::timeout(Duration::from_secs(3 * TTL), async {
+        loop {
+            let t = stream.next().await.expect("stream open").expect("token");
+            if t.access_token != tokens[0] {
+                return t.access_token;
+            }
+        }
+    })
+    .await
+    .expect("a refreshed token within three lifetimes");
+    tokens.push(refreshed);
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM");
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = stream.next().await {}

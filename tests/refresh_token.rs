@@ -264,8 +264,11 @@ async fn authorize_once_then_rotate_refresh_tokens_many_times() {
         "{}",
         status.last_error
     );
-    tokio::time::sleep(Duration::from_secs(3)).await; // The last token expires.
-    let err = rpc.get_token(get("web")).await.unwrap_err();
+    let err = eventually(Duration::from_secs(10), "the last token to expire", || {
+        let mut rpc = rpc.clone();
+        async move { rpc.get_token(get("web")).await.err() }
+    })
+    .await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains(&command), "{}", err.message());
     let log = d.log_text();
@@ -553,8 +556,14 @@ async fn grant_survives_forty_sigkills_at_random_moments() {
     let token = rpc.get_token(get("web")).await.unwrap().into_inner();
     assert_eq!(jwt_claims(&token.access_token)["sub"], "alice");
     let before = refreshes(0, &idp.requests().await);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let after: Vec<_> = idp.requests().await;
+    // Two more refreshes, and none in flight (the provider records a request's status when it
+    // answers).
+    let after = eventually(Duration::from_secs(10), "two more refreshes", || async {
+        let requests = idp.requests().await;
+        let answered = requests.iter().all(|r| !r["status"].is_null());
+        (answered && refreshes(0, &requests) >= before + 2).then_some(requests)
+    })
+    .await;
     assert!(refreshes(0, &after) >= before + 2, "still rotating");
     drop(daemon);
     // Every refresh the provider processed succeeded; none was refused as a reuse.

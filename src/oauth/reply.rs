@@ -592,6 +592,26 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
         }
 
+        /// Where a valid reply's lifetime comes from, and the lifetime expected of it.
+        #[derive(Debug, Clone)]
+        enum Lifetime {
+            /// `expires_in` seconds, sent as a number or (as some providers do) a string.
+            ExpiresIn { secs: u64, quoted: bool },
+            /// A JWT access token whose `exp` is `secs` after now.
+            JwtExp { secs: u64 },
+            /// Neither: the default applies.
+            Default,
+        }
+
+        fn lifetime() -> impl Strategy<Value = Lifetime> {
+            prop_oneof![
+                (1..200_000u64, any::<bool>())
+                    .prop_map(|(secs, quoted)| Lifetime::ExpiresIn { secs, quoted }),
+                (1..200_000u64).prop_map(|secs| Lifetime::JwtExp { secs }),
+                Just(Lifetime::Default),
+            ]
+        }
+
         proptest! {
             #[test]
             fn any_bytes_are_an_error_or_a_token_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -626,6 +646,63 @@ mod tests {
                     prop_assert!(r.lifetime <= MAX_LIFETIME);
                     prop_assert_eq!(r.token_type, "Bearer");
                 }
+            }
+
+            /// Replies valid by construction parse, with their fields. Opaque tokens have no
+            /// `.` (so none reads as a JWT) and are longer than any scope entry (so no entry can
+            /// be taken for an echo of the token and dropped).
+            #[test]
+            fn any_valid_reply_parses_with_its_fields(
+                opaque in "[\\x20-\\x2d\\x2f-\\x7e]{21,60}",
+                lifetime in lifetime(),
+                token_type in prop_oneof![Just(None), Just(Some("Bearer")), Just(Some("bearer")), Just(Some("BEARER"))],
+                scopes in proptest::collection::vec("[\\x21\\x23-\\x5b\\x5d-\\x7e]{1,20}", 0..6),
+                scope_form in 0..3u8,
+            ) {
+                let token = match &lifetime {
+                    Lifetime::JwtExp { secs } => format!(
+                        "{}.{}.sig",
+                        b64(b"{}"),
+                        b64(serde_json::json!({"exp": NOW + secs}).to_string().as_bytes())
+                    ),
+                    _ => opaque,
+                };
+                let mut reply = serde_json::json!({"access_token": token});
+                if let Lifetime::ExpiresIn { secs, quoted } = &lifetime {
+                    reply["expires_in"] = if *quoted { Value::from(secs.to_string()) } else { Value::from(*secs) };
+                }
+                if let Some(t) = token_type {
+                    reply["token_type"] = Value::from(t);
+                }
+                // The scope as a space-separated string, as an array, or left out (then the
+                // requested scope is reported).
+                let expected_scopes = match scope_form {
+                    0 => {
+                        reply["scope"] = Value::from(scopes.join(" "));
+                        scopes.clone()
+                    }
+                    1 => {
+                        reply["scope"] = Value::from(scopes.clone());
+                        scopes.clone()
+                    }
+                    _ => vec!["req.a".to_string(), "req.b".to_string()],
+                };
+                let default = Duration::from_secs(77);
+                let r = parse_success(reply.to_string().as_bytes(), Some("req.a req.b"), default, now());
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => return Err(TestCaseError::fail(format!("{reply} did not parse: {e}"))),
+                };
+                let (want_lifetime, want_source) = match lifetime {
+                    Lifetime::ExpiresIn { secs, .. } => (Duration::from_secs(secs).min(MAX_LIFETIME), LifetimeSource::ExpiresIn),
+                    Lifetime::JwtExp { secs } => (Duration::from_secs(secs).min(MAX_LIFETIME), LifetimeSource::JwtExp),
+                    Lifetime::Default => (default, LifetimeSource::Default),
+                };
+                prop_assert_eq!(r.access_token.expose(), token.as_str());
+                prop_assert_eq!(r.token_type, "Bearer");
+                prop_assert_eq!(r.scopes, expected_scopes);
+                prop_assert_eq!(r.lifetime, want_lifetime);
+                prop_assert_eq!(r.lifetime_source, want_source);
             }
         }
     }

@@ -345,7 +345,7 @@ impl TokenState {
                 error!(client = %name, retry_in = %retry_in, "token request rejected, operator action needed: {e}");
             }
             ClientState::BackingOff => {
-                warn!(client = %name, failures = self.failures, retry_in = %retry_in, "token request failed: {e}");
+                warn!(client = %name, failures = self.failures, retry_in = %retry_in, "refresh failed: {e}");
             }
             _ => {
                 debug!(client = %name, retry_in = %retry_in, "token request still rejected: {e}");

@@ -1,5 +1,7 @@
 //! Shared harness for the black-box tests: a real OAuth server (`oidc-provider` under Node),
-//! the real `tokend` binary on a temporary Unix socket, and gRPC clients for it.
+//! the real `tokend` binary on a temporary Unix socket, and gRPC clients for it; the daemon's
+//! parts in the test's own process, for tokio's paused clock ([`in_process`]); and a stand-in
+//! for systemd's notify socket ([`notify`]).
 //!
 //! Missing components fail the test with what to install; nothing is skipped.
 
@@ -12,6 +14,9 @@ use std::time::Duration;
 
 use tokend::proto::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
+
+pub mod in_process;
+pub mod notify;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -361,47 +366,4 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
         .decode(payload)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
-}
-
-/// The daemon's parts in this process (clients, supervisor, the gRPC service without a socket),
-/// for tests on tokio's paused clock. Every client of `names` uses `token_endpoint`.
-pub struct InProcess {
-    pub service: tokend::serve::service::TokenServiceImpl,
-    pub clients: tokend::refresh::clients::Clients,
-    _dir: tempfile::TempDir,
-}
-
-impl InProcess {
-    /// `settings`: TOML put before the client tables (`[server]` and `[refresh]` keys).
-    pub async fn start(token_endpoint: &str, names: &[&str], settings: &str) -> InProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = secret_file(dir.path(), "secret", "s3cret");
-        let mut toml = format!("{settings}\n");
-        for name in names {
-            toml.push_str(&format!(
-                "[clients.{name}]\ntoken_endpoint = \"{token_endpoint}\"\nclient_id = \"{name}\"\nclient_secret_file = \"{}\"\n",
-                secret.display()
-            ));
-        }
-        let path = dir.path().join("tokend.toml");
-        std::fs::write(&path, toml).unwrap();
-        let config = tokend::Config::load_with_env(&path, []).unwrap();
-        let clients = tokend::refresh::clients::Clients::start(
-            tokend::daemon::plan::client_specs(&config, &tokend::oauth::http_client()).0,
-            &config.refresh,
-        )
-        .await
-        .unwrap();
-        let service = tokend::serve::service::TokenServiceImpl::new(
-            clients.store.clone(),
-            config.server.default_wait,
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .with_limits(tokend::daemon::plan::call_limits(&config.server));
-        InProcess {
-            service,
-            clients,
-            _dir: dir,
-        }
-    }
 }

@@ -138,6 +138,15 @@ impl FaultEndpoint {
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().seen.len()
     }
+
+    /// Seconds after `t0` of each request seen from `t0` on.
+    pub fn times_since(&self, t0: Instant) -> Vec<f64> {
+        self.seen()
+            .iter()
+            .filter(|s| s.at >= t0)
+            .map(|s| (s.at - t0).as_secs_f64())
+            .collect()
+    }
 }
 
 async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {

@@ -12,7 +12,7 @@ use tokend::proto::{GetTokenRequest, RefreshTokenRequest};
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
-use crate::common::InProcess;
+use crate::common::in_process::InProcess;
 use crate::fault::{FaultEndpoint, Reply};
 
 fn secs(s: u64) -> Duration {
@@ -59,16 +59,6 @@ async fn first_token(h: &InProcess) {
     tokio::time::sleep(secs(1)).await;
 }
 
-/// Seconds after `t0` of each request the endpoint saw from `t0` on.
-fn requests_since(endpoint: &FaultEndpoint, t0: Instant) -> Vec<f64> {
-    endpoint
-        .seen()
-        .iter()
-        .filter(|s| s.at >= t0)
-        .map(|s| (s.at - t0).as_secs_f64())
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_thousand_reports_over_ten_seconds_cause_at_most_one_request_per_interval() {
     // Every token is "t": each report names the current token, so each asks for a refresh.
@@ -89,7 +79,7 @@ async fn a_thousand_reports_over_ten_seconds_cause_at_most_one_request_per_inter
     for answer in answers {
         assert_eq!(answer.unwrap().into_inner().access_token, "t");
     }
-    let during = requests_since(&endpoint, t0);
+    let during = endpoint.times_since(t0);
     assert!(
         (2..=3).contains(&during.len()),
         "10 s / 5 s + 1 at most, and reports still cause refreshes: {} requests, the first at {:?}",
@@ -128,7 +118,7 @@ async fn demands_of_min_valid_are_limited_the_same_way() {
         }
     }
     assert!(limited > 0, "some demands fell within an interval");
-    let during = requests_since(&endpoint, t0);
+    let during = endpoint.times_since(t0);
     assert!(during.len() <= 3, "{} requests", during.len());
 }
 
@@ -171,7 +161,7 @@ async fn concurrent_reports_coalesce_and_later_ones_wait_for_the_deferred_reques
     for answer in first {
         assert_eq!(answer.unwrap().into_inner().access_token, "t2");
     }
-    assert_eq!(requests_since(&endpoint, t0).len(), 1);
+    assert_eq!(endpoint.times_since(t0).len(), 1);
     // Its replacement is reported a second later, within the interval: the next request
     // waits for the end of it, and so do callers whose deadline allows.
     tokio::time::sleep_until(t0 + secs(2)).await;
@@ -179,7 +169,7 @@ async fn concurrent_reports_coalesce_and_later_ones_wait_for_the_deferred_reques
     for answer in second {
         assert_eq!(answer.unwrap().into_inner().access_token, "t3");
     }
-    let during = requests_since(&endpoint, t0);
+    let during = endpoint.times_since(t0);
     assert_eq!(during.len(), 2, "{during:?}");
     assert!((5.0..5.1).contains(&during[1]), "{during:?}");
     // A caller that cannot wait that long gets the current token at once.

@@ -9,7 +9,8 @@ use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{GetTokenRequest, WatchTokenRequest};
 use tonic::{Code, Request};
 
-use crate::common::{Daemon, InProcess, secret_file};
+use crate::common::in_process::InProcess;
+use crate::common::{Daemon, secret_file};
 use crate::fault::{FaultEndpoint, Reply};
 use crate::other_uid::{Calls, OtherUid, count};
 

@@ -8,14 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokend::Config;
-use tokend::daemon::plan::client_specs;
-use tokend::proto::token_service_server::TokenService;
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::refresh::clients::Clients;
-use tokend::serve::service::TokenServiceImpl;
-use tokio_util::sync::CancellationToken;
-use tonic::Request;
+use tokend::proto;
 
+use crate::common::in_process::{InProcess, load_config};
 use crate::fault::{FaultEndpoint, Reply};
 
 /// The client secret of every harness client: a space, `+`, `/`, `:` and a non-ASCII letter, so
@@ -26,8 +21,7 @@ pub const SECRET: &str = "s3 cr+t/é:x";
 /// refresh token file (holding `rt-0`) in a directory of its own.
 pub struct Harness {
     pub endpoint: FaultEndpoint,
-    pub service: TokenServiceImpl,
-    pub clients: Clients,
+    pub app: InProcess,
     pub name: String,
     pub config: Config,
     pub rt_file: PathBuf,
@@ -48,24 +42,11 @@ pub async fn start(endpoint: FaultEndpoint, name: &str, client_id: &str) -> Harn
         secret.display(),
         rt_file.display()
     );
-    let path = dir.path().join("tokend.toml");
-    std::fs::write(&path, toml).unwrap();
-    let config = Config::load_with_env(&path, []).unwrap();
-    let clients = Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()).0,
-        &config.refresh,
-    )
-    .await
-    .unwrap();
-    let service = TokenServiceImpl::new(
-        clients.store.clone(),
-        Duration::from_secs(30),
-        CancellationToken::new(),
-    );
+    let config = load_config(dir.path(), &toml);
+    let app = InProcess::from_config(&config).await;
     Harness {
         endpoint,
-        service,
-        clients,
+        app,
         name: name.to_string(),
         config,
         rt_file,
@@ -75,28 +56,13 @@ pub async fn start(endpoint: FaultEndpoint, name: &str, client_id: &str) -> Harn
 
 impl Harness {
     pub async fn get(&self) -> Result<proto::Token, tonic::Status> {
-        let mut request = Request::new(GetTokenRequest {
-            client: self.name.clone(),
-            min_valid_seconds: 0,
-        });
-        request.set_timeout(Duration::from_secs(1));
-        self.service
-            .get_token(request)
+        self.app
+            .get_within(&self.name, Duration::from_secs(1))
             .await
-            .map(|r| r.into_inner())
     }
 
     pub async fn status(&self) -> proto::ClientStatus {
-        let list = self
-            .service
-            .list_clients(Request::new(ListClientsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        list.clients
-            .into_iter()
-            .find(|c| c.client == self.name)
-            .unwrap()
+        self.app.status(&self.name).await
     }
 
     /// The refresh token each request carried, in order.
@@ -291,7 +257,7 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     new.clients
         .insert(name.to_string(), std::sync::Arc::new(changed));
     let changes = tokend::daemon::plan::reconcile(
-        &h.clients,
+        &h.app.clients,
         &h.config,
         &new,
         &tokend::oauth::http_client(),

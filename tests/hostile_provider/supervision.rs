@@ -5,59 +5,17 @@
 //! anyway is restarted with every sleeping client's alarm; and a supervisor that fails takes
 //! the watchdog's pings with it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokend::Config;
-use tokend::daemon::plan::client_specs;
-use tokend::refresh::clients::Clients;
 use tokend::refresh::supervisor::SupervisorMsg;
 use tokio::time::Instant;
 
+use crate::common::in_process::{InProcess, client_table};
+use crate::common::notify::NotifySocket;
 use crate::common::{KillOnDrop, eventually, secret_file};
 use crate::fault::{FaultEndpoint, Reply};
-
-/// sd_notify datagrams with their arrival times.
-struct NotifySocket {
-    path: PathBuf,
-    messages: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        NotifySocket { path, messages }
-    }
-
-    fn count_since(&self, from: Instant, line: &str) -> usize {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, m)| *t >= from && m.lines().any(|l| l == line))
-            .count()
-    }
-}
-
-fn client_toml(name: &str, endpoint: &FaultEndpoint, secret: &Path) -> String {
-    format!(
-        "[clients.{name}]\ntoken_endpoint = \"{}\"\nclient_id = \"{name}\"\nclient_secret_file = \"{}\"\n",
-        endpoint.url,
-        secret.display()
-    )
-}
 
 /// `tokend serve` on `config`, its stderr in `dir/tokend.log`, under a watchdog of 1 s.
 fn serve(dir: &Path, config: &str, notify: &NotifySocket) -> KillOnDrop {
@@ -107,8 +65,8 @@ async fn years_of_retry_after_neither_starve_other_clients_nor_fool_the_watchdog
         dir.path(),
         &format!(
             "{}{}",
-            client_toml("hostile", &hostile, &secret),
-            client_toml("victim", &victim, &secret)
+            client_table("hostile", &hostile.url, &secret),
+            client_table("victim", &victim.url, &secret)
         ),
         &notify,
     );
@@ -158,7 +116,7 @@ async fn a_capped_retry_after_is_logged_once_per_episode_not_per_attempt() {
         dir.path(),
         &format!(
             "[refresh]\nretry_after_max = \"1s\"\nbackoff_max = \"1s\"\n{}",
-            client_toml("hostile", &hostile, &secret)
+            client_table("hostile", &hostile.url, &secret)
         ),
         &notify,
     );
@@ -184,32 +142,21 @@ async fn a_capped_retry_after_is_logged_once_per_episode_not_per_attempt() {
 }
 
 /// One client, `sleeper`, on `endpoint`, run in-process (on the paused clock).
-async fn in_process(endpoint: &FaultEndpoint, dir: &Path) -> Clients {
-    let secret = secret_file(dir, "secret", "s3cret");
-    let path = dir.join("tokend.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[refresh]\nrequest_timeout = \"5s\"\n{}",
-            client_toml("sleeper", endpoint, &secret)
-        ),
-    )
-    .unwrap();
-    let config = Config::load_with_env(&path, []).unwrap();
-    Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()).0,
-        &config.refresh,
+async fn in_process(endpoint: &FaultEndpoint) -> InProcess {
+    InProcess::start(
+        &endpoint.url,
+        &["sleeper"],
+        "[refresh]\nrequest_timeout = \"5s\"",
     )
     .await
-    .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_dead_wheel_is_restarted_with_every_sleeping_clients_alarm() {
     // One-minute tokens: refreshed 42-45 s after each arrives, asleep in the wheel meanwhile.
     let endpoint = FaultEndpoint::start(Reply::token("t", 60)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let clients = in_process(&endpoint, dir.path()).await;
+    let h = in_process(&endpoint).await;
+    let clients = &h.clients;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(endpoint.count(), 1);
     // What the wheel's watcher sends when its task panics (alarm.rs shows a real panic doing
@@ -230,8 +177,8 @@ async fn a_dead_wheel_is_restarted_with_every_sleeping_clients_alarm() {
 #[tokio::test(start_paused = true)]
 async fn a_wheel_that_keeps_dying_fails_the_supervisor_and_stops_the_watchdogs_pings() {
     let endpoint = FaultEndpoint::start(Reply::token("t", 60)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let clients = in_process(&endpoint, dir.path()).await;
+    let h = in_process(&endpoint).await;
+    let clients = &h.clients;
     assert!(clients.responsive(Duration::from_secs(1)).await);
     for _ in 0..6 {
         let _ = clients

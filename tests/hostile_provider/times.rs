@@ -7,16 +7,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use tokend::Config;
-use tokend::daemon::plan::client_specs;
-use tokend::proto::token_service_server::TokenService;
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::refresh::clients::Clients;
-use tokend::serve::service::TokenServiceImpl;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request};
+use tokend::proto;
+use tonic::Code;
 
+use crate::common::in_process::InProcess;
 use crate::fault::{FaultEndpoint, Reply};
 
 /// The victim's tokens live 60 s and are refreshed 42-45 s after they arrive.
@@ -28,10 +22,7 @@ const CAP: f64 = 600.0;
 struct Pair {
     hostile: FaultEndpoint,
     victim: FaultEndpoint,
-    service: TokenServiceImpl,
-    _clients: Clients,
-    t0: Instant,
-    _dir: tempfile::TempDir,
+    app: InProcess,
 }
 
 /// One daemon with two clients: `hostile` on an endpoint answering `reply` to every request,
@@ -39,79 +30,31 @@ struct Pair {
 async fn pair(reply: Reply) -> Pair {
     let hostile = FaultEndpoint::start(reply).await;
     let victim = FaultEndpoint::start(Reply::token("victim-token", VICTIM_LIFETIME)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s3cret\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut toml = "[refresh]\nrequest_timeout = \"5s\"\n".to_string();
-    for (name, endpoint) in [("hostile", &hostile), ("victim", &victim)] {
-        toml.push_str(&format!(
-            "[clients.{name}]\ntoken_endpoint = \"{}\"\nclient_id = \"{name}\"\nclient_secret_file = \"{}\"\n",
-            endpoint.url,
-            secret.display()
-        ));
-    }
-    let path = dir.path().join("tokend.toml");
-    std::fs::write(&path, toml).unwrap();
-    let config = Config::load_with_env(&path, []).unwrap();
-    let t0 = Instant::now();
-    let clients = Clients::start(
-        client_specs(&config, &tokend::oauth::http_client()).0,
-        &config.refresh,
+    let app = InProcess::start_on(
+        &[("hostile", &hostile.url), ("victim", &victim.url)],
+        "[refresh]\nrequest_timeout = \"5s\"",
     )
-    .await
-    .unwrap();
-    let service = TokenServiceImpl::new(
-        clients.store.clone(),
-        Duration::from_secs(30),
-        CancellationToken::new(),
-    );
+    .await;
     Pair {
         hostile,
         victim,
-        service,
-        _clients: clients,
-        t0,
-        _dir: dir,
+        app,
     }
 }
 
 impl Pair {
     async fn get(&self, client: &str) -> Result<proto::Token, tonic::Status> {
-        let mut request = Request::new(GetTokenRequest {
-            client: client.into(),
-            min_valid_seconds: 0,
-        });
         // A short deadline: a hostile client's next attempt is long after it.
-        request
-            .metadata_mut()
-            .insert("grpc-timeout", "1S".parse().unwrap());
-        self.service
-            .get_token(request)
-            .await
-            .map(|r| r.into_inner())
+        self.app.get_within(client, Duration::from_secs(1)).await
     }
 
     async fn status(&self, client: &str) -> proto::ClientStatus {
-        let list = self
-            .service
-            .list_clients(Request::new(ListClientsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        list.clients
-            .into_iter()
-            .find(|c| c.client == client)
-            .unwrap()
+        self.app.status(client).await
     }
 
     /// Seconds since start of each request `endpoint` saw.
     fn times(&self, endpoint: &FaultEndpoint) -> Vec<f64> {
-        endpoint
-            .seen()
-            .iter()
-            .map(|s| (s.at - self.t0).as_secs_f64())
-            .collect()
+        endpoint.times_since(self.app.t0)
     }
 
     /// Runs the paused clock for `minutes`; then the victim must have been refreshed on

@@ -4,46 +4,48 @@
 //! # Layout
 //!
 //! Data flows one way: config -> refresh (supervisor, one actor per client) -> store -> serve.
+//! The crate's surface is [`run`], [`Config`], [`proto`], the command line's [`cli`] and
+//! [`logging`], and `testing` (what tests reach inside); every other module is private.
 //!
-//! - [`config`]: the TOML file (with `TOKEND_*` environment overrides), parsed and validated once.
-//! - [`refresh`]: the supervisor, the per-client actors, the timer wheel, refresh schedules, and
-//!   the running client set.
-//! - [`oauth`]: the token endpoint client: grant requests, client authentication, reply
+//! - `config`: the TOML file (with `TOKEND_*` environment overrides), parsed and validated once
+//!   into the components' own settings types.
+//! - `daemon`: wires the parts together and runs until shutdown (with systemd's notifications);
+//!   `daemon::plan` is the one place that turns the config into each component's settings.
+//! - `refresh`: the supervisor, the per-client actors, the timer wheel, refresh schedules and
+//!   policy, and the running client set.
+//! - `oauth`: the token endpoint client: settings, client authentication, requests, reply
 //!   parsing, in-flight markers, each endpoint's request budget.
-//! - [`store`]: per-client `watch` channels the gRPC handlers read without asking an actor.
-//! - [`access`]: who may read which client's token (peer credentials, allow-lists).
-//! - [`serve`]: the gRPC service, call and connection limits, listeners, the HTTP/2
-//!   `:authority` fix.
-//! - [`cli`]: `get`, `status`, `authorize` and `demo`.
-//! - [`daemon`]: wires the above together and runs until shutdown.
-//! - [`systemd`]: readiness, status, watchdog, reload and stop notifications; socket activation.
-//! - [`sink`]: per-client files rewritten atomically with each new token.
-//! - [`secret`]: reading secret files, redacted token types, durable writes.
-//! - `accounts`: user and group names (or numbers) to ids.
-//! - [`atomic_file`]: files written so that whoever shares their directory cannot turn the
-//!   write against the host (no symlink or name they plant is followed).
-//! - `file_mode`: octal file modes in settings.
-//! - [`offload`]: blocking file work on the blocking pool, with a timeout.
-//! - [`metrics`]: Prometheus metrics on an optional listener.
-//! - `unix_time`: wall-clock times as Unix time.
-//! - [`logging`]: text or JSON log output.
+//! - `store`: per-client `watch` channels the gRPC handlers read without asking an actor.
+//! - `access`: who may read which client's token (peer credentials, allow-lists).
+//! - `serve`: the gRPC service, call and connection limits, listeners, the metrics listeners,
+//!   the HTTP/2 `:authority` fix.
+//! - `cli`: `get`, `status`, `authorize` and `demo`.
+//! - `host`: users and groups, atomic files, file modes, offloaded file work, the wall clock.
+//! - `sink`: per-client files rewritten atomically with each new token.
+//! - `secret`: reading secret files, redacted token types, durable writes.
+//! - `metrics`: the Prometheus registry, fed plain labels.
+//! - `logging`: text or JSON log output.
+//! - `client_name`, `durations`, `panics`: what a client name may be, durations in settings,
+//!   what a panic said.
 
-pub mod access;
+mod access;
 pub mod cli;
 mod client_name;
 pub mod config;
-pub mod daemon;
+mod daemon;
 mod durations;
-pub mod host;
+mod host;
 pub mod logging;
-pub mod metrics;
-pub mod oauth;
+mod metrics;
+mod oauth;
 mod panics;
-pub mod refresh;
-pub mod secret;
-pub mod serve;
-pub mod sink;
-pub mod store;
+mod refresh;
+mod secret;
+mod serve;
+mod sink;
+mod store;
+#[doc(hidden)]
+pub mod testing;
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {

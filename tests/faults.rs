@@ -437,7 +437,7 @@ async fn clients_waiting_for_their_endpoint_wait_without_an_actor() {
     let names: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let h = start(&endpoint, &refs, "endpoint_concurrency = 2").await;
-    let limit = tokend::refresh::supervisor::starts_per_endpoint(2);
+    let limit = tokend::testing::starts_per_endpoint(2);
     let mut most = 0;
     // 40 requests, two at a time, half a second each: ten seconds.
     for _ in 0..200 {
@@ -522,7 +522,7 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
     tokio::time::sleep(secs(1)).await;
     assert!(running().is_empty(), "asleep again");
     // Past the restart window: that restart no longer counts.
-    tokio::time::sleep(tokend::refresh::supervisor::RESTART_WINDOW).await;
+    tokio::time::sleep(tokend::testing::RESTART_WINDOW).await;
 
     // Every request now takes 4 s, and every restarted actor is killed before it is answered.
     endpoint.otherwise(Reply::token("t", 300).after(secs(4)));
@@ -534,7 +534,7 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
         }))
         .now_or_never();
     tokio::time::sleep(secs(1)).await;
-    for i in 0..=tokend::refresh::supervisor::MAX_RESTARTS {
+    for i in 0..=tokend::testing::MAX_RESTARTS {
         kill(&format!("restart {i}"));
         tokio::time::sleep(secs(1)).await;
     }

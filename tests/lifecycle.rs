@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use common::in_process::InProcess;
 use futures::future::join_all;
-use tokend::oauth::Grant;
-use tokend::oauth::reply::{LifetimeSource, OAuthError};
-use tokend::oauth::{FetchError, TokenReply, TokenSource};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, RefreshTokenRequest};
-use tokend::refresh::RefreshPolicy;
-use tokend::refresh::clients::ClientSpec;
-use tokend::secret::AccessToken;
-use tokend::store::SlotSettings;
+use tokend::testing::AccessToken;
+use tokend::testing::ClientSpec;
+use tokend::testing::Grant;
+use tokend::testing::RefreshPolicy;
+use tokend::testing::SlotSettings;
+use tokend::testing::reply::{LifetimeSource, OAuthError};
+use tokend::testing::{FetchError, TokenReply, TokenSource};
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
@@ -431,7 +431,7 @@ async fn exhausted_restart_budget_is_visible() {
     h.get("app", 0).await.unwrap();
     // The refresh is in flight (and takes long): the actor runs.
     tokio::time::sleep(secs(241)).await;
-    for _ in 0..=tokend::refresh::supervisor::MAX_RESTARTS {
+    for _ in 0..=tokend::testing::MAX_RESTARTS {
         let running = actors(&h);
         assert_eq!(running.len(), 1);
         running[0].kill();

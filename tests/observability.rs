@@ -35,7 +35,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 async fn scrape(port: u16) -> String {
-    tokend::oauth::http_client()
+    tokend::testing::http_client()
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await

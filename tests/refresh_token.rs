@@ -80,7 +80,7 @@ fn finish_authorize(child: Child) -> String {
 /// A person at a browser: follows redirects with cookies, signs in and consents on
 /// oidc-provider's pages, and stops at the redirect URI, which it opens (tokend's listener).
 async fn approve_in_browser(start: &str, redirect_uri: &str) {
-    let http = tokend::oauth::http_client();
+    let http = tokend::testing::http_client();
     let mut cookies: HashMap<String, String> = HashMap::new();
     let mut url = reqwest::Url::parse(start).unwrap();
     let mut form: Option<Vec<(&str, &str)>> = None;
@@ -410,7 +410,7 @@ code_param = "auth_code"
 
     let (child, url) = start_authorize(&config, "likeco");
     // The "browser": the provider redirects straight back with auth_code.
-    let http = tokend::oauth::http_client();
+    let http = tokend::testing::http_client();
     let redirect = http.get(&url).send().await.unwrap();
     let location = redirect.headers()["location"].to_str().unwrap().to_string();
     assert!(location.contains("auth_code="), "{location}");

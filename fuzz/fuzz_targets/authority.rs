@@ -1,4 +1,4 @@
-//! The `:authority` filter (tokend::serve::h2_authority::AuthorityFix) over frames the fuzzer describes:
+//! The `:authority` filter (tokend::testing::AuthorityFix) over frames the fuzzer describes:
 //! header blocks written by a real HPACK encoder and cut into frames, other frames, raw bytes,
 //! CONTINUATION floods and frames over h2's size limit, handed over in reads of any size.
 //! Checks that it never panics, never holds more than one block of the size h2 takes, and that
@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use arbitrary::Arbitrary;
 use httlib_hpack::Encoder;
 use libfuzzer_sys::fuzz_target;
-use tokend::serve::h2_authority::AuthorityFix;
+use tokend::testing::AuthorityFix;
 use tokio::io::{AsyncRead, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -19,12 +19,16 @@ pub fn reply(data: &[u8]) {
         None => data.to_vec(),
     };
     let now = UNIX_EPOCH + NOW;
-    let _ =
-        tokend::oauth::reply::parse_success(&body, Some("api:read"), Duration::from_secs(300), now);
-    let _ = tokend::oauth::reply::parse_success(&body, None, Duration::ZERO, UNIX_EPOCH);
+    let _ = tokend::testing::reply::parse_success(
+        &body,
+        Some("api:read"),
+        Duration::from_secs(300),
+        now,
+    );
+    let _ = tokend::testing::reply::parse_success(&body, None, Duration::ZERO, UNIX_EPOCH);
     // Whatever the provider echoes, a secret of the request never comes out of the error.
-    let redactor = tokend::oauth::redact::Redactor::new([SECRET]);
-    if let Some(error) = tokend::oauth::reply::parse_error(&body, &redactor) {
+    let redactor = tokend::testing::Redactor::new([SECRET]);
+    if let Some(error) = tokend::testing::reply::parse_error(&body, &redactor) {
         assert!(
             !error.to_string().to_ascii_lowercase().contains(SECRET),
             "a secret came through: {error}"
@@ -49,13 +53,13 @@ pub fn retry_after(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = tokend::oauth::parse_retry_after(text, UNIX_EPOCH + NOW);
-    let _ = tokend::oauth::parse_retry_after(text, UNIX_EPOCH);
+    let _ = tokend::testing::parse_retry_after(text, UNIX_EPOCH + NOW);
+    let _ = tokend::testing::parse_retry_after(text, UNIX_EPOCH);
     if let (Some(clock), Some(rest)) = (data.get(..8), data.get(8..)) {
         let secs = u64::from_le_bytes(clock.try_into().expect("eight bytes"));
         let now = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs));
         if let (Some(now), Ok(rest)) = (now, std::str::from_utf8(rest)) {
-            let _ = tokend::oauth::parse_retry_after(rest, now);
+            let _ = tokend::testing::parse_retry_after(rest, now);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! orderly stop when `shutdown` resolves.
 
 pub mod plan;
+pub mod systemd;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -15,7 +16,6 @@ use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ServerConfig};
-use crate::host::systemd::{self, Activated};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::http_client;
 use crate::panics::panic_text;
@@ -24,6 +24,7 @@ use crate::refresh::clients::{Clients, StartError};
 use crate::serve::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
 use crate::serve::listen::{self, ListenError, SocketFile};
 use crate::serve::service::TokenServiceImpl;
+use systemd::Activated;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -1,10 +1,8 @@
 //! What tokend uses of the host it runs on: user and group names, files in directories others
-//! may share, octal file modes, blocking file work kept off the async workers, the wall clock,
-//! and systemd (readiness, watchdog, socket activation).
+//! may share, octal file modes, blocking file work kept off the async workers, the wall clock.
 
 pub(crate) mod accounts;
 pub mod atomic_file;
 pub(crate) mod file_mode;
 pub mod offload;
-pub mod systemd;
 pub(crate) mod unix_time;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokend::Config;
 use tokend::config::ServerConfig;
-use tokend::daemon::plan::{call_limits, client_specs};
 use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
-use tokend::refresh::RefreshPolicy;
-use tokend::refresh::clients::{ClientSpec, Clients};
-use tokend::serve::service::TokenServiceImpl;
+use tokend::testing::RefreshPolicy;
+use tokend::testing::TokenServiceImpl;
+use tokend::testing::{ClientSpec, Clients};
+use tokend::testing::{call_limits, client_specs};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
@@ -70,7 +70,7 @@ impl InProcess {
 
     /// The clients of `config`, as the daemon starts them.
     pub async fn from_config(config: &Config) -> InProcess {
-        let (specs, _) = client_specs(config, &tokend::oauth::http_client());
+        let (specs, _) = client_specs(config, &tokend::testing::http_client());
         Self::build(specs, &config.refresh, &config.server).await
     }
 

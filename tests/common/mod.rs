@@ -73,7 +73,7 @@ impl OidcServer {
 
     /// Every token request the server has seen: `{client_id, grant_type, at_ms, status, ...}`.
     pub async fn requests(&self) -> Vec<serde_json::Value> {
-        let body = tokend::oauth::http_client()
+        let body = tokend::testing::http_client()
             .get(format!("{}/_test/requests", self.issuer))
             .send()
             .await

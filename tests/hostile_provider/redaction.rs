@@ -20,7 +20,7 @@ const NEW_REFRESH_TOKEN: &str = "RT-rotated-5678";
 fn credentials() -> Vec<String> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let form = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let header = tokend::oauth::basic_authorization(CLIENT_ID, SECRET);
+    let header = tokend::testing::basic_authorization(CLIENT_ID, SECRET);
     vec![
         SECRET.to_string(),
         form(SECRET),
@@ -133,7 +133,7 @@ async fn echoed_credentials_are_redacted_everywhere() {
     assert!(log.contains("invalid_grant"), "{log}");
     assert_clean("the log", &log, &later());
     assert_clean("the log", &log, &sent());
-    assert_clean("the metrics", &tokend::metrics::METRICS.encode(), &sent());
+    assert_clean("the metrics", &tokend::testing::METRICS.encode(), &sent());
 }
 
 #[tokio::test(start_paused = true)]

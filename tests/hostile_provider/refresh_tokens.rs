@@ -207,7 +207,7 @@ impl Drop for Immutable {
 }
 
 fn unsaved_gauge(name: &str) -> bool {
-    tokend::metrics::METRICS
+    tokend::testing::METRICS
         .encode()
         .lines()
         .any(|l| l == format!("tokend_refresh_token_unsaved{{client=\"{name}\"}} 1"))
@@ -256,12 +256,12 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     changed.audience = Some("changed".into());
     new.clients
         .insert(name.to_string(), std::sync::Arc::new(changed));
-    let changes = tokend::daemon::plan::reconcile(
+    let changes = tokend::testing::reconcile(
         &h.app.clients,
         &h.config,
         &new,
-        &tokend::oauth::http_client(),
-        &mut tokend::oauth::budget::EndpointLimiters::new(4, Duration::ZERO),
+        &tokend::testing::http_client(),
+        &mut tokend::testing::EndpointLimiters::new(4, Duration::ZERO),
     )
     .await;
     assert_eq!(changes.refetched, [name]);

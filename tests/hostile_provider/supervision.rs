@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tokend::refresh::supervisor::SupervisorMsg;
+use tokend::testing::SupervisorMsg;
 use tokio::time::Instant;
 
 use crate::common::in_process::{InProcess, client_table};

@@ -27,8 +27,6 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 pub use accept::{Incoming, Listen};
-pub use conn::{Conn, ConnInfo};
-pub use limits::Peer;
 pub use requests::TrackRequests;
 
 use conn::Timeouts;

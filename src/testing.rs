@@ -1,0 +1,21 @@
+//! What the tests, the benchmark and the fuzz targets reach inside the crate: the parts of the
+//! daemon they run in-process (on tokio's paused clock, with a scripted token source), and the
+//! parsers they feed hostile input. Not an API: it changes with the code it names.
+
+pub use crate::daemon::plan::{call_limits, client_specs, reconcile};
+pub use crate::metrics::METRICS;
+pub use crate::oauth::budget::EndpointLimiters;
+pub use crate::oauth::redact::Redactor;
+pub use crate::oauth::reply::{self, LifetimeSource, OAuthError};
+pub use crate::oauth::{
+    FetchError, Grant, TokenReply, TokenSource, basic_authorization, http_client, parse_retry_after,
+};
+pub use crate::refresh::RefreshPolicy;
+pub use crate::refresh::clients::{ClientSpec, Clients};
+pub use crate::refresh::supervisor::{
+    MAX_RESTARTS, RESTART_WINDOW, SupervisorMsg, starts_per_endpoint,
+};
+pub use crate::secret::AccessToken;
+pub use crate::serve::h2_authority::AuthorityFix;
+pub use crate::serve::service::TokenServiceImpl;
+pub use crate::store::SlotSettings;

@@ -13,7 +13,6 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::config::{ClientConfig, Config, redirect_listen_addr};
-use crate::daemon::plan;
 use crate::host::atomic_file::{self, Trust};
 use crate::host::unix_time::since_epoch;
 use crate::oauth::{self, FetchError, Grant};
@@ -87,9 +86,9 @@ pub fn request(c: &ClientConfig, endpoint: &str, redirect_uri: &str) -> Request 
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code");
-        q.append_pair("client_id", &c.client_id);
+        q.append_pair("client_id", &c.oauth.client_id);
         q.append_pair("redirect_uri", redirect_uri);
-        if let Some(scope) = &c.scope {
+        if let Some(scope) = &c.oauth.scope {
             q.append_pair("scope", scope);
         }
         q.append_pair("state", &state);
@@ -118,7 +117,7 @@ fn client<'a>(
         client: name.to_string(),
         reason: format!("set {key} in [clients.{name}] to authorize it"),
     };
-    if c.grant != Grant::RefreshToken {
+    if c.oauth.grant != Grant::RefreshToken {
         return Err(AuthorizeError::Config {
             client: name.to_string(),
             reason: "only clients with grant = \"refresh_token\" are authorized this way".into(),
@@ -129,6 +128,7 @@ fn client<'a>(
         .as_deref()
         .ok_or_else(|| missing("redirect_uri"))?;
     let rt_file = c
+        .oauth
         .refresh_token_file
         .as_deref()
         .ok_or_else(|| missing("refresh_token_file"))?;
@@ -304,7 +304,7 @@ async fn finish(
     }
     let granted = oauth::request_token(
         &oauth::http_client(),
-        &plan::client_settings(c),
+        &c.oauth,
         &grant,
         false,
         config.refresh.default_lifetime,

@@ -16,7 +16,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 
-use crate::config::{ClientConfig, Config, ServerConfig};
+use crate::config::{ClientConfig, ClientTable, Config, ServerConfig};
 use crate::host::unix_time::since_epoch;
 use crate::oauth::{AuthMethod, Grant};
 use crate::refresh::RefreshPolicy;
@@ -159,7 +159,7 @@ pub fn config(
         })?;
         clients.insert(
             id.to_string(),
-            Arc::new(ClientConfig {
+            Arc::new(ClientConfig::from(ClientTable {
                 token_endpoint: token_endpoint.to_string(),
                 client_id: id.to_string(),
                 client_secret_file: Some(path),
@@ -182,7 +182,7 @@ pub fn config(
                 allow_tcp: false,
                 required: true,
                 file_sink: None,
-            }),
+            })),
         );
     }
     Ok(Config {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::oauth::{AuthMethod, Grant};
+use crate::oauth::{AuthMethod, ClientSettings, Grant, SecretSource};
 use crate::refresh::RefreshPolicy;
 use crate::serve::{call_limits, connections};
 
@@ -149,9 +149,10 @@ impl MetricsConfig {
     }
 }
 
+/// One `[clients.NAME]` table as written: every key, flat.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientConfig {
+pub struct ClientTable {
     pub token_endpoint: String,
     pub client_id: String,
     pub client_secret_file: Option<PathBuf>,
@@ -205,16 +206,85 @@ fn default_true() -> bool {
     true
 }
 
-impl ClientConfig {
-    /// The file the client secret is read from: `client_secret_file`, or the systemd
-    /// credential's path.
-    pub fn secret_file(&self) -> Option<PathBuf> {
-        self.client_secret_file.clone().or_else(|| {
-            let name = self.client_secret_credential.as_ref()?;
-            Some(PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join(name))
-        })
-    }
+/// A configured client: how its tokens are requested (one copy, shared with its token source),
+/// and everything else the table says.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "ClientTable")]
+pub struct ClientConfig {
+    pub oauth: Arc<ClientSettings>,
+    /// Which of the keys that name the secret were set (validation wants exactly one).
+    pub secret_keys: SecretKeys,
+    pub allow_insecure_http: bool,
+    pub authorize_endpoint: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub pkce: bool,
+    pub code_param: Option<String>,
+    pub allowed_users: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    pub allow_tcp: bool,
+    pub required: bool,
+    pub file_sink: Option<crate::sink::FileSinkConfig>,
+}
 
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretKeys {
+    pub file: bool,
+    pub env: bool,
+    /// The systemd credential's name.
+    pub credential: Option<String>,
+}
+
+impl From<ClientTable> for ClientConfig {
+    fn from(t: ClientTable) -> Self {
+        let secret_keys = SecretKeys {
+            file: t.client_secret_file.is_some(),
+            env: t.client_secret_env.is_some(),
+            credential: t.client_secret_credential.clone(),
+        };
+        // Validation refuses a table with no secret key, or more than one.
+        let secret = match (
+            t.client_secret_file,
+            t.client_secret_env,
+            t.client_secret_credential,
+        ) {
+            (Some(path), _, _) => SecretSource::File(path),
+            (None, Some(var), _) => SecretSource::Env(var),
+            (None, None, Some(name)) => SecretSource::File(
+                std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .map_or_else(PathBuf::new, PathBuf::from)
+                    .join(name),
+            ),
+            (None, None, None) => SecretSource::Env(String::new()),
+        };
+        ClientConfig {
+            oauth: Arc::new(ClientSettings {
+                token_endpoint: t.token_endpoint,
+                client_id: t.client_id,
+                secret,
+                auth_method: t.auth_method,
+                grant: t.grant,
+                refresh_token_file: t.refresh_token_file,
+                scope: t.scope,
+                audience: t.audience,
+                resource: t.resource,
+                extra_params: t.extra_params,
+            }),
+            secret_keys,
+            allow_insecure_http: t.allow_insecure_http,
+            authorize_endpoint: t.authorize_endpoint,
+            redirect_uri: t.redirect_uri,
+            pkce: t.pkce,
+            code_param: t.code_param,
+            allowed_users: t.allowed_users,
+            allowed_groups: t.allowed_groups,
+            allow_tcp: t.allow_tcp,
+            required: t.required,
+            file_sink: t.file_sink,
+        }
+    }
+}
+
+impl ClientConfig {
     /// The settings that decide how tokens are fetched (everything but who may read them):
     /// a change here means the client's token must be fetched anew.
     pub fn fetch_settings(&self) -> ClientConfig {

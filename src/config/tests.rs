@@ -58,9 +58,9 @@ fn defaults_and_fields() {
     )
     .unwrap();
     let b = &c.clients["billing"];
-    assert_eq!(b.auth_method, AuthMethod::Post);
-    assert_eq!(b.grant, Grant::ClientCredentials);
-    assert_eq!(b.scope.as_deref(), Some("a b"));
+    assert_eq!(b.oauth.auth_method, AuthMethod::Post);
+    assert_eq!(b.oauth.grant, Grant::ClientCredentials);
+    assert_eq!(b.oauth.scope.as_deref(), Some("a b"));
     assert_eq!(c.server.socket, PathBuf::from("/run/tokend/tokend.sock"));
     assert_eq!(c.socket_mode(), 0o660);
     assert_eq!(c.refresh.margin, Duration::from_secs(30));
@@ -121,7 +121,10 @@ fn environment_overrides_nested_keys() {
         ],
     )
     .unwrap();
-    assert_eq!(c.clients["billing"].scope.as_deref(), Some("from.env"));
+    assert_eq!(
+        c.clients["billing"].oauth.scope.as_deref(),
+        Some("from.env")
+    );
     assert_eq!(c.server.socket, PathBuf::from("/tmp/x.sock"));
     assert_eq!(c.refresh.margin, Duration::from_secs(10));
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{ClientConfig, Config, ConfigError, ServerConfig};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
-use crate::oauth::Grant;
+use crate::oauth::{Grant, SecretSource};
 use crate::refresh::RefreshPolicy;
 
 /// The upper bound of `server.max_wait`: beyond an hour, a "wait" is a held connection.
@@ -235,15 +235,15 @@ impl ClientConfig {
                 ),
             ));
         }
-        validate_endpoint(&self.token_endpoint, self.allow_insecure_http)
+        validate_endpoint(&self.oauth.token_endpoint, self.allow_insecure_http)
             .map_err(|r| ("token_endpoint".to_string(), r))?;
-        if self.client_id.is_empty() {
+        if self.oauth.client_id.is_empty() {
             return Err(("client_id".into(), "must not be empty".into()));
         }
         let sources = [
-            self.client_secret_file.is_some(),
-            self.client_secret_env.is_some(),
-            self.client_secret_credential.is_some(),
+            self.secret_keys.file,
+            self.secret_keys.env,
+            self.secret_keys.credential.is_some(),
         ];
         match sources.iter().filter(|s| **s).count() {
             0 => {
@@ -260,7 +260,8 @@ impl ClientConfig {
                 ));
             }
         }
-        if let Some(path) = &self.client_secret_file
+        if let SecretSource::File(path) = &self.oauth.secret
+            && self.secret_keys.file
             && !path.is_absolute()
         {
             return Err((
@@ -268,7 +269,7 @@ impl ClientConfig {
                 format!("{} must be an absolute path", path.display()),
             ));
         }
-        if let Some(name) = &self.client_secret_credential {
+        if let Some(name) = &self.secret_keys.credential {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
                 return Err((
                     "client_secret_credential".into(),
@@ -282,15 +283,15 @@ impl ClientConfig {
                 ));
             }
         }
-        if let Some(path) = self.secret_file() {
-            let key = if self.client_secret_file.is_some() {
+        if let SecretSource::File(path) = &self.oauth.secret {
+            let key = if self.secret_keys.file {
                 "client_secret_file"
             } else {
                 "client_secret_credential"
             };
-            crate::secret::check_file(&path).map_err(|e| (key.to_string(), e.to_string()))?;
+            crate::secret::check_file(path).map_err(|e| (key.to_string(), e.to_string()))?;
         }
-        if let Some(var) = &self.client_secret_env
+        if let SecretSource::Env(var) = &self.oauth.secret
             && std::env::var_os(var).is_none_or(|v| v.is_empty())
         {
             return Err((
@@ -304,7 +305,7 @@ impl ClientConfig {
             sink.resolve()
                 .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;
         }
-        match (self.grant, &self.refresh_token_file) {
+        match (self.oauth.grant, &self.oauth.refresh_token_file) {
             (Grant::RefreshToken, None) => {
                 return Err((
                     "refresh_token_file".into(),
@@ -325,7 +326,7 @@ impl ClientConfig {
             }
             _ => {}
         }
-        if let Some(path) = &self.refresh_token_file {
+        if let Some(path) = &self.oauth.refresh_token_file {
             // Its directory gets the file sinks' rule: written into by tokend, it must not be
             // writable by anyone who could plant a file or swap the token there.
             crate::host::atomic_file::split(path)
@@ -347,6 +348,7 @@ impl ClientConfig {
             redirect_listen_addr(uri).map_err(|r| ("redirect_uri".to_string(), r))?;
         }
         if let Some(param) = self
+            .oauth
             .extra_params
             .keys()
             .find(|k| RESERVED_PARAMS.contains(&k.as_str()))

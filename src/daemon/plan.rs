@@ -6,35 +6,12 @@ use std::sync::Arc;
 use crate::access::Access;
 use crate::config::{ClientConfig, Config, ServerConfig};
 use crate::oauth::budget::EndpointLimiters;
-use crate::oauth::{ClientSettings, Grant, HttpTokenSource, RequestSettings, SecretSource};
+use crate::oauth::{Grant, HttpTokenSource, RequestSettings};
 use crate::refresh::RefreshPolicy;
 use crate::refresh::clients::{ClientSpec, Clients};
 use crate::serve::call_limits::{self, CallLimits};
 use crate::serve::connections;
 use crate::store::SlotSettings;
-
-/// What the token endpoint client needs of a configured client (validated: it has a secret
-/// source).
-pub fn client_settings(c: &ClientConfig) -> ClientSettings {
-    let secret = match (c.secret_file(), &c.client_secret_env) {
-        (Some(path), _) => SecretSource::File(path),
-        (None, Some(var)) => SecretSource::Env(var.clone()),
-        // Validation refuses a client without one; an empty variable name fails its requests.
-        (None, None) => SecretSource::Env(String::new()),
-    };
-    ClientSettings {
-        token_endpoint: c.token_endpoint.clone(),
-        client_id: c.client_id.clone(),
-        secret,
-        auth_method: c.auth_method,
-        grant: c.grant,
-        refresh_token_file: c.refresh_token_file.clone(),
-        scope: c.scope.clone(),
-        audience: c.audience.clone(),
-        resource: c.resource.clone(),
-        extra_params: c.extra_params.clone(),
-    }
-}
 
 /// How every token request is made.
 pub fn request_settings(policy: &RefreshPolicy) -> RequestSettings {
@@ -69,8 +46,8 @@ pub fn connections(server: &ServerConfig) -> connections::Settings {
 /// The slot settings of a configured client (validated config: names resolve).
 pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSettings {
     SlotSettings {
-        grant: c.grant,
-        authorize_command: (c.grant == Grant::RefreshToken).then(|| {
+        grant: c.oauth.grant,
+        authorize_command: (c.oauth.grant == Grant::RefreshToken).then(|| {
             let path = config
                 .source_path
                 .as_ref()
@@ -102,9 +79,9 @@ pub fn client_spec(
         source: Arc::new(HttpTokenSource::new(
             http.clone(),
             name,
-            Arc::new(client_settings(c)),
+            c.oauth.clone(),
             request_settings(&config.refresh),
-            limiters.for_endpoint(&c.token_endpoint),
+            limiters.for_endpoint(&c.oauth.token_endpoint),
         )),
     }
 }

@@ -173,9 +173,8 @@ struct RefreshGate {
 
 /// One configured client's published state and the way to ask for a refresh.
 pub struct ClientSlot {
-    pub name: String,
-    /// The name again, shared with the refresh requests that carry it.
-    key: Arc<str>,
+    /// Shared with the refresh requests that carry it.
+    pub name: Arc<str>,
     settings: RwLock<Arc<SlotSettings>>,
     view: watch::Sender<ClientView>,
     refresher: Refresher,
@@ -202,8 +201,7 @@ impl ClientSlot {
         });
         METRICS.set_state(&name, None, ClientState::Starting.as_str());
         Self {
-            key: name.as_str().into(),
-            name,
+            name: name.into(),
             settings: RwLock::new(Arc::new(settings)),
             view,
             refresher,
@@ -305,7 +303,7 @@ impl ClientSlot {
             gate.deferred = Some((at, generation));
             let gate = self.gate.clone();
             let view = self.view.subscribe();
-            let client = self.key.clone();
+            let client = self.name.clone();
             let refresher = self.refresher.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
@@ -326,7 +324,7 @@ impl ClientSlot {
         gate.last = Some((generation, now));
         drop(gate);
         self.refresher.send(RefreshWanted {
-            client: self.key.clone(),
+            client: self.name.clone(),
             generation,
         });
         RefreshRequest::Pending
@@ -336,7 +334,7 @@ impl ClientSlot {
 /// All clients' slots, by name. Reloads add and remove slots; readers take an `Arc` out.
 #[derive(Default)]
 pub struct TokenStore {
-    clients: RwLock<BTreeMap<String, Arc<ClientSlot>>>,
+    clients: RwLock<BTreeMap<Arc<str>, Arc<ClientSlot>>>,
     /// Woken whenever any client's view changes.
     pub changed: Arc<Notify>,
 }
@@ -369,7 +367,7 @@ impl TokenStore {
         removed
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ClientSlot>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, Arc<ClientSlot>>> {
         self.clients.read().unwrap_or_else(|e| e.into_inner())
     }
 }

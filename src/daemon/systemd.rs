@@ -45,7 +45,7 @@ pub fn summary(store: &TokenStore) -> (String, Vec<String>) {
                 fresh += 1;
             }
         } else if slot.settings().required {
-            missing.push(slot.name.clone());
+            missing.push(slot.name.to_string());
         }
     }
     let mut line = format!("{fresh}/{} clients fresh", slots.len());

@@ -34,7 +34,7 @@ pub struct Clients {
     /// Every source ever started, to wait for their requests at shutdown.
     sources: Mutex<Vec<Arc<dyn TokenSource>>>,
     /// The file sink task of each client that has one.
-    sinks: Mutex<HashMap<String, JoinHandle<()>>>,
+    sinks: Mutex<HashMap<Arc<str>, JoinHandle<()>>>,
     request_timeout: Duration,
 }
 
@@ -121,7 +121,7 @@ impl Clients {
             .push(spec.source.clone());
         {
             let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = sinks.remove(&slot.name) {
+            if let Some(old) = sinks.remove(&*slot.name) {
                 old.abort();
             }
             if let Some(sink) = spec.sink {

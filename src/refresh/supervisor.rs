@@ -250,7 +250,7 @@ impl Actor for Supervisor {
 
 impl SupervisorState {
     async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: TokenArgs) {
-        let name: Arc<str> = args.slot.name.as_str().into();
+        let name: Arc<str> = args.slot.name.clone();
         self.children.insert(
             name.clone(),
             Child {

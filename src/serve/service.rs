@@ -225,7 +225,7 @@ impl TokenServiceImpl {
                         && at >= until
                     {
                         return Err(NoToken::RateLimited {
-                            client: slot.name.clone(),
+                            client: slot.name.to_string(),
                             current: token.clone(),
                             next_in: at - now,
                         });
@@ -362,7 +362,7 @@ impl TokenServiceImpl {
                 let view = slot.view();
                 let token = view.token.as_ref();
                 proto::ClientStatus {
-                    client: slot.name.clone(),
+                    client: slot.name.to_string(),
                     state: proto::ClientState::from(view.state) as i32,
                     scopes: token.map(|t| t.scopes.clone()).unwrap_or_default(),
                     expires_at: token.map(|t| t.expires_wall.into()),

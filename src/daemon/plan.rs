@@ -1,5 +1,7 @@
 //! The config turned into what each component takes: the one place that knows both. Components
-//! own their settings types and never read the config; the daemon and the CLI build them here.
+//! own their settings types and never read the config. Where a type's shape is the file's, the
+//! config parses straight into it (a client's `oauth::ClientSettings`, `RefreshPolicy`); the
+//! rest is built here.
 
 use std::sync::Arc;
 

@@ -464,15 +464,18 @@ code_param = "auth_code"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grant_survives_forty_sigkills_at_random_moments() {
-    // A rotating provider with a grace period for a just-rotated refresh token (as Okta's and
-    // Auth0's have), 2 s access tokens, and a 400 ms pause before it processes each request so
-    // that kills land mid-refresh often (about one round in four).
+    // A rotating provider with a grace period for a just-rotated refresh token (30 s, Okta's
+    // default; Auth0 has a reuse interval), 2 s access tokens, and a 400 ms pause before it
+    // processes each request so that kills land mid-refresh often (about one round in four).
+    // A rotation the daemon never heard of (killed before the reply) is recoverable only within
+    // the grace: with 10 s, a run of rounds each killed before its refresh completed outlasted
+    // it once in CI, and no client could have done better.
     let port = free_port();
     let redirect_uri = format!("http://127.0.0.1:{port}/callback");
     let idp = OidcServer::start(serde_json::json!({
         "accessTokenTtl": 2,
         "refreshTokenRotation": true,
-        "refreshTokenReuseGrace": 10,
+        "refreshTokenReuseGrace": 30,
         "tokenDelayMs": 400,
         "clients": [{
             "client_id": "web-client", "client_secret": WEB_SECRET,

@@ -242,18 +242,7 @@ impl Daemon {
 
     /// A raw channel, for the health and reflection services.
     pub async fn channel(&self) -> Channel {
-        let path = self.socket.clone();
-        tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap()
+        unix_channel(&self.socket).await
     }
 
     /// The daemon's resident memory (VmRSS), in KiB.
@@ -366,4 +355,20 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
         .decode(payload)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A gRPC channel over the Unix socket at `socket`.
+pub async fn unix_channel(socket: &Path) -> Channel {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap()
 }

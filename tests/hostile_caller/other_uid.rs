@@ -158,7 +158,7 @@ async fn calls() {
     .unwrap();
     let mut channels = Vec::new();
     for _ in 0..script.connections.max(1) {
-        channels.push(connect(&script.socket).await);
+        channels.push(crate::common::unix_channel(&script.socket).await);
     }
     let settle = Duration::from_millis(script.settle_ms);
     // Answers arrive on this channel; streams that opened are kept in their task.
@@ -255,19 +255,4 @@ async fn one_call(channel: Channel, spec: &Calls) -> (Outcome, Held) {
         },
     };
     (outcome, None)
-}
-
-async fn connect(socket: &Path) -> Channel {
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
 }

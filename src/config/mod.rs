@@ -234,6 +234,19 @@ pub struct SecretKeys {
     pub credential: Option<String>,
 }
 
+impl SecretKeys {
+    /// The key that names the secret (the first set, for messages).
+    pub fn key(&self) -> &'static str {
+        if self.file {
+            "client_secret_file"
+        } else if self.env {
+            "client_secret_env"
+        } else {
+            "client_secret_credential"
+        }
+    }
+}
+
 impl From<ClientTable> for ClientConfig {
     fn from(t: ClientTable) -> Self {
         let secret_keys = SecretKeys {
@@ -241,20 +254,16 @@ impl From<ClientTable> for ClientConfig {
             env: t.client_secret_env.is_some(),
             credential: t.client_secret_credential.clone(),
         };
-        // Validation refuses a table with no secret key, or more than one.
+        // Validation refuses more than one secret key, and a secret where the method uses none.
         let secret = match (
             t.client_secret_file,
             t.client_secret_env,
             t.client_secret_credential,
         ) {
-            (Some(path), _, _) => SecretSource::File(path),
-            (None, Some(var), _) => SecretSource::Env(var),
-            (None, None, Some(name)) => SecretSource::File(
-                std::env::var_os("CREDENTIALS_DIRECTORY")
-                    .map_or_else(PathBuf::new, PathBuf::from)
-                    .join(name),
-            ),
-            (None, None, None) => SecretSource::Env(String::new()),
+            (Some(path), _, _) => Some(SecretSource::File(path)),
+            (None, Some(var), _) => Some(SecretSource::Env(var)),
+            (None, None, Some(name)) => Some(SecretSource::File(credential_path(&name))),
+            (None, None, None) => None,
         };
         ClientConfig {
             oauth: Arc::new(ClientSettings {
@@ -296,6 +305,14 @@ impl ClientConfig {
             ..self.clone()
         }
     }
+}
+
+/// A systemd credential's file: `$CREDENTIALS_DIRECTORY/NAME` (validation refuses the name when
+/// the variable is unset).
+pub fn credential_path(name: &str) -> PathBuf {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map_or_else(PathBuf::new, PathBuf::from)
+        .join(name)
 }
 
 fn default_auth_method() -> AuthMethod {

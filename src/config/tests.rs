@@ -142,7 +142,7 @@ fn errors_name_file_key_and_reason() {
         (
             client_toml(&s, "auth_method = \"bearer\""),
             "clients.billing.auth_method",
-            "\"basic\" or \"post\"",
+            "\"bearer\" is not an auth method; use one of \"basic\", \"post\"",
         ),
         (
             format!("{}\n[[oops", client_toml(&s, "")),
@@ -306,4 +306,35 @@ fn unreadable_file_is_named() {
     let err = Config::load_with_env(Path::new("/nonexistent/tokend.toml"), []).unwrap_err();
     assert_eq!(err.file, "/nonexistent/tokend.toml");
     assert!(err.reason.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn public_clients_send_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let rt = dir.path().join("rt");
+    let public = format!(
+        "[clients.cli]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"cli\"\nauth_method = \"none\"\ngrant = \"refresh_token\"\nrefresh_token_file = \"{}\"\n",
+        rt.display()
+    );
+    let c = load(&public, &[]).unwrap();
+    assert_eq!(c.clients["cli"].oauth.auth_method, AuthMethod::None);
+    assert_eq!(c.clients["cli"].oauth.secret, None);
+
+    let err = load(&client_toml(&s, "auth_method = \"none\""), &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.client_secret_file");
+    assert!(err.reason.contains("sends no client secret"), "{err}");
+
+    let no_secret = "[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"billing\"\nauth_method = \"none\"\n";
+    let err = load(no_secret, &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.auth_method");
+    assert!(err.reason.contains("client_credentials"), "{err}");
+
+    let basic = "[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"billing\"\n";
+    let err = load(basic, &[]).unwrap_err();
+    assert!(
+        err.reason
+            .contains("auth_method = \"client_secret_basic\" needs a client secret"),
+        "{err}"
+    );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{ClientConfig, Config, ConfigError, ServerConfig};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
-use crate::oauth::{Grant, SecretSource};
+use crate::oauth::{AuthMethod, Grant, SecretSource};
 use crate::refresh::RefreshPolicy;
 
 /// The upper bound of `server.max_wait`: beyond an hour, a "wait" is a held connection.
@@ -240,65 +240,8 @@ impl ClientConfig {
         if self.oauth.client_id.is_empty() {
             return Err(("client_id".into(), "must not be empty".into()));
         }
-        let sources = [
-            self.secret_keys.file,
-            self.secret_keys.env,
-            self.secret_keys.credential.is_some(),
-        ];
-        match sources.iter().filter(|s| **s).count() {
-            0 => {
-                return Err((
-                    "client_secret_file".into(),
-                    "a client secret is required: set client_secret_file, client_secret_env or client_secret_credential".into(),
-                ));
-            }
-            1 => {}
-            _ => {
-                return Err((
-                    "client_secret_file".into(),
-                    "set only one of client_secret_file, client_secret_env and client_secret_credential, not both".into(),
-                ));
-            }
-        }
-        if let SecretSource::File(path) = &self.oauth.secret
-            && self.secret_keys.file
-            && !path.is_absolute()
-        {
-            return Err((
-                "client_secret_file".into(),
-                format!("{} must be an absolute path", path.display()),
-            ));
-        }
-        if let Some(name) = &self.secret_keys.credential {
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                return Err((
-                    "client_secret_credential".into(),
-                    format!("{name:?} is not a credential name"),
-                ));
-            }
-            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
-                return Err((
-                    "client_secret_credential".into(),
-                    "needs systemd's LoadCredential= (CREDENTIALS_DIRECTORY is not set)".into(),
-                ));
-            }
-        }
-        if let SecretSource::File(path) = &self.oauth.secret {
-            let key = if self.secret_keys.file {
-                "client_secret_file"
-            } else {
-                "client_secret_credential"
-            };
-            crate::secret::check_file(path).map_err(|e| (key.to_string(), e.to_string()))?;
-        }
-        if let SecretSource::Env(var) = &self.oauth.secret
-            && std::env::var_os(var).is_none_or(|v| v.is_empty())
-        {
-            return Err((
-                "client_secret_env".into(),
-                format!("environment variable {var} is not set or empty"),
-            ));
-        }
+        self.validate_secret()?;
+        self.validate_auth_method()?;
         crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
             .map_err(|(key, reason)| (key.to_string(), reason))?;
         if let Some(sink) = &self.file_sink {
@@ -360,6 +303,97 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+impl ClientConfig {
+    /// The client secret's keys: exactly one where the auth method uses a secret, none where it
+    /// does not, and a source that can be read.
+    fn validate_secret(&self) -> Result<(), (String, String)> {
+        let method = self.oauth.auth_method;
+        let sources = [
+            self.secret_keys.file,
+            self.secret_keys.env,
+            self.secret_keys.credential.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 if method.uses_secret() => {
+                return Err((
+                    "client_secret_file".into(),
+                    format!(
+                        "auth_method = \"{}\" needs a client secret: set client_secret_file, client_secret_env or client_secret_credential",
+                        method.as_str()
+                    ),
+                ));
+            }
+            0 => return Ok(()),
+            1 if !method.uses_secret() => {
+                return Err((
+                    self.secret_keys.key().into(),
+                    format!(
+                        "auth_method = \"{}\" sends no client secret; remove it",
+                        method.as_str()
+                    ),
+                ));
+            }
+            1 => {}
+            _ => {
+                return Err((
+                    "client_secret_file".into(),
+                    "set only one of client_secret_file, client_secret_env and client_secret_credential, not both".into(),
+                ));
+            }
+        }
+        if let Some(SecretSource::File(path)) = &self.oauth.secret
+            && self.secret_keys.file
+            && !path.is_absolute()
+        {
+            return Err((
+                "client_secret_file".into(),
+                format!("{} must be an absolute path", path.display()),
+            ));
+        }
+        if let Some(name) = &self.secret_keys.credential {
+            check_credential_name(name).map_err(|r| ("client_secret_credential".to_string(), r))?;
+        }
+        if let Some(SecretSource::File(path)) = &self.oauth.secret {
+            crate::secret::check_file(path)
+                .map_err(|e| (self.secret_keys.key().to_string(), e.to_string()))?;
+        }
+        if let Some(SecretSource::Env(var)) = &self.oauth.secret
+            && std::env::var_os(var).is_none_or(|v| v.is_empty())
+        {
+            return Err((
+                "client_secret_env".into(),
+                format!("environment variable {var} is not set or empty"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What an auth method needs besides the secret.
+    fn validate_auth_method(&self) -> Result<(), (String, String)> {
+        if self.oauth.auth_method == AuthMethod::None
+            && self.oauth.grant == Grant::ClientCredentials
+        {
+            return Err((
+                "auth_method".into(),
+                "a public client (auth_method = \"none\") cannot use grant = \"client_credentials\", which needs client authentication (RFC 6749 section 4.4)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A systemd credential name: one path component under `$CREDENTIALS_DIRECTORY`, which must be
+/// set (by `LoadCredential=`).
+pub(super) fn check_credential_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!("{name:?} is not a credential name"));
+    }
+    if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+        return Err("needs systemd's LoadCredential= (CREDENTIALS_DIRECTORY is not set)".into());
+    }
+    Ok(())
 }
 
 /// An endpoint must be an absolute http(s) URL; plain http only to loopback unless allowed.

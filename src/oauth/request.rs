@@ -34,10 +34,11 @@ pub async fn request_token(
     mut redactor: Redactor,
 ) -> Result<Granted, FetchError> {
     let secret = match &c.secret {
-        SecretSource::File(path) => secret::read_file_async(path).await?,
-        SecretSource::Env(var) => secret::read_env(var)?,
+        Some(SecretSource::File(path)) => Some(secret::read_file_async(path).await?),
+        Some(SecretSource::Env(var)) => Some(secret::read_env(var)?),
+        None => None,
     };
-    let body = form_body(c, &secret, grant, with_scope);
+    let body = form_body(c, secret.as_ref(), grant, with_scope);
     let mut request = http
         .post(&c.token_endpoint)
         .header(
@@ -46,7 +47,7 @@ pub async fn request_token(
         )
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body);
-    if c.auth_method == AuthMethod::Basic {
+    if let (AuthMethod::Basic, Some(secret)) = (c.auth_method, &secret) {
         request = request.header(
             reqwest::header::AUTHORIZATION,
             basic_authorization(&c.client_id, secret.expose_secret()),
@@ -79,7 +80,9 @@ pub async fn request_token(
         }
         body.extend_from_slice(&chunk);
     }
-    redactor.add_client_credentials(&c.client_id, secret.expose_secret());
+    if let Some(secret) = &secret {
+        redactor.add_client_credentials(&c.client_id, secret.expose_secret());
+    }
     for (key, value) in grant {
         if CREDENTIAL_PARAMS.contains(key) {
             redactor.add(value);
@@ -124,11 +127,11 @@ pub async fn request_token(
     })
 }
 
-/// The form body: the grant's parameters, the client's credentials with `client_secret_post`,
-/// then scope (`with_scope`), audience, resource, and the configured extra parameters.
+/// The form body: the grant's parameters, the client's credentials with `client_secret_post`
+/// (its id alone for a public client), then scope (`with_scope`), audience, resource, and the configured extra parameters.
 fn form_body(
     c: &ClientSettings,
-    secret: &SecretString,
+    secret: Option<&SecretString>,
     grant: &[(&str, &str)],
     with_scope: bool,
 ) -> String {
@@ -136,9 +139,17 @@ fn form_body(
     for (key, value) in grant {
         form.append_pair(key, value);
     }
-    if c.auth_method == AuthMethod::Post {
-        form.append_pair("client_id", &c.client_id);
-        form.append_pair("client_secret", secret.expose_secret());
+    match c.auth_method {
+        AuthMethod::Post => {
+            form.append_pair("client_id", &c.client_id);
+            if let Some(secret) = secret {
+                form.append_pair("client_secret", secret.expose_secret());
+            }
+        }
+        AuthMethod::None => {
+            form.append_pair("client_id", &c.client_id);
+        }
+        AuthMethod::Basic => {}
     }
     if let Some(scope) = c.scope.as_ref().filter(|_| with_scope) {
         form.append_pair("scope", scope);
@@ -177,7 +188,7 @@ mod tests {
         let mut c = ClientSettings {
             token_endpoint: "https://x/token".into(),
             client_id: "my id".into(),
-            secret: SecretSource::Env("X".into()),
+            secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Post,
             grant: Grant::ClientCredentials,
             refresh_token_file: None,
@@ -187,21 +198,27 @@ mod tests {
             extra_params: [("foo".to_string(), "bar".to_string())].into(),
         };
         let secret = SecretString::from("s&=cret".to_string());
+        let secret = Some(&secret);
         let cc = [("grant_type", "client_credentials")];
         assert_eq!(
-            form_body(&c, &secret, &cc, true),
+            form_body(&c, secret, &cc, true),
             "grant_type=client_credentials&client_id=my+id&client_secret=s%26%3Dcret&scope=a+b&foo=bar"
         );
         c.auth_method = AuthMethod::Basic;
         let rt = [("grant_type", "refresh_token"), ("refresh_token", "r/t")];
         assert_eq!(
-            form_body(&c, &secret, &rt, false),
+            form_body(&c, secret, &rt, false),
             "grant_type=refresh_token&refresh_token=r%2Ft&foo=bar"
         );
         let code = [("grant_type", "authorization_code"), ("code", "c")];
         assert_eq!(
-            form_body(&c, &secret, &code, false),
+            form_body(&c, secret, &code, false),
             "grant_type=authorization_code&code=c&foo=bar"
+        );
+        c.auth_method = AuthMethod::None;
+        assert_eq!(
+            form_body(&c, None, &rt, false),
+            "grant_type=refresh_token&refresh_token=r%2Ft&client_id=my+id&foo=bar"
         );
     }
 }

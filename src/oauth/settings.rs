@@ -53,7 +53,8 @@ pub enum SecretSource {
 pub struct ClientSettings {
     pub token_endpoint: String,
     pub client_id: String,
-    pub secret: SecretSource,
+    /// The client secret, for the methods that use one ([`AuthMethod::uses_secret`]).
+    pub secret: Option<SecretSource>,
     pub auth_method: AuthMethod,
     pub grant: Grant,
     /// Where the refresh token is kept (refresh-token grant only).

@@ -132,8 +132,8 @@ impl TokenSource for HttpTokenSource {
         let c = &self.inner.client;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let secret_file = match &c.secret {
-            SecretSource::File(path) => Some(path),
-            SecretSource::Env(_) => None,
+            Some(SecretSource::File(path)) => Some(path),
+            Some(SecretSource::Env(_)) | None => None,
         };
         for path in [secret_file, c.refresh_token_file.as_ref()]
             .into_iter()
@@ -329,7 +329,7 @@ mod tests {
         let c = ClientSettings {
             token_endpoint: "https://user:pw@idp.example.com/oauth/token?key=k#f".into(),
             client_id: "a".into(),
-            secret: SecretSource::Env("X".into()),
+            secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Basic,
             grant: Grant::ClientCredentials,
             refresh_token_file: None,

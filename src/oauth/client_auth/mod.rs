@@ -10,19 +10,53 @@ pub enum AuthMethod {
     Basic,
     /// `client_secret_post`: id and secret in the form body.
     Post,
+    /// A public client (RFC 6749 section 2.1): only `client_id` in the form body, no secret.
+    None,
 }
+
+impl AuthMethod {
+    /// Whether the method authenticates with the client secret (so one must be configured).
+    pub fn uses_secret(self) -> bool {
+        match self {
+            AuthMethod::Basic | AuthMethod::Post => true,
+            AuthMethod::None => false,
+        }
+    }
+
+    /// The RFC 7591 / RFC 8414 name (`token_endpoint_auth_method`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Basic => "client_secret_basic",
+            AuthMethod::Post => "client_secret_post",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// Every method by the names a config may use: tokend's short one, then the RFC 7591 one.
+const NAMES: &[(&str, &str, AuthMethod)] = &[
+    ("basic", "client_secret_basic", AuthMethod::Basic),
+    ("post", "client_secret_post", AuthMethod::Post),
+    ("none", "none", AuthMethod::None),
+];
 
 // Parsed by hand so that a wrong value is named with the accepted ones.
 impl TryFrom<String> for AuthMethod {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "basic" | "client_secret_basic" => Ok(AuthMethod::Basic),
-            "post" | "client_secret_post" => Ok(AuthMethod::Post),
-            _ => Err(format!(
-                "{s:?} is not an auth method; use \"basic\" or \"post\""
-            )),
-        }
+        NAMES
+            .iter()
+            .find(|(short, long, _)| s == *short || s == *long)
+            .map(|(_, _, method)| *method)
+            .ok_or_else(|| {
+                let mut names: Vec<String> =
+                    NAMES.iter().map(|(n, _, _)| format!("{n:?}")).collect();
+                names.dedup();
+                format!(
+                    "{s:?} is not an auth method; use one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 

@@ -305,6 +305,7 @@ async fn finish(
     let granted = oauth::request_token(
         &oauth::http_client(),
         &c.oauth,
+        &c.oauth.token_endpoint,
         &grant,
         false,
         config.refresh.default_lifetime,

@@ -16,9 +16,9 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 
-use crate::config::{ClientConfig, ClientTable, Config, ServerConfig};
+use crate::config::{ClientConfig, Config, ServerConfig};
 use crate::host::unix_time::since_epoch;
-use crate::oauth::{AuthMethod, Grant};
+use crate::oauth::AuthMethod;
 use crate::refresh::RefreshPolicy;
 
 /// Short enough that refreshes show up in the log within a minute of starting.
@@ -159,30 +159,16 @@ pub fn config(
         })?;
         clients.insert(
             id.to_string(),
-            Arc::new(ClientConfig::from(ClientTable {
-                token_endpoint: token_endpoint.to_string(),
-                client_id: id.to_string(),
-                client_secret_file: Some(path),
-                client_secret_env: None,
-                client_secret_credential: None,
-                auth_method: method,
-                grant: Grant::ClientCredentials,
-                refresh_token_file: None,
-                scope: None,
-                audience: None,
-                resource: None,
-                extra_params: BTreeMap::new(),
-                allow_insecure_http: false,
-                authorize_endpoint: None,
-                redirect_uri: None,
-                pkce: false,
-                code_param: None,
-                allowed_users: Vec::new(),
-                allowed_groups: Vec::new(),
-                allow_tcp: false,
-                required: true,
-                file_sink: None,
-            })),
+            // Parsed as a config table would be, so that every key not named keeps its default.
+            Arc::new(
+                serde_json::from_value::<ClientConfig>(serde_json::json!({
+                    "token_endpoint": token_endpoint,
+                    "client_id": id,
+                    "client_secret_file": path,
+                    "auth_method": method.as_str(),
+                }))
+                .expect("the demo's client table is valid"),
+            ),
         );
     }
     Ok(Config {

@@ -200,6 +200,16 @@ pub struct ClientTable {
     pub required: bool,
     /// Also write each new token to a file, for consumers that can only read files.
     pub file_sink: Option<crate::sink::FileSinkConfig>,
+    /// The authorization server's issuer URL: its metadata (RFC 8414) names the endpoints.
+    pub issuer: Option<String>,
+    /// The client's private key (PEM) for private_key_jwt and mTLS...
+    pub client_key_file: Option<PathBuf>,
+    /// ...or the systemd credential that holds it.
+    pub client_key_credential: Option<String>,
+    /// The client's certificate chain (PEM) for mTLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// CAs (PEM) trusted for this client's endpoints instead of the platform's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -214,6 +224,8 @@ pub struct ClientConfig {
     pub oauth: Arc<ClientSettings>,
     /// Which of the keys that name the secret were set (validation wants exactly one).
     pub secret_keys: SecretKeys,
+    /// Which of the keys that name the private key were set (validation wants at most one).
+    pub client_key_keys: KeyKeys,
     pub allow_insecure_http: bool,
     pub authorize_endpoint: Option<String>,
     pub redirect_uri: Option<String>,
@@ -230,6 +242,13 @@ pub struct ClientConfig {
 pub struct SecretKeys {
     pub file: bool,
     pub env: bool,
+    /// The systemd credential's name.
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyKeys {
+    pub file: bool,
     /// The systemd credential's name.
     pub credential: Option<String>,
 }
@@ -254,6 +273,10 @@ impl From<ClientTable> for ClientConfig {
             env: t.client_secret_env.is_some(),
             credential: t.client_secret_credential.clone(),
         };
+        let client_key_keys = KeyKeys {
+            file: t.client_key_file.is_some(),
+            credential: t.client_key_credential.clone(),
+        };
         // Validation refuses more than one secret key, and a secret where the method uses none.
         let secret = match (
             t.client_secret_file,
@@ -277,8 +300,15 @@ impl From<ClientTable> for ClientConfig {
                 audience: t.audience,
                 resource: t.resource,
                 extra_params: t.extra_params,
+                issuer: t.issuer,
+                client_key: t
+                    .client_key_file
+                    .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
+                client_cert: t.client_cert_file,
+                ca_file: t.ca_file,
             }),
             secret_keys,
+            client_key_keys,
             allow_insecure_http: t.allow_insecure_http,
             authorize_endpoint: t.authorize_endpoint,
             redirect_uri: t.redirect_uri,

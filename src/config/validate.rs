@@ -372,6 +372,7 @@ impl ClientConfig {
 
     /// What an auth method needs besides the secret.
     fn validate_auth_method(&self) -> Result<(), (String, String)> {
+        self.validate_key_files()?;
         if self.oauth.auth_method == AuthMethod::None
             && self.oauth.grant == Grant::ClientCredentials
         {
@@ -379,6 +380,50 @@ impl ClientConfig {
                 "auth_method".into(),
                 "a public client (auth_method = \"none\") cannot use grant = \"client_credentials\", which needs client authentication (RFC 6749 section 4.4)".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl ClientConfig {
+    /// The key, certificate and CA files: absolute paths; the private key one or the other of
+    /// its two keys, held to the secret files' rules.
+    fn validate_key_files(&self) -> Result<(), (String, String)> {
+        let o = &self.oauth;
+        if let Some(name) = &self.client_key_keys.credential {
+            if self.client_key_keys.file {
+                return Err((
+                    "client_key_file".into(),
+                    "set only one of client_key_file and client_key_credential, not both".into(),
+                ));
+            }
+            check_credential_name(name).map_err(|r| ("client_key_credential".to_string(), r))?;
+        }
+        let key_key = if self.client_key_keys.credential.is_some() {
+            "client_key_credential"
+        } else {
+            "client_key_file"
+        };
+        for (key, path) in [
+            (key_key, &o.client_key),
+            ("client_cert_file", &o.client_cert),
+            ("ca_file", &o.ca_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_absolute()
+            {
+                return Err((
+                    key.to_string(),
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+        }
+        if let Some(path) = &o.client_key {
+            crate::secret::check_file(path).map_err(|e| (key_key.to_string(), e.to_string()))?;
+        }
+        if let Some(issuer) = &o.issuer {
+            validate_endpoint(issuer, self.allow_insecure_http)
+                .map_err(|r| ("issuer".to_string(), r))?;
         }
         Ok(())
     }

@@ -20,7 +20,8 @@ pub struct Granted {
 /// Grant parameters that are credentials, redacted wherever a provider echoes them.
 const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier"];
 
-/// Sends one token request for `c` with the grant's own parameters (`grant_type` first),
+/// Sends one token request for `c` to `endpoint` (its token endpoint, configured or
+/// discovered) with the grant's own parameters (`grant_type` first),
 /// authenticating the client as configured, and reads the reply. `with_scope` adds the
 /// configured scope (only client credentials ask for it at the token endpoint; other grants
 /// carry the scope settled at the authorization endpoint). Provider text in the outcome has
@@ -28,6 +29,7 @@ const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier"];
 pub async fn request_token(
     http: &reqwest::Client,
     c: &ClientSettings,
+    endpoint: &str,
     grant: &[(&str, &str)],
     with_scope: bool,
     default_lifetime: Duration,
@@ -40,7 +42,7 @@ pub async fn request_token(
     };
     let body = form_body(c, secret.as_ref(), grant, with_scope);
     let mut request = http
-        .post(&c.token_endpoint)
+        .post(endpoint)
         .header(
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
@@ -146,10 +148,11 @@ fn form_body(
                 form.append_pair("client_secret", secret.expose_secret());
             }
         }
-        AuthMethod::None => {
+        // RFC 8705 section 2: a TLS client names itself in the body, as a public client does.
+        AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
             form.append_pair("client_id", &c.client_id);
         }
-        AuthMethod::Basic => {}
+        AuthMethod::Basic | AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt => {}
     }
     if let Some(scope) = c.scope.as_ref().filter(|_| with_scope) {
         form.append_pair("scope", scope);
@@ -196,6 +199,10 @@ mod tests {
             audience: None,
             resource: None,
             extra_params: [("foo".to_string(), "bar".to_string())].into(),
+            issuer: None,
+            client_key: None,
+            client_cert: None,
+            ca_file: None,
         };
         let secret = SecretString::from("s&=cret".to_string());
         let secret = Some(&secret);

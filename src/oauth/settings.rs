@@ -65,6 +65,14 @@ pub struct ClientSettings {
     pub resource: Option<String>,
     /// Further form parameters sent with every token request.
     pub extra_params: BTreeMap<String, String>,
+    /// The issuer (RFC 8414), whose metadata names the endpoints `token_endpoint` leaves unset.
+    pub issuer: Option<String>,
+    /// The client's private key (PEM), for `private_key_jwt` and mTLS.
+    pub client_key: Option<PathBuf>,
+    /// The client's certificate chain (PEM), for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// CAs (PEM) trusted for this client's endpoints instead of the platform's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How every request is made.

@@ -271,6 +271,7 @@ impl Inner {
         let result = request_token(
             &self.http,
             c,
+            &c.token_endpoint,
             &grant,
             with_scope,
             self.default_lifetime,
@@ -337,6 +338,10 @@ mod tests {
             audience: None,
             resource: None,
             extra_params: Default::default(),
+            issuer: None,
+            client_key: None,
+            client_cert: None,
+            ca_file: None,
         };
         let source = HttpTokenSource::new(
             http_client(),

@@ -12,15 +12,34 @@ pub enum AuthMethod {
     Post,
     /// A public client (RFC 6749 section 2.1): only `client_id` in the form body, no secret.
     None,
+    /// `private_key_jwt` (RFC 7523 section 2.2): a JWT signed with the client's private key.
+    PrivateKeyJwt,
+    /// `client_secret_jwt`: a JWT signed with the client secret (HMAC).
+    ClientSecretJwt,
+    /// `tls_client_auth` (RFC 8705 section 2.1): a CA-issued certificate on the TLS connection.
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 section 2.2): a self-signed certificate.
+    SelfSignedTlsClientAuth,
 }
 
 impl AuthMethod {
     /// Whether the method authenticates with the client secret (so one must be configured).
     pub fn uses_secret(self) -> bool {
         match self {
-            AuthMethod::Basic | AuthMethod::Post => true,
-            AuthMethod::None => false,
+            AuthMethod::Basic | AuthMethod::Post | AuthMethod::ClientSecretJwt => true,
+            AuthMethod::None
+            | AuthMethod::PrivateKeyJwt
+            | AuthMethod::TlsClientAuth
+            | AuthMethod::SelfSignedTlsClientAuth => false,
         }
+    }
+
+    /// Whether the client authenticates with a certificate on the TLS connection (RFC 8705).
+    pub fn uses_tls(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth
+        )
     }
 
     /// The RFC 7591 / RFC 8414 name (`token_endpoint_auth_method`).
@@ -29,6 +48,10 @@ impl AuthMethod {
             AuthMethod::Basic => "client_secret_basic",
             AuthMethod::Post => "client_secret_post",
             AuthMethod::None => "none",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
     }
 }
@@ -38,6 +61,26 @@ const NAMES: &[(&str, &str, AuthMethod)] = &[
     ("basic", "client_secret_basic", AuthMethod::Basic),
     ("post", "client_secret_post", AuthMethod::Post),
     ("none", "none", AuthMethod::None),
+    (
+        "private_key_jwt",
+        "private_key_jwt",
+        AuthMethod::PrivateKeyJwt,
+    ),
+    (
+        "client_secret_jwt",
+        "client_secret_jwt",
+        AuthMethod::ClientSecretJwt,
+    ),
+    (
+        "tls_client_auth",
+        "tls_client_auth",
+        AuthMethod::TlsClientAuth,
+    ),
+    (
+        "self_signed_tls_client_auth",
+        "self_signed_tls_client_auth",
+        AuthMethod::SelfSignedTlsClientAuth,
+    ),
 ];
 
 // Parsed by hand so that a wrong value is named with the accepted ones.

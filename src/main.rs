@@ -83,6 +83,21 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Print the public key of a private key file as a JWK Set, to register with the provider
+    /// for auth_method = "private_key_jwt".
+    ///
+    /// Example: tokend jwk --key /etc/tokend/billing.key --kid billing-2026
+    Jwk {
+        /// The private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC), as client_key_file names it.
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's id (`kid`), as client_key_id names it.
+        #[arg(long)]
+        kid: Option<String>,
+        /// The algorithm, as client_assertion_alg names it (default: by key type).
+        #[arg(long)]
+        alg: Option<String>,
+    },
     /// Start a built-in demo token endpoint and the daemon against it.
     ///
     /// Example: tokend demo, then in another terminal: tokend get demo-basic --socket /tmp/tokend-demo.sock
@@ -140,6 +155,15 @@ fn main() -> ExitCode {
                 code,
                 timeout,
             } => authorize(&config, &client, code, Duration::from_secs(timeout)).await,
+            Command::Jwk { key, kid, alg } => {
+                match tokend::cli::jwk::jwks(&key, kid.as_deref(), alg.as_deref()) {
+                    Ok(set) => {
+                        println!("{set}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(1, e),
+                }
+            }
             Command::Demo { socket } => run_demo(socket.unwrap_or_else(demo::default_socket)).await,
         }
     });

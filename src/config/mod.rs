@@ -15,10 +15,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::oauth::{AuthMethod, ClientSettings, Grant, SecretSource};
+use crate::oauth::{
+    AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, ClientSettings, Grant,
+    SecretSource,
+};
 use crate::refresh::RefreshPolicy;
 use crate::serve::{call_limits, connections};
 
+mod assertion;
 mod error;
 mod load;
 #[cfg(test)]
@@ -210,6 +214,12 @@ pub struct ClientTable {
     pub client_cert_file: Option<PathBuf>,
     /// CAs (PEM) trusted for this client's endpoints instead of the platform's store.
     pub ca_file: Option<PathBuf>,
+    /// The `kid` of the client assertions (private_key_jwt, client_secret_jwt)...
+    pub client_key_id: Option<String>,
+    /// ...their `alg` (default: by key type, or HS256 with the secret)...
+    pub client_assertion_alg: Option<AssertionAlg>,
+    /// ...and their `aud`: unset for the token endpoint, "issuer" for the issuer, or a value.
+    pub client_assertion_audience: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -306,6 +316,11 @@ impl From<ClientTable> for ClientConfig {
                     .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
                 client_cert: t.client_cert_file,
                 ca_file: t.ca_file,
+                assertion: AssertionSettings {
+                    key_id: t.client_key_id,
+                    alg: t.client_assertion_alg,
+                    audience: AssertionAudience::from_config(t.client_assertion_audience),
+                },
             }),
             secret_keys,
             client_key_keys,

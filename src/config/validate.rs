@@ -20,6 +20,8 @@ const RESERVED_PARAMS: &[&str] = &[
     "scope",
     "audience",
     "resource",
+    "client_assertion",
+    "client_assertion_type",
 ];
 
 impl Config {
@@ -373,6 +375,7 @@ impl ClientConfig {
     /// What an auth method needs besides the secret.
     fn validate_auth_method(&self) -> Result<(), (String, String)> {
         self.validate_key_files()?;
+        self.validate_assertion()?;
         if self.oauth.auth_method == AuthMethod::None
             && self.oauth.grant == Grant::ClientCredentials
         {

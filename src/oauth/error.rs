@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::MAX_REPLY_BYTES;
+use super::client_auth::assertion::AssertionError;
 use super::reply::{OAuthError, ReplyError};
 use crate::secret::SecretError;
 
@@ -41,6 +42,14 @@ pub enum FetchError {
     Secret(#[from] SecretError),
     #[error("no usable refresh token: {0}")]
     NoRefreshToken(SecretError),
+    #[error("cannot make the client assertion: {0}")]
+    Assertion(#[from] AssertionError),
+    /// The provider refused the client's authentication; `hint` says what to check.
+    #[error("{source}; {hint}")]
+    AuthRefused {
+        source: Box<FetchError>,
+        hint: String,
+    },
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -69,6 +78,11 @@ impl FetchError {
                 FailureKind::Transient
             }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => FailureKind::NeedsOperator,
+            FetchError::Assertion(AssertionError::Key(e)) if e.is_transient() => {
+                FailureKind::Transient
+            }
+            FetchError::Assertion(_) => FailureKind::NeedsOperator,
+            FetchError::AuthRefused { .. } => FailureKind::NeedsOperator,
             FetchError::Network(_)
             | FetchError::Timeout(_)
             | FetchError::TooLarge
@@ -104,6 +118,11 @@ impl FetchError {
                 "credentials_io".into()
             }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => "credentials".into(),
+            FetchError::Assertion(AssertionError::Key(e)) if e.is_transient() => {
+                "credentials_io".into()
+            }
+            FetchError::Assertion(_) => "credentials".into(),
+            FetchError::AuthRefused { source, .. } => source.label(),
         }
     }
 
@@ -113,6 +132,7 @@ impl FetchError {
             FetchError::OAuth { retry_after, .. } | FetchError::Status { retry_after, .. } => {
                 *retry_after
             }
+            FetchError::AuthRefused { source, .. } => source.retry_after(),
             _ => None,
         }
     }

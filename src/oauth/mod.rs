@@ -2,7 +2,7 @@
 //! HTTPS (rustls) with a timeout and a cap on the reply size, and classifies the outcome.
 //!
 //! - `settings`: what a client's requests need (endpoint, credentials, grant, parameters).
-//! - `client_auth`: how the client authenticates (HTTP Basic, form body).
+//! - `client_auth`: how the client authenticates (HTTP Basic, form body, signed assertions).
 //! - `source`: the [`TokenSource`] the refresher asks, and its HTTP implementation.
 //! - `request`: one token request and its reply.
 //! - `reply`: parsing and judging token endpoint replies.
@@ -23,7 +23,10 @@ mod settings;
 mod source;
 mod unsaved;
 
-pub use client_auth::{AuthMethod, basic_authorization};
+pub use client_auth::{
+    AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, KeyError, basic_authorization,
+    key_file,
+};
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;
 pub use reply::TokenReply;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::client_auth::assertion::{self, ASSERTION_TYPE};
 use super::client_auth::{AuthMethod, basic_authorization};
 use super::settings::{ClientSettings, SecretSource};
 use super::{FetchError, MAX_REPLY_BYTES, Redactor, TokenReply, parse_retry_after, reply};
@@ -40,7 +41,9 @@ pub async fn request_token(
         Some(SecretSource::Env(var)) => Some(secret::read_env(var)?),
         None => None,
     };
-    let body = form_body(c, secret.as_ref(), grant, with_scope);
+    let assertion = assertion::for_request(c, endpoint, secret.as_ref()).await?;
+    let jwt = assertion.as_ref().map(|a| &a.jwt);
+    let body = form_body(c, secret.as_ref(), jwt, grant, with_scope);
     let mut request = http
         .post(endpoint)
         .header(
@@ -85,13 +88,16 @@ pub async fn request_token(
     if let Some(secret) = &secret {
         redactor.add_client_credentials(&c.client_id, secret.expose_secret());
     }
+    if let Some(jwt) = jwt {
+        redactor.add(jwt.expose_secret());
+    }
     for (key, value) in grant {
         if CREDENTIAL_PARAMS.contains(key) {
             redactor.add(value);
         }
     }
     if !status.is_success() {
-        return Err(match reply::parse_error(&body, &redactor) {
+        let error = match reply::parse_error(&body, &redactor) {
             Some(error) => FetchError::OAuth {
                 status: status.as_u16(),
                 error,
@@ -101,6 +107,10 @@ pub async fn request_token(
                 status: status.as_u16(),
                 retry_after,
             },
+        };
+        return Err(match &assertion {
+            Some(made) => assertion::explain_refusal(c, made, error),
+            None => error,
         });
     }
     let obj = reply::parse_object(&body, &content_type, &redactor)?;
@@ -130,10 +140,11 @@ pub async fn request_token(
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`
-/// (its id alone for a public client), then scope (`with_scope`), audience, resource, and the configured extra parameters.
+/// (its id alone for a public client; id and `assertion` for the JWT methods), then scope (`with_scope`), audience, resource, and the configured extra parameters.
 fn form_body(
     c: &ClientSettings,
     secret: Option<&SecretString>,
+    assertion: Option<&SecretString>,
     grant: &[(&str, &str)],
     with_scope: bool,
 ) -> String {
@@ -152,7 +163,15 @@ fn form_body(
         AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
             form.append_pair("client_id", &c.client_id);
         }
-        AuthMethod::Basic | AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt => {}
+        // RFC 7523 needs no client_id beside the assertion; some providers (Entra ID) want it.
+        AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt => {
+            form.append_pair("client_id", &c.client_id);
+            if let Some(jwt) = assertion {
+                form.append_pair("client_assertion_type", ASSERTION_TYPE);
+                form.append_pair("client_assertion", jwt.expose_secret());
+            }
+        }
+        AuthMethod::Basic => {}
     }
     if let Some(scope) = c.scope.as_ref().filter(|_| with_scope) {
         form.append_pair("scope", scope);
@@ -203,28 +222,29 @@ mod tests {
             client_key: None,
             client_cert: None,
             ca_file: None,
+            assertion: Default::default(),
         };
         let secret = SecretString::from("s&=cret".to_string());
         let secret = Some(&secret);
         let cc = [("grant_type", "client_credentials")];
         assert_eq!(
-            form_body(&c, secret, &cc, true),
+            form_body(&c, secret, None, &cc, true),
             "grant_type=client_credentials&client_id=my+id&client_secret=s%26%3Dcret&scope=a+b&foo=bar"
         );
         c.auth_method = AuthMethod::Basic;
         let rt = [("grant_type", "refresh_token"), ("refresh_token", "r/t")];
         assert_eq!(
-            form_body(&c, secret, &rt, false),
+            form_body(&c, secret, None, &rt, false),
             "grant_type=refresh_token&refresh_token=r%2Ft&foo=bar"
         );
         let code = [("grant_type", "authorization_code"), ("code", "c")];
         assert_eq!(
-            form_body(&c, secret, &code, false),
+            form_body(&c, secret, None, &code, false),
             "grant_type=authorization_code&code=c&foo=bar"
         );
         c.auth_method = AuthMethod::None;
         assert_eq!(
-            form_body(&c, None, &rt, false),
+            form_body(&c, None, None, &rt, false),
             "grant_type=refresh_token&refresh_token=r%2Ft&client_id=my+id&foo=bar"
         );
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::client_auth::AuthMethod;
+use super::client_auth::{AssertionSettings, AuthMethod};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -73,6 +73,8 @@ pub struct ClientSettings {
     pub client_cert: Option<PathBuf>,
     /// CAs (PEM) trusted for this client's endpoints instead of the platform's store.
     pub ca_file: Option<PathBuf>,
+    /// `kid`, `alg` and `aud` of the client assertions (private_key_jwt, client_secret_jwt).
+    pub assertion: AssertionSettings,
 }
 
 /// How every request is made.

@@ -135,9 +135,13 @@ impl TokenSource for HttpTokenSource {
             Some(SecretSource::File(path)) => Some(path),
             Some(SecretSource::Env(_)) | None => None,
         };
-        for path in [secret_file, c.refresh_token_file.as_ref()]
-            .into_iter()
-            .flatten()
+        for path in [
+            secret_file,
+            c.refresh_token_file.as_ref(),
+            c.client_key.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             std::fs::metadata(path)
                 .ok()
@@ -342,6 +346,7 @@ mod tests {
             client_key: None,
             client_cert: None,
             ca_file: None,
+            assertion: Default::default(),
         };
         let source = HttpTokenSource::new(
             http_client(),

@@ -3,6 +3,15 @@
 use base64::Engine;
 use serde::Deserialize;
 
+mod alg;
+pub mod assertion;
+mod key;
+pub mod key_file;
+
+pub use alg::AssertionAlg;
+pub use assertion::{AssertionAudience, AssertionSettings};
+pub use key::KeyError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum AuthMethod {

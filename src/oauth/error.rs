@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::MAX_REPLY_BYTES;
 use super::reply::{OAuthError, ReplyError};
+use super::tls::TlsError;
 use crate::secret::SecretError;
 
 /// How a failure should be retried.
@@ -41,6 +42,8 @@ pub enum FetchError {
     Secret(#[from] SecretError),
     #[error("no usable refresh token: {0}")]
     NoRefreshToken(SecretError),
+    #[error("client TLS files: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -69,6 +72,8 @@ impl FetchError {
                 FailureKind::Transient
             }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => FailureKind::NeedsOperator,
+            FetchError::Tls(e) if e.is_transient() => FailureKind::Transient,
+            FetchError::Tls(_) => FailureKind::NeedsOperator,
             FetchError::Network(_)
             | FetchError::Timeout(_)
             | FetchError::TooLarge
@@ -104,6 +109,8 @@ impl FetchError {
                 "credentials_io".into()
             }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => "credentials".into(),
+            FetchError::Tls(e) if e.is_transient() => "credentials_io".into(),
+            FetchError::Tls(_) => "credentials".into(),
         }
     }
 

@@ -82,7 +82,7 @@ impl SecretError {
 
 /// I/O errors that say the path or its permissions are wrong; every other one (EMFILE, ENFILE,
 /// ENOMEM, EIO, EINTR, EAGAIN, ENOSPC, ...) is a condition of the moment.
-fn needs_operator(e: &std::io::Error) -> bool {
+pub(crate) fn needs_operator(e: &std::io::Error) -> bool {
     use nix::errno::Errno;
     matches!(
         e.raw_os_error().map(Errno::from_raw),

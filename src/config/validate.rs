@@ -376,6 +376,7 @@ impl ClientConfig {
     fn validate_auth_method(&self) -> Result<(), (String, String)> {
         self.validate_key_files()?;
         self.validate_assertion()?;
+        self.validate_tls()?;
         if self.oauth.auth_method == AuthMethod::None
             && self.oauth.grant == Grant::ClientCredentials
         {
@@ -488,4 +489,49 @@ pub fn redirect_listen_addr(uri: &str) -> Result<(std::net::SocketAddr, String),
         .port()
         .ok_or_else(|| format!("{uri} needs an explicit port"))?;
     Ok((std::net::SocketAddr::new(ip, port), url.path().to_string()))
+}
+
+impl ClientConfig {
+    /// The mTLS methods' certificate and key, and `ca_file`: present where needed, only where
+    /// used, and readable as the daemon will read them (the certificate belongs to the key).
+    fn validate_tls(&self) -> Result<(), (String, String)> {
+        let o = &self.oauth;
+        let method = o.auth_method.as_str();
+        if o.auth_method.uses_tls() {
+            if o.client_cert.is_none() {
+                return Err((
+                    "client_cert_file".into(),
+                    format!(
+                        "auth_method = \"{method}\" needs client_cert_file (the client's certificate chain, PEM) and client_key_file"
+                    ),
+                ));
+            }
+            if o.client_key.is_none() {
+                return Err((
+                    "client_key_file".into(),
+                    format!(
+                        "auth_method = \"{method}\" needs client_key_file (or client_key_credential): the certificate's private key, PEM"
+                    ),
+                ));
+            }
+        } else if o.client_cert.is_some() {
+            return Err((
+                "client_cert_file".into(),
+                format!(
+                    "only used with auth_method = \"tls_client_auth\" or \"self_signed_tls_client_auth\", not \"{method}\""
+                ),
+            ));
+        }
+        crate::oauth::tls::check(o).map_err(|(file, e)| {
+            let key = match file {
+                crate::oauth::tls::TlsFile::Cert => "client_cert_file",
+                crate::oauth::tls::TlsFile::Ca => "ca_file",
+                crate::oauth::tls::TlsFile::Key if self.client_key_keys.credential.is_some() => {
+                    "client_key_credential"
+                }
+                crate::oauth::tls::TlsFile::Key => "client_key_file",
+            };
+            (key.to_string(), e.to_string())
+        })
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::MAX_REPLY_BYTES;
 use super::client_auth::assertion::AssertionError;
 use super::reply::{OAuthError, ReplyError};
+use super::tls::TlsError;
 use crate::secret::SecretError;
 
 /// How a failure should be retried.
@@ -50,6 +51,8 @@ pub enum FetchError {
         source: Box<FetchError>,
         hint: String,
     },
+    #[error("client TLS files: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -83,6 +86,8 @@ impl FetchError {
             }
             FetchError::Assertion(_) => FailureKind::NeedsOperator,
             FetchError::AuthRefused { .. } => FailureKind::NeedsOperator,
+            FetchError::Tls(e) if e.is_transient() => FailureKind::Transient,
+            FetchError::Tls(_) => FailureKind::NeedsOperator,
             FetchError::Network(_)
             | FetchError::Timeout(_)
             | FetchError::TooLarge
@@ -123,6 +128,8 @@ impl FetchError {
             }
             FetchError::Assertion(_) => "credentials".into(),
             FetchError::AuthRefused { source, .. } => source.label(),
+            FetchError::Tls(e) if e.is_transient() => "credentials_io".into(),
+            FetchError::Tls(_) => "credentials".into(),
         }
     }
 

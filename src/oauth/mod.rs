@@ -5,6 +5,7 @@
 //! - `client_auth`: how the client authenticates (HTTP Basic, form body, signed assertions).
 //! - `source`: the [`TokenSource`] the refresher asks, and its HTTP implementation.
 //! - `request`: one token request and its reply.
+//! - `tls`: a client's own certificate, key and CAs (mTLS, `ca_file`), and its HTTP client.
 //! - `reply`: parsing and judging token endpoint replies.
 //! - `error`: what can go wrong, and how it is retried.
 //! - `retry_after`, `redact`, `inflight`, `unsaved`, `budget`: Retry-After, redaction of
@@ -21,6 +22,7 @@ mod request;
 mod retry_after;
 mod settings;
 mod source;
+pub mod tls;
 mod unsaved;
 
 pub use client_auth::{

@@ -197,6 +197,10 @@ fn describe(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
+    if let Some(hint) = super::tls::hint(e) {
+        text.push_str("; ");
+        text.push_str(hint);
+    }
     text
 }
 

@@ -55,7 +55,8 @@ pub struct HttpTokenSource {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    /// The shared client, or this client's own for its TLS files ([`super::tls`]).
+    http: super::tls::Http,
     /// The client's name in the config, for logs.
     name: String,
     client: Arc<ClientSettings>,
@@ -80,7 +81,7 @@ impl HttpTokenSource {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                http,
+                http: super::tls::Http::new(http, &client),
                 name: name.to_string(),
                 client,
                 default_lifetime: requests.default_lifetime,
@@ -142,10 +143,22 @@ impl TokenSource for HttpTokenSource {
         ]
         .into_iter()
         .flatten()
+        .map(|p| p.as_path())
+        .chain(super::tls::watched_files(c))
         {
             std::fs::metadata(path)
                 .ok()
-                .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+                // ctime too: a `chmod` that repairs a file's mode changes nothing else.
+                .map(|m| {
+                    (
+                        m.ino(),
+                        m.size(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                    )
+                })
                 .hash(&mut hasher);
         }
         Some(hasher.finish())
@@ -190,6 +203,13 @@ impl TokenSource for HttpTokenSource {
 /// One shared HTTP client for all token endpoints: connection reuse across clients of one
 /// provider, rustls with the platform's trust store.
 pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("TLS backend initialises")
+}
+
+/// How every token endpoint client is set up; [`super::tls`] adds a client's own TLS files.
+pub(super) fn http_client_builder() -> reqwest::ClientBuilder {
     // Installing twice is harmless; the first provider wins for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -198,8 +218,6 @@ pub fn http_client() -> reqwest::Client {
         // A token endpoint that redirects a POST is misconfigured; following it would resend
         // credentials to wherever it points.
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("TLS backend initialises")
 }
 
 impl Inner {
@@ -228,6 +246,8 @@ impl Inner {
 
     async fn fetch(&self) -> Result<TokenReply, FetchError> {
         let c = &self.client;
+        // Before any refresh token is marked as sent: bad TLS files send nothing.
+        let http = self.http.get(&self.name).await?;
         let rt_file = self.refresh_token_file();
         // The newest refresh token: one held in memory because it could not be written wins
         // over the file's, which the provider has already spent.
@@ -273,7 +293,7 @@ impl Inner {
             .clone();
         let redactor = Redactor::new(known.as_ref().map(AccessToken::expose));
         let result = request_token(
-            &self.http,
+            &http,
             c,
             &c.token_endpoint,
             &grant,

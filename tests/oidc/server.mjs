@@ -39,6 +39,19 @@
 //                                    // that sends client_secret in the body (or vice
 //                                    // versa) gets 401 invalid_client. Stock
 //                                    // oidc-provider accepts either (false).
+//     "https": {                     // serve https (RFC 8705 mTLS) instead of http:
+//       "cert": "/path/server.pem",  // server certificate chain (PEM file) for 127.0.0.1
+//       "key": "/path/server.key",   // its private key (PEM file)
+//       "ca": "/path/ca.pem",        // CA that issues tls_client_auth client certificates;
+//                                    // a client certificate is requested on every
+//                                    // connection, never required (rejectUnauthorized off)
+//       "selfSignedCerts": {"self-client": "/path/self.pem"}
+//                                    // client_id -> its self-signed certificate (PEM
+//                                    // file), registered as the client's `jwks` (x5c)
+//     },                             // features.mTLS is on (tlsClientAuth,
+//                                    // selfSignedTlsClientAuth, certificateBoundAccessTokens);
+//                                    // tls_client_auth_subject_dn / _san_dns match the
+//                                    // certificate's subject / DNS SANs.
 //     "clients": [                   // oidc-provider client metadata (RFC 7591 names),
 //       {                            // passed through as-is, e.g.
 //         "client_id": "basic-client",
@@ -83,8 +96,12 @@
 //   READY {"issuer":"http://127.0.0.1:PORT","token_endpoint":"http://127.0.0.1:PORT/token","port":PORT}
 // All logs go to stderr.
 
-import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import {
+  X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomBytes,
+} from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 
 // oidc-provider prints its NOTICEs with console.info (stdout): keep stdout for
 // the READY line only. Done before oidc-provider is loaded (dynamic import).
@@ -159,6 +176,72 @@ const clients = (cfg.clients ?? []).map((c) => {
   return client;
 });
 
+// ---------- https and mTLS (config key "https") ----------
+const tlsCfg = cfg.https;
+const tls = tlsCfg && (() => {
+  const file = (what, path) => {
+    try {
+      return readFileSync(path);
+    } catch (e) {
+      return fail(`https.${what}: ${e.message}`);
+    }
+  };
+  const options = {
+    cert: file('cert', tlsCfg.cert),
+    key: file('key', tlsCfg.key),
+    ca: file('ca', tlsCfg.ca),
+    requestCert: true,
+    rejectUnauthorized: false,
+  };
+  for (const [id, path] of Object.entries(tlsCfg.selfSignedCerts ?? {})) {
+    const client = clients.find((c) => c.client_id === id) ?? fail(`https.selfSignedCerts: no client ${id}`);
+    const pem = file(`selfSignedCerts.${id}`, path);
+    const der = new X509Certificate(pem).raw.toString('base64');
+    client.jwks = { keys: [{ ...createPublicKey(pem).export({ format: 'jwk' }), x5c: [der] }] };
+  }
+  const peerPem = (ctx) => {
+    const peer = ctx.socket.getPeerCertificate();
+    if (!peer || !peer.raw) return undefined;
+    return `-----BEGIN CERTIFICATE-----\n${peer.raw.toString('base64').match(/.{1,64}/g).join('\n')}\n-----END CERTIFICATE-----\n`;
+  };
+  const mTLS = {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    tlsClientAuth: true,
+    selfSignedTlsClientAuth: true,
+    getCertificate: peerPem,
+    // Node checked the chain against `ca` (and the validity dates) during the handshake.
+    certificateAuthorized: (ctx) => ctx.socket.authorized,
+    certificateSubjectMatches(ctx, property, expected) {
+      const pem = peerPem(ctx);
+      if (!pem) return false;
+      const cert = new X509Certificate(pem);
+      switch (property) {
+        case 'tls_client_auth_subject_dn':
+          return cert.subject.split('\n').reverse().join(',') === expected
+            || cert.subject.split('\n').join(',') === expected;
+        case 'tls_client_auth_san_dns':
+          return (cert.subjectAltName ?? '').split(', ').includes(`DNS:${expected}`);
+        default:
+          return false;
+      }
+    },
+  };
+  // The discovery fetch below must trust the test CA.
+  const getJson = (url) => new Promise((resolve, reject) => {
+    https.get(url, { ca: options.ca }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve(JSON.parse(body)));
+    }).on('error', reject);
+  });
+  const clientAuthMethods = ['client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt',
+    'none', 'tls_client_auth', 'self_signed_tls_client_auth'];
+  return {
+    options, mTLS, clientAuthMethods, getJson,
+  };
+})();
+
 function resourceScopeFor(client) {
   const src = client?.scope ? client.scope.split(' ') : [...allScopes];
   return src.filter((s) => s && !OIDC_SCOPES.has(s)).join(' ');
@@ -192,13 +275,13 @@ function parseBasic(header) {
 }
 
 // ---------- server ----------
-const server = http.createServer();
+const server = tls ? https.createServer(tls.options) : http.createServer();
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(Number(process.env.PORT || 0), '127.0.0.1', resolve);
 });
 const { port } = server.address();
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 
 const provider = new Provider(issuer, {
   clients,
@@ -222,6 +305,7 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    ...(tls ? { mTLS: tls.mTLS } : {}),
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf ?? resourceIndicator,
@@ -241,6 +325,7 @@ const provider = new Provider(issuer, {
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   rotateRefreshToken: () => refreshTokenRotation,
   pkce: { required: () => false },
+  ...(tls ? { clientAuthMethods: tls.clientAuthMethods } : {}),
 });
 
 // static clients are only validated when first used: fail at startup instead
@@ -384,7 +469,8 @@ provider.use(async (ctx, next) => {
 server.on('request', provider.callback());
 
 // discover the real token endpoint
-const disco = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+const discoUrl = `${issuer}/.well-known/openid-configuration`;
+const disco = tls ? await tls.getJson(discoUrl) : await (await fetch(discoUrl)).json();
 tokenPath = new URL(disco.token_endpoint).pathname;
 clientAuthPaths = new Set([disco.token_endpoint, disco.introspection_endpoint, disco.revocation_endpoint]
   .filter(Boolean).map((u) => new URL(u).pathname));

@@ -41,6 +41,8 @@ pub enum FetchError {
     Secret(#[from] SecretError),
     #[error("no usable refresh token: {0}")]
     NoRefreshToken(SecretError),
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -73,6 +75,7 @@ impl FetchError {
             | FetchError::Timeout(_)
             | FetchError::TooLarge
             | FetchError::Reply(_) => FailureKind::Transient,
+            FetchError::Discovery(e) => e.kind(),
         }
     }
 
@@ -104,6 +107,7 @@ impl FetchError {
                 "credentials_io".into()
             }
             FetchError::Secret(_) | FetchError::NoRefreshToken(_) => "credentials".into(),
+            FetchError::Discovery(_) => "discovery".into(),
         }
     }
 

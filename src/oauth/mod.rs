@@ -5,6 +5,7 @@
 //! - `client_auth`: how the client authenticates (HTTP Basic, form body).
 //! - `source`: the [`TokenSource`] the refresher asks, and its HTTP implementation.
 //! - `request`: one token request and its reply.
+//! - `discovery`: the issuer's metadata (RFC 8414), for clients configured by their issuer.
 //! - `reply`: parsing and judging token endpoint replies.
 //! - `error`: what can go wrong, and how it is retried.
 //! - `retry_after`, `redact`, `inflight`, `unsaved`, `budget`: Retry-After, redaction of
@@ -13,6 +14,7 @@
 
 pub mod budget;
 mod client_auth;
+pub mod discovery;
 mod error;
 mod inflight;
 pub mod redact;
@@ -27,7 +29,7 @@ pub use client_auth::{AuthMethod, basic_authorization};
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;
 pub use reply::TokenReply;
-pub use request::request_token;
+pub use request::{Granted, post_form, request_token};
 pub use retry_after::parse_retry_after;
 pub use settings::{ClientSettings, Grant, RequestSettings, SecretSource};
 pub use source::{HttpTokenSource, TokenSource, http_client};

@@ -77,8 +77,12 @@ enum Command {
         #[arg(long, short, default_value = "/etc/tokend/tokend.toml")]
         config: PathBuf,
         /// Exchange this code (or redirect URL) instead of waiting for the browser's redirect.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "device")]
         code: Option<String>,
+        /// Use the device authorization grant (RFC 8628): print a URL and a code to enter on
+        /// any device with a browser, and wait until they are approved there.
+        #[arg(long)]
+        device: bool,
         /// How long to wait for the browser's redirect, in seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -152,8 +156,15 @@ fn main() -> ExitCode {
             Command::Authorize {
                 client,
                 config,
+                device: true,
+                ..
+            } => authorize_device(&config, &client).await,
+            Command::Authorize {
+                client,
+                config,
                 code,
                 timeout,
+                ..
             } => authorize(&config, &client, code, Duration::from_secs(timeout)).await,
             Command::Jwk { key, kid, alg } => {
                 match tokend::cli::jwk::jwks(&key, kid.as_deref(), alg.as_deref()) {
@@ -226,6 +237,36 @@ async fn authorize(path: &Path, client: &str, code: Option<String>, timeout: Dur
         })
         .await,
     };
+    match result {
+        Ok(file) => {
+            eprintln!(
+                "Authorized {client:?}: refresh token stored in {}; a running tokend picks it up within seconds.",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn authorize_device(path: &Path, client: &str) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(EX_CONFIG, e),
+    };
+    let result = tokend::cli::device::authorize(&config, client, |prompt| {
+        eprintln!(
+            "On any device with a browser, open this URL and enter the code to approve access for {client:?} (within {}):",
+            humantime::format_duration(prompt.expires_in)
+        );
+        println!("Open: {}", prompt.verification_uri);
+        println!("Code: {}", prompt.user_code);
+        if let Some(complete) = &prompt.verification_uri_complete {
+            println!("Or open (code included): {complete}");
+        }
+        eprintln!("Waiting for the approval...");
+    })
+    .await;
     match result {
         Ok(file) => {
             eprintln!(

@@ -50,6 +50,8 @@ pub enum AuthorizeError {
     NoRefreshToken,
     #[error(transparent)]
     Store(#[from] secret::SecretError),
+    #[error(transparent)]
+    Discovery(#[from] oauth::discovery::DiscoveryError),
 }
 
 /// What `authorize` remembers between printing the URL and receiving the code, so that a code
@@ -154,9 +156,9 @@ pub async fn interactive(
     announce: impl FnOnce(&str),
 ) -> Result<PathBuf, AuthorizeError> {
     let (c, redirect_uri, rt_file) = client(config, name)?;
-    let endpoint = c
-        .authorize_endpoint
-        .as_deref()
+    let endpoint = super::endpoints::resolve(c)
+        .await?
+        .authorization
         .ok_or_else(|| AuthorizeError::Config {
             client: name.to_string(),
             reason: format!("set authorize_endpoint in [clients.{name}] to authorize it"),
@@ -172,7 +174,7 @@ pub async fn interactive(
             uri: redirect_uri.to_string(),
             source,
         })?;
-    let req = request(c, endpoint, redirect_uri);
+    let req = request(c, &endpoint, redirect_uri);
     let pending = Pending {
         state: req.state.clone(),
         verifier: req.verifier.clone(),
@@ -302,16 +304,27 @@ async fn finish(
     if let Some(v) = verifier {
         grant.push(("code_verifier", v));
     }
+    let token_endpoint = super::endpoints::resolve(c).await?.token;
     let granted = oauth::request_token(
         &oauth::http_client(),
         &c.oauth,
-        &c.oauth.token_endpoint,
+        &token_endpoint,
         &grant,
         false,
         config.refresh.default_lifetime,
         oauth::Redactor::default(),
     )
     .await?;
+    keep(name, rt_file, granted).await
+}
+
+/// Stores the refresh token of a granted authorization (the browser's or the device's) and
+/// drops the pending one.
+pub(super) async fn keep(
+    name: &str,
+    rt_file: &Path,
+    granted: oauth::Granted,
+) -> Result<PathBuf, AuthorizeError> {
     // The code is spent once the provider answered: a refresh token in the reply is saved
     // whatever the rest of the reply is like (the daemon fetches its own access token).
     let Some(refresh_token) = granted.refresh_token else {

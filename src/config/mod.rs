@@ -157,7 +157,8 @@ impl MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTable {
-    pub token_endpoint: String,
+    /// Optional with `issuer`, whose metadata then names it.
+    pub token_endpoint: Option<String>,
     pub client_id: String,
     pub client_secret_file: Option<PathBuf>,
     pub client_secret_env: Option<String>,
@@ -206,6 +207,9 @@ pub struct ClientTable {
     pub file_sink: Option<crate::sink::FileSinkConfig>,
     /// The authorization server's issuer URL: its metadata (RFC 8414) names the endpoints.
     pub issuer: Option<String>,
+    /// For `tokend authorize --device`: the device authorization endpoint (RFC 8628), when
+    /// the issuer's metadata does not name it.
+    pub device_authorization_endpoint: Option<String>,
     /// The client's private key (PEM) for private_key_jwt and mTLS...
     pub client_key_file: Option<PathBuf>,
     /// ...or the systemd credential that holds it.
@@ -238,6 +242,7 @@ pub struct ClientConfig {
     pub client_key_keys: KeyKeys,
     pub allow_insecure_http: bool,
     pub authorize_endpoint: Option<String>,
+    pub device_authorization_endpoint: Option<String>,
     pub redirect_uri: Option<String>,
     pub pkce: bool,
     pub code_param: Option<String>,
@@ -326,6 +331,7 @@ impl From<ClientTable> for ClientConfig {
             client_key_keys,
             allow_insecure_http: t.allow_insecure_http,
             authorize_endpoint: t.authorize_endpoint,
+            device_authorization_endpoint: t.device_authorization_endpoint,
             redirect_uri: t.redirect_uri,
             pkce: t.pkce,
             code_param: t.code_param,

@@ -237,8 +237,17 @@ impl ClientConfig {
                 ),
             ));
         }
-        validate_endpoint(&self.oauth.token_endpoint, self.allow_insecure_http)
-            .map_err(|r| ("token_endpoint".to_string(), r))?;
+        match (&self.oauth.token_endpoint, &self.oauth.issuer) {
+            (Some(endpoint), _) => validate_endpoint(endpoint, self.allow_insecure_http)
+                .map_err(|r| ("token_endpoint".to_string(), r))?,
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err((
+                    "token_endpoint".into(),
+                    "set token_endpoint, or issuer to read it from the provider's metadata (RFC 8414)".into(),
+                ));
+            }
+        }
         if self.oauth.client_id.is_empty() {
             return Err(("client_id".into(), "must not be empty".into()));
         }
@@ -285,9 +294,17 @@ impl ClientConfig {
                 })
                 .map_err(|r| ("refresh_token_file".to_string(), r))?;
         }
-        if let Some(endpoint) = &self.authorize_endpoint {
-            validate_endpoint(endpoint, self.allow_insecure_http)
-                .map_err(|r| ("authorize_endpoint".to_string(), r))?;
+        for (key, endpoint) in [
+            ("authorize_endpoint", &self.authorize_endpoint),
+            (
+                "device_authorization_endpoint",
+                &self.device_authorization_endpoint,
+            ),
+        ] {
+            if let Some(endpoint) = endpoint {
+                validate_endpoint(endpoint, self.allow_insecure_http)
+                    .map_err(|r| (key.to_string(), r))?;
+            }
         }
         if let Some(uri) = &self.redirect_uri {
             redirect_listen_addr(uri).map_err(|r| ("redirect_uri".to_string(), r))?;

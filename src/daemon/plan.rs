@@ -83,7 +83,7 @@ pub fn client_spec(
             name,
             c.oauth.clone(),
             request_settings(&config.refresh),
-            limiters.for_endpoint(&c.oauth.token_endpoint),
+            limiters.for_endpoint(c.oauth.endpoint_key()),
         )),
     }
 }

@@ -53,6 +53,8 @@ pub enum FetchError {
     },
     #[error("client TLS files: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -92,6 +94,7 @@ impl FetchError {
             | FetchError::Timeout(_)
             | FetchError::TooLarge
             | FetchError::Reply(_) => FailureKind::Transient,
+            FetchError::Discovery(e) => e.kind(),
         }
     }
 
@@ -130,6 +133,7 @@ impl FetchError {
             FetchError::AuthRefused { source, .. } => source.label(),
             FetchError::Tls(e) if e.is_transient() => "credentials_io".into(),
             FetchError::Tls(_) => "credentials".into(),
+            FetchError::Discovery(_) => "discovery".into(),
         }
     }
 

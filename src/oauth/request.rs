@@ -19,7 +19,7 @@ pub struct Granted {
 }
 
 /// Grant parameters that are credentials, redacted wherever a provider echoes them.
-const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier"];
+const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier", "device_code"];
 
 /// Sends one token request for `c` to `endpoint` (its token endpoint, configured or
 /// discovered) with the grant's own parameters (`grant_type` first),
@@ -34,8 +34,49 @@ pub async fn request_token(
     grant: &[(&str, &str)],
     with_scope: bool,
     default_lifetime: Duration,
-    mut redactor: Redactor,
+    redactor: Redactor,
 ) -> Result<Granted, FetchError> {
+    let (body, content_type, mut redactor) =
+        post_form(http, c, endpoint, grant, with_scope, redactor).await?;
+    let obj = reply::parse_object(&body, &content_type, &redactor)?;
+    let refresh_token = reply::refresh_token(&obj)?;
+    if let Some(rt) = &refresh_token {
+        redactor.add(rt.expose_secret());
+    }
+    let parsed = reply::parse_token(
+        &obj,
+        c.scope.as_deref(),
+        default_lifetime,
+        SystemTime::now(),
+        &redactor,
+    );
+    Ok(match parsed {
+        Ok((token, dropped_scopes)) => Granted {
+            refresh_token,
+            token: Ok(token),
+            dropped_scopes,
+        },
+        Err(e) => Granted {
+            refresh_token,
+            token: Err(e.into()),
+            dropped_scopes: 0,
+        },
+    })
+}
+
+/// Sends `grant` (the form's own parameters) to `endpoint` as `c` authenticates there, with
+/// the configured scope (`with_scope`) and parameters, and reads a 2xx reply within the size
+/// cap: its body, content type, and a redactor of every credential sent. A non-2xx reply is
+/// the error it carries, redacted. Token requests and the device authorization request
+/// (RFC 8628 section 3.1, authenticated as token requests are) both go through here.
+pub async fn post_form(
+    http: &reqwest::Client,
+    c: &ClientSettings,
+    endpoint: &str,
+    grant: &[(&str, &str)],
+    with_scope: bool,
+    mut redactor: Redactor,
+) -> Result<(Vec<u8>, String, Redactor), FetchError> {
     let secret = match &c.secret {
         Some(SecretSource::File(path)) => Some(secret::read_file_async(path).await?),
         Some(SecretSource::Env(var)) => Some(secret::read_env(var)?),
@@ -113,30 +154,7 @@ pub async fn request_token(
             None => error,
         });
     }
-    let obj = reply::parse_object(&body, &content_type, &redactor)?;
-    let refresh_token = reply::refresh_token(&obj)?;
-    if let Some(rt) = &refresh_token {
-        redactor.add(rt.expose_secret());
-    }
-    let parsed = reply::parse_token(
-        &obj,
-        c.scope.as_deref(),
-        default_lifetime,
-        SystemTime::now(),
-        &redactor,
-    );
-    Ok(match parsed {
-        Ok((token, dropped_scopes)) => Granted {
-            refresh_token,
-            token: Ok(token),
-            dropped_scopes,
-        },
-        Err(e) => Granted {
-            refresh_token,
-            token: Err(e.into()),
-            dropped_scopes: 0,
-        },
-    })
+    Ok((body, content_type, redactor))
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`
@@ -189,7 +207,7 @@ fn form_body(
 
 /// reqwest's error text with its source chain, which carries the useful part ("connection
 /// refused"). No secret can be in it: credentials travel in headers and body, never the URL.
-fn describe(e: &reqwest::Error) -> String {
+pub(super) fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -212,7 +230,7 @@ mod tests {
     #[test]
     fn form_body_per_auth_method() {
         let mut c = ClientSettings {
-            token_endpoint: "https://x/token".into(),
+            token_endpoint: Some("https://x/token".into()),
             client_id: "my id".into(),
             secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Post,

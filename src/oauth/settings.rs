@@ -51,7 +51,9 @@ pub enum SecretSource {
 /// One client as its token requests need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
-    pub token_endpoint: String,
+    /// Set explicitly; when unset, the issuer's metadata names it (validation wants one of the
+    /// two).
+    pub token_endpoint: Option<String>,
     pub client_id: String,
     /// The client secret, for the methods that use one ([`AuthMethod::uses_secret`]).
     pub secret: Option<SecretSource>,
@@ -75,6 +77,17 @@ pub struct ClientSettings {
     pub ca_file: Option<PathBuf>,
     /// `kid`, `alg` and `aud` of the client assertions (private_key_jwt, client_secret_jwt).
     pub assertion: AssertionSettings,
+}
+
+impl ClientSettings {
+    /// What names the client's provider before discovery: the configured token endpoint, else
+    /// the issuer. Clients that share it share a request budget and take turns to start.
+    pub fn endpoint_key(&self) -> &str {
+        self.token_endpoint
+            .as_deref()
+            .or(self.issuer.as_deref())
+            .unwrap_or("")
+    }
 }
 
 /// How every request is made.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::budget::EndpointLimiter;
+use super::discovery::{self, DiscoveryError, Metadata};
 use super::request::request_token;
 use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
 use super::{FetchError, Redactor, TokenReply, inflight, unsaved};
@@ -69,6 +70,12 @@ struct Inner {
     in_flight: tokio::sync::Mutex<()>,
     /// The access token last received: a provider knows it and may echo it in an error.
     last_access_token: std::sync::Mutex<Option<AccessToken>>,
+    /// The issuer's metadata, for a client without a configured token endpoint: read by the
+    /// first fetch, and again by the next after it could not be read or its token endpoint
+    /// answered 404 (so a failure is this client's fetch error, under the refresher's backoff).
+    metadata: std::sync::Mutex<Option<Arc<Metadata>>>,
+    /// Whether the provider's list of auth methods without this client's was warned about.
+    warned_auth_method: std::sync::atomic::AtomicBool,
 }
 
 impl HttpTokenSource {
@@ -89,6 +96,8 @@ impl HttpTokenSource {
                 limiter,
                 in_flight: tokio::sync::Mutex::new(()),
                 last_access_token: std::sync::Mutex::new(None),
+                metadata: std::sync::Mutex::new(None),
+                warned_auth_method: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -165,7 +174,7 @@ impl TokenSource for HttpTokenSource {
     }
 
     fn endpoint(&self) -> &str {
-        &self.inner.client.token_endpoint
+        self.inner.client.endpoint_key()
     }
 
     fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -224,7 +233,7 @@ impl Inner {
     /// The endpoint as metrics name it: without credentials, query or fragment, which may
     /// carry secrets and would split one provider's series.
     fn endpoint_label(&self) -> String {
-        match reqwest::Url::parse(&self.client.token_endpoint) {
+        match reqwest::Url::parse(self.client.endpoint_key()) {
             Ok(mut url) => {
                 url.set_query(None);
                 url.set_fragment(None);
@@ -244,10 +253,73 @@ impl Inner {
         }
     }
 
+    /// The token endpoint: the configured one, or the one the issuer's metadata names.
+    async fn token_endpoint(&self, http: &reqwest::Client) -> Result<String, FetchError> {
+        let c = &self.client;
+        if let Some(endpoint) = &c.token_endpoint {
+            return Ok(endpoint.clone());
+        }
+        let issuer = c.issuer.as_deref().unwrap_or_default();
+        let cached = self
+            .metadata
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let metadata = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(discovery::discover(http, issuer, self.timeout).await?);
+                if m.leaves_out(c.auth_method)
+                    && !self
+                        .warned_auth_method
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        client = %self.name,
+                        "the metadata of issuer {issuer} does not list auth_method {:?} among its token_endpoint_auth_methods_supported; if requests fail with invalid_client, use one it lists",
+                        c.auth_method.as_str()
+                    );
+                }
+                *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+                m
+            }
+        };
+        metadata
+            .token_endpoint_for(c.auth_method)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                DiscoveryError::Missing {
+                    issuer: issuer.to_string(),
+                    key: "token_endpoint",
+                }
+                .into()
+            })
+    }
+
+    /// After the discovered token endpoint answered 404: the metadata read anew, and the
+    /// endpoint it now names if that is another one (the provider moved it).
+    async fn moved_token_endpoint(&self, http: &reqwest::Client, tried: &str) -> Option<String> {
+        if self.client.token_endpoint.is_some() {
+            return None;
+        }
+        *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        match self.token_endpoint(http).await {
+            Ok(endpoint) if endpoint != tried => {
+                tracing::info!(
+                    client = %self.name,
+                    "the token endpoint answered 404; the issuer's metadata now names another, trying it"
+                );
+                Some(endpoint)
+            }
+            _ => None,
+        }
+    }
+
     async fn fetch(&self) -> Result<TokenReply, FetchError> {
         let c = &self.client;
         // Before any refresh token is marked as sent: bad TLS files send nothing.
         let http = self.http.get(&self.name).await?;
+        let endpoint = self.token_endpoint(&http).await?;
         let rt_file = self.refresh_token_file();
         // The newest refresh token: one held in memory because it could not be written wins
         // over the file's, which the provider has already spent.
@@ -292,16 +364,29 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let redactor = Redactor::new(known.as_ref().map(AccessToken::expose));
-        let result = request_token(
-            &http,
-            c,
-            &c.token_endpoint,
-            &grant,
-            with_scope,
-            self.default_lifetime,
-            redactor,
-        )
-        .await;
+        let request = |endpoint: String| {
+            let (http, grant, redactor) = (&http, &grant, redactor.clone());
+            async move {
+                request_token(
+                    http,
+                    c,
+                    &endpoint,
+                    grant,
+                    with_scope,
+                    self.default_lifetime,
+                    redactor,
+                )
+                .await
+            }
+        };
+        let mut result = request(endpoint.clone()).await;
+        // A 404 is an answer: nothing was granted, so the request may go to the moved endpoint.
+        if let Err(FetchError::OAuth { status: 404, .. } | FetchError::Status { status: 404, .. }) =
+            &result
+            && let Some(moved) = self.moved_token_endpoint(&http, &endpoint).await
+        {
+            result = request(moved).await;
+        }
         let result = match result {
             Ok(granted) => granted,
             Err(e) => {
@@ -352,7 +437,7 @@ mod tests {
     #[test]
     fn metrics_name_the_endpoint_without_credentials_or_query() {
         let c = ClientSettings {
-            token_endpoint: "https://user:pw@idp.example.com/oauth/token?key=k#f".into(),
+            token_endpoint: Some("https://user:pw@idp.example.com/oauth/token?key=k#f".into()),
             client_id: "a".into(),
             secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Basic,

@@ -304,7 +304,7 @@ async fn a_key_the_provider_does_not_know_needs_an_operator_without_a_retry_stor
     let registered = openssl_key(dir.path(), "registered.pem", "ec-p256-sec1");
     let other = openssl_key(dir.path(), "other.pem", "ec-p256-sec1");
     let mut client = jwt_client("wrong-key", "private_key_jwt");
-    client["jwks"] = jwks(&registered, None);
+    client["jwks"] = jwks(&registered, Some("k1"));
     let mut hs = jwt_client("wrong-secret", "client_secret_jwt");
     hs["client_secret"] = HS_SECRET.into();
     let idp = OidcServer::start(serde_json::json!({
@@ -354,6 +354,20 @@ async fn a_key_the_provider_does_not_know_needs_an_operator_without_a_retry_stor
         let n = requests_of(&idp, id).await.len();
         assert_eq!(n, 1, "{id}: {n} requests");
     }
+    // The operator puts the registered key in place: the client retries at once, without a
+    // reload (the key file is one of the credentials it watches).
+    let staged = other.with_extension("staged");
+    std::fs::copy(&registered, &staged).unwrap();
+    std::fs::rename(&staged, &other).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a token with the right key",
+        || {
+            let mut rpc = rpc.clone();
+            async move { rpc.get_token(get("wrong-key")).await.ok() }
+        },
+    )
+    .await;
     let log = d.log_text();
     assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
 }

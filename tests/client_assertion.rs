@@ -416,3 +416,85 @@ fn key_files_others_can_read_or_that_are_not_keys_are_refused_at_load() {
         "key material in: {err}"
     );
 }
+
+/// A token endpoint on 127.0.0.1 that answers every request with 401 invalid_client, quoting
+/// the request's `client_assertion` in its description (as a careless provider may).
+async fn echoing_endpoint() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0; 4096];
+                // The whole request: headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_string();
+                        }
+                    }
+                };
+                let assertion = form_urlencoded::parse(body.as_bytes())
+                    .find(|(k, _)| k == "client_assertion")
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                let reply = serde_json::json!({
+                    "error": "invalid_client",
+                    "error_description": format!("bad assertion {assertion}"),
+                })
+                .to_string();
+                let _ = conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                            reply.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assertion_echoed_by_the_provider_is_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = openssl_key(dir.path(), "client.pem", "ec-p384-pkcs8");
+    let ep = echoing_endpoint().await;
+    let config = format!(
+        "[clients.echo]\ntoken_endpoint = \"{ep}\"\nclient_id = \"echo\"\nauth_method = \"private_key_jwt\"\nclient_key_file = \"{}\"\n",
+        key.display()
+    );
+    let d = Daemon::start_in(dir, &config).await;
+    let rpc = d.client().await;
+    let err = eventually(Duration::from_secs(10), "needs operator", || {
+        let mut rpc = rpc.clone();
+        async move {
+            let e = rpc.get_token(get("echo")).await.unwrap_err();
+            (e.code() == Code::FailedPrecondition).then_some(e)
+        }
+    })
+    .await;
+    let msg = err.message();
+    assert!(msg.contains("bad assertion [redacted]"), "{msg}");
+    assert!(!msg.contains("eyJ"), "{msg}");
+    assert!(!d.log_text().contains("eyJ"), "{}", d.log_text());
+}

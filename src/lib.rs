@@ -19,7 +19,7 @@
 //! - `access`: who may read which client's token (peer credentials, allow-lists).
 //! - `serve`: the gRPC service, call and connection limits, listeners, the metrics listeners,
 //!   the HTTP/2 `:authority` fix.
-//! - `cli`: `get`, `status`, `authorize` and `demo`.
+//! - `cli`: `get`, `status`, `authorize`, `jwk` and `demo`.
 //! - `host`: users and groups, atomic files, file modes, offloaded file work, the wall clock.
 //! - `sink`: per-client files rewritten atomically with each new token.
 //! - `secret`: reading secret files, redacted token types, durable writes.

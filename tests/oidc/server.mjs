@@ -35,6 +35,11 @@
 //                                    // gets a token with NO scope (no `scope` in the
 //                                    // reply nor in the JWT). true: such a request is
 //                                    // treated as asking for the client's full scope.
+//     "clientAuthSigningAlgs": ["RS256", "ES256", "ES384", "EdDSA", "HS256", "HS512"],
+//                                    // JWS algs accepted in client assertions
+//                                    // (private_key_jwt, client_secret_jwt); unset =
+//                                    // oidc-provider's default (HS256 RS256 PS256 ES256
+//                                    // Ed25519 EdDSA).
 //     "enforceAuthMethod": true,     // true: a client registered for client_secret_basic
 //                                    // that sends client_secret in the body (or vice
 //                                    // versa) gets 401 invalid_client. Stock
@@ -63,6 +68,9 @@
 //       }
 //     ]
 //   }
+//   A client with "jwks_uri": "self" gets its keys (the "jwks" given with it) from
+//   this server's /_test/jwks/<client_id>, which PUT replaces (see the test-only
+//   routes): key rotation without a restart.
 //   Client defaults added here: clients without the authorization_code grant get
 //   "response_types": [] and "redirect_uris": []. Every scope named by any client
 //   (plus openid, offline_access) is a known scope; asking for one outside the
@@ -84,8 +92,14 @@
 //   GET  /_test/requests  JSON array, one entry per token-endpoint request so far:
 //                         {"client_id": str|null, "grant_type": str|null,
 //                          "at_ms": Date.now() on arrival, "status": HTTP status,
-//                          "auth_method": "client_secret_basic"|"client_secret_post"|"none"}
+//                          "auth_method": "client_secret_basic"|"client_secret_post"|"none"
+//                                         |"private_key_jwt"|"client_secret_jwt",
+//                          "assertion": {"header": {...}, "claims": {...}} (decoded, NOT
+//                                         verified; client assertions only)}
 //   POST /_test/reset     clears that list (204).
+//   PUT  /_test/jwks/ID   replaces the JWK Set of a client with "jwks_uri": "self"
+//                         (JSON body {"keys": [...]}; 204); oidc-provider reads it
+//                         anew at the client's next assertion.
 //
 // Authorization code flow: the login and consent pages are oidc-provider's
 // devInteractions. Login accepts any login/password (the login becomes `sub`);
@@ -283,6 +297,57 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 
+// ---------- client assertions (private_key_jwt, client_secret_jwt) ----------
+const assertionAlgs = cfg.clientAuthSigningAlgs;
+if (assertionAlgs !== undefined
+    && !(Array.isArray(assertionAlgs) && assertionAlgs.every((a) => typeof a === 'string'))) {
+  fail('clientAuthSigningAlgs must be an array of JWS alg names');
+}
+// client_id -> the JWK Set served at /_test/jwks/<client_id>
+const servedJwks = new Map();
+for (const client of clients) {
+  if (client.jwks_uri === 'self') {
+    servedJwks.set(client.client_id, client.jwks ?? { keys: [] });
+    delete client.jwks;
+    client.jwks_uri = `${issuer}/_test/jwks/${encodeURIComponent(client.client_id)}`;
+  }
+}
+// The method and decoded (unverified) parts of a request's client assertion, if any.
+function assertionSeen(params) {
+  const jwt = params.get('client_assertion');
+  if (!jwt) return undefined;
+  try {
+    const [header, claims] = jwt.split('.', 2)
+      .map((part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')));
+    const method = String(header.alg).startsWith('HS') ? 'client_secret_jwt' : 'private_key_jwt';
+    return { method, header, claims };
+  } catch {
+    return { method: 'private_key_jwt', header: null, claims: null };
+  }
+}
+function servedJwksOf(url) {
+  const m = /^\/_test\/jwks\/([^/]+)$/.exec(new URL(url).pathname);
+  return m && url.startsWith(issuer) ? servedJwks.get(decodeURIComponent(m[1])) : undefined;
+}
+// oidc-provider's fetch refuses loopback addresses (SSRF protection): a served set is
+// answered here, without a request.
+async function fetchServedJwks(url, options) {
+  const set = servedJwksOf(String(url));
+  if (!set) return globalThis.fetch(url, options);
+  return new Response(JSON.stringify(set), { headers: { 'content-type': 'application/json' } });
+}
+// PUT /_test/jwks/<client_id>; true when the request was one.
+async function jwksRoute(ctx) {
+  if (ctx.method !== 'PUT' || !servedJwksOf(`${issuer}${ctx.path}`)) return false;
+  const id = decodeURIComponent(ctx.path.slice('/_test/jwks/'.length));
+  servedJwks.set(id, JSON.parse(await readBody(ctx.req)));
+  // oidc-provider caches a jwks_uri for at least 60 s; a test rotating keys marks the
+  // client's cached set stale so that the next assertion reads the new one.
+  (await provider.Client.find(id)).asymmetricKeyStore.freshUntil = 0;
+  ctx.status = 204;
+  return true;
+}
+
 const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [signingJwk()] },
@@ -326,6 +391,8 @@ const provider = new Provider(issuer, {
   rotateRefreshToken: () => refreshTokenRotation,
   pkce: { required: () => false },
   ...(tls ? { clientAuthMethods: tls.clientAuthMethods } : {}),
+  ...(assertionAlgs && { enabledJWA: { clientAuthSigningAlgValues: assertionAlgs } }),
+  fetch: fetchServedJwks,
 });
 
 // static clients are only validated when first used: fail at startup instead
@@ -359,6 +426,7 @@ provider.use(async (ctx, next) => {
     ctx.status = 204;
     return;
   }
+  if (await jwksRoute(ctx)) return;
   if (ctx.method !== 'POST') return next();
 
   const isToken = ctx.path === tokenPath;
@@ -393,6 +461,11 @@ provider.use(async (ctx, next) => {
     let out = raw;
     authClientId ??= params.get('client_id');
     if (params.has('client_secret') && usedMethod === 'none') usedMethod = 'client_secret_post';
+    const assertion = assertionSeen(params);
+    if (assertion && usedMethod === 'none') {
+      usedMethod = assertion.method;
+      if (entry) entry.assertion = { header: assertion.header, claims: assertion.claims };
+    }
     if (entry) entry.grant_type = params.get('grant_type');
     if (isToken && params.get('grant_type') === 'refresh_token') {
       entry.presented_refresh_token = params.get('refresh_token');

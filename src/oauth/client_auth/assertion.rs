@@ -157,12 +157,6 @@ pub async fn for_request(
     endpoint: &str,
     secret: Option<&SecretString>,
 ) -> Result<Option<Made>, FetchError> {
-    let aud = c
-        .assertion
-        .audience
-        .resolve(endpoint, c.issuer.as_deref())
-        .unwrap_or(endpoint)
-        .to_string();
     let key;
     let signer = match (c.auth_method, &c.client_key, secret) {
         (AuthMethod::PrivateKeyJwt, Some(path), _) => {
@@ -175,6 +169,12 @@ pub async fn for_request(
         // Validation refuses these methods without their key or secret.
         _ => return Ok(None),
     };
+    let aud = c
+        .assertion
+        .audience
+        .resolve(endpoint, c.issuer.as_deref())
+        .unwrap_or(endpoint)
+        .to_string();
     let alg = alg_for(&signer, c.assertion.alg)?;
     let jwt = make(&c.client_id, &aud, &c.assertion, &signer, SystemTime::now())?;
     Ok(Some(Made { jwt, alg, aud }))

@@ -302,8 +302,13 @@ async fn finish(
     if let Some(v) = verifier {
         grant.push(("code_verifier", v));
     }
+    // An mTLS client presents its certificate for the code exchange too.
+    let http = oauth::tls::Http::new(oauth::http_client(), &c.oauth)
+        .get(name)
+        .await
+        .map_err(FetchError::from)?;
     let granted = oauth::request_token(
-        &oauth::http_client(),
+        &http,
         &c.oauth,
         &c.oauth.token_endpoint,
         &grant,

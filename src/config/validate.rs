@@ -511,6 +511,15 @@ impl ClientConfig {
                     ),
                 ));
             }
+            // Plain http has no handshake to present the certificate in.
+            if reqwest::Url::parse(&o.token_endpoint).is_ok_and(|u| u.scheme() == "http") {
+                return Err((
+                    "token_endpoint".into(),
+                    format!(
+                        "auth_method = \"{method}\" presents the client certificate in the TLS handshake: use an https:// token endpoint"
+                    ),
+                ));
+            }
         } else if o.client_cert.is_some() {
             return Err((
                 "client_cert_file".into(),

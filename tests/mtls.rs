@@ -631,6 +631,16 @@ fn check_names_what_an_mtls_client_lacks() {
         &format!("{cert}\n{key}\nca_file = \"{}\"", pki.path("ca.pem")),
     );
     assert_eq!(code, 0, "{err}");
+    let plain = std::fs::read_to_string(dir.path().join("tokend.toml"))
+        .unwrap()
+        .replace("https://127.0.0.1:1/token", "http://127.0.0.1:1/token");
+    std::fs::write(dir.path().join("tokend.toml"), plain).unwrap();
+    let (code, err) = check(&dir.path().join("tokend.toml"));
+    assert_eq!(code, 78);
+    assert!(
+        err.contains("clients.m.token_endpoint: auth_method = \"tls_client_auth\" presents the client certificate in the TLS handshake"),
+        "{err}"
+    );
     let (code, err) = base(
         "post",
         &format!(

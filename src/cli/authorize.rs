@@ -156,7 +156,8 @@ pub async fn interactive(
     announce: impl FnOnce(&str),
 ) -> Result<PathBuf, AuthorizeError> {
     let (c, redirect_uri, rt_file) = client(config, name)?;
-    let endpoint = super::endpoints::resolve(c)
+    let http = super::endpoints::client_http(name, c).await?;
+    let endpoint = super::endpoints::resolve(c, &http)
         .await?
         .authorization
         .ok_or_else(|| AuthorizeError::Config {
@@ -304,9 +305,11 @@ async fn finish(
     if let Some(v) = verifier {
         grant.push(("code_verifier", v));
     }
-    let token_endpoint = super::endpoints::resolve(c).await?.token;
+    // An mTLS client presents its certificate for the code exchange too.
+    let http = super::endpoints::client_http(name, c).await?;
+    let token_endpoint = super::endpoints::resolve(c, &http).await?.token;
     let granted = oauth::request_token(
-        &oauth::http_client(),
+        &http,
         &c.oauth,
         &token_endpoint,
         &grant,

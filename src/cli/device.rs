@@ -106,7 +106,10 @@ pub async fn authorize(
         .refresh_token_file
         .as_deref()
         .ok_or_else(|| config_error(format!("set refresh_token_file in [clients.{name}]")))?;
-    let endpoints = super::endpoints::resolve(c)
+    let http = super::endpoints::client_http(name, c)
+        .await
+        .map_err(AuthorizeError::from)?;
+    let endpoints = super::endpoints::resolve(c, &http)
         .await
         .map_err(AuthorizeError::from)?;
     let device_endpoint = endpoints.device_authorization.ok_or_else(|| {
@@ -114,7 +117,6 @@ pub async fn authorize(
             "set device_authorization_endpoint in [clients.{name}] (or issuer, when the provider's metadata names one)"
         ))
     })?;
-    let http = oauth::http_client();
     // The client authenticates here as at the token endpoint (RFC 8628 section 3.1).
     let sent = tokio::time::timeout(
         REQUEST_TIMEOUT,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::ClientConfig;
+use crate::oauth::FetchError;
 use crate::oauth::discovery::{self, DiscoveryError, Metadata};
 
 /// How long the metadata may take to read from the command line.
@@ -17,9 +18,22 @@ pub struct Endpoints {
     pub device_authorization: Option<String>,
 }
 
+/// The HTTP client for `c`'s requests from the command line: with its own certificate (mTLS)
+/// and CAs (`ca_file`) when it has them, as the daemon's.
+pub async fn client_http(name: &str, c: &ClientConfig) -> Result<reqwest::Client, FetchError> {
+    Ok(
+        crate::oauth::tls::Http::new(crate::oauth::http_client(), &c.oauth)
+            .get(name)
+            .await?,
+    )
+}
+
 /// The client's endpoints, reading the issuer's metadata only when the config leaves one unset;
 /// a configured endpoint always wins over the document's.
-pub async fn resolve(c: &ClientConfig) -> Result<Endpoints, DiscoveryError> {
+pub async fn resolve(
+    c: &ClientConfig,
+    http: &reqwest::Client,
+) -> Result<Endpoints, DiscoveryError> {
     let configured = |metadata: Option<&Metadata>| Endpoints {
         token: c.oauth.token_endpoint.clone().unwrap_or_else(|| {
             metadata
@@ -45,8 +59,7 @@ pub async fn resolve(c: &ClientConfig) -> Result<Endpoints, DiscoveryError> {
     if all_set {
         return Ok(configured(None));
     }
-    let metadata =
-        discovery::discover(&crate::oauth::http_client(), issuer, DISCOVERY_TIMEOUT).await?;
+    let metadata = discovery::discover(http, issuer, DISCOVERY_TIMEOUT).await?;
     let endpoints = configured(Some(&metadata));
     if endpoints.token.is_empty() {
         return Err(DiscoveryError::Missing {

@@ -531,6 +531,19 @@ impl ClientConfig {
                     ),
                 ));
             }
+            // Plain http has no handshake to present the certificate in.
+            if o.token_endpoint
+                .as_deref()
+                .and_then(|e| reqwest::Url::parse(e).ok())
+                .is_some_and(|u| u.scheme() == "http")
+            {
+                return Err((
+                    "token_endpoint".into(),
+                    format!(
+                        "auth_method = \"{method}\" presents the client certificate in the TLS handshake: use an https:// token endpoint"
+                    ),
+                ));
+            }
         } else if o.client_cert.is_some() {
             return Err((
                 "client_cert_file".into(),

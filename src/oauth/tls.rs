@@ -425,3 +425,134 @@ fn describe(e: &reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::{AuthMethod, Grant};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A CA certificate (public; its key was thrown away).
+    const CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBkzCCATmgAwIBAgIUcCYtkofI+uy+tn/5t0i4pjj5BNUwCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTdG9rZW5kIHVuaXQtdGVzdCBDQTAgFw0yNjEyMDIwNjA1NDNa
+GA8yMTI2MTEwODA2MDU0M1owHjEcMBoGA1UEAwwTdG9rZW5kIHVuaXQtdGVzdCBD
+QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABKI0onY84oTmYHKxOR7VTW/o+LDZ
+7bt1lCEVKjO2tT28n0fuB1erFGrmEzfyLBwT+bDtD8mVpzae1GuubofbaxGjUzBR
+MB0GA1UdDgQWBBQSccytEiXrZvDlDcvSXf40hWBTbDAfBgNVHSMEGDAWgBQSccyt
+EiXrZvDlDcvSXf40hWBTbDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gA
+MEUCIQCnwS3ZNfkQYKuXNJD0gRPnC/YiJJKaEpXSL+uZLmhEuAIgW76/TPQ5EDVs
+EYTK/UHoZ20hY/Wu/VEDCp3esNQDFug=
+-----END CERTIFICATE-----
+";
+
+    fn settings(method: AuthMethod, dir: &Path) -> ClientSettings {
+        ClientSettings {
+            token_endpoint: Some("https://127.0.0.1/token".into()),
+            client_id: "c".into(),
+            secret: None,
+            auth_method: method,
+            grant: Grant::ClientCredentials,
+            refresh_token_file: None,
+            scope: None,
+            audience: None,
+            resource: None,
+            extra_params: Default::default(),
+            issuer: None,
+            client_key: Some(dir.join("client.key")),
+            client_cert: Some(dir.join("client.pem")),
+            ca_file: None,
+            assertion: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_clients_with_tls_files_get_a_client_of_their_own() {
+        let dir = Path::new("/nonexistent");
+        // A key for private_key_jwt is not a TLS identity.
+        let mut c = settings(AuthMethod::PrivateKeyJwt, dir);
+        c.client_cert = None;
+        assert_eq!(Files::of(&c), None);
+        assert!(watched_files(&c).is_empty());
+        c.ca_file = Some(dir.join("ca.pem"));
+        assert_eq!(
+            Files::of(&c),
+            Some(Files {
+                identity: None,
+                ca: Some(dir.join("ca.pem"))
+            })
+        );
+        let c = settings(AuthMethod::TlsClientAuth, dir);
+        assert_eq!(
+            watched_files(&c),
+            [dir.join("client.pem"), dir.join("client.key")]
+        );
+    }
+
+    #[test]
+    fn the_built_client_is_reused_until_a_file_changes() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, CA).unwrap();
+        let own = Own {
+            files: Files {
+                identity: None,
+                ca: Some(ca.clone()),
+            },
+            built: Mutex::new(None),
+        };
+        assert!(own.current().unwrap().1, "built at first use");
+        assert!(!own.current().unwrap().1, "reused");
+        // Same content, replaced: another inode.
+        let tmp = dir.path().join("ca.new");
+        std::fs::write(&tmp, CA).unwrap();
+        std::fs::rename(&tmp, &ca).unwrap();
+        assert!(own.current().unwrap().1, "rebuilt");
+        // A broken file is an error naming it, and is not kept: repaired, it is read again.
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = own.current().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: holds no CA certificate (PEM \"-----BEGIN CERTIFICATE-----\")",
+                ca.display()
+            )
+        );
+        assert!(!err.is_transient());
+        std::fs::write(&ca, CA).unwrap();
+        assert!(own.current().unwrap().1);
+    }
+
+    #[test]
+    fn key_files_are_read_as_secrets_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = settings(AuthMethod::SelfSignedTlsClientAuth, dir.path());
+        std::fs::write(dir.path().join("client.pem"), CA).unwrap();
+        let key = dir.path().join("client.key");
+        let junk = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0IGtleSBtYXRlcmlhbA==\n-----END PRIVATE KEY-----\n";
+        std::fs::write(&key, junk).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (file, err) = check(&c).unwrap_err();
+        assert_eq!(file, TlsFile::Key);
+        assert!(
+            matches!(&err, TlsError::Key(SecretError::Exposed { .. })),
+            "{err}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (file, err) = check(&c).unwrap_err();
+        assert_eq!(file, TlsFile::Key);
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains(&key.display().to_string()), "{shown}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        std::fs::write(&key, "no key here\n").unwrap();
+        let (_, err) = check(&c).unwrap_err();
+        assert!(matches!(err, TlsError::NoKey { .. }), "{err}");
+        // A missing certificate file is named as the certificate's.
+        std::fs::remove_file(dir.path().join("client.pem")).unwrap();
+        let (file, err) = check(&c).unwrap_err();
+        assert_eq!(file, TlsFile::Cert);
+        assert!(err.to_string().contains("client.pem: cannot read"), "{err}");
+        assert!(!err.is_transient());
+    }
+}

@@ -3,7 +3,8 @@
 //! is refused for that client while the next one keeps working; against a scripted issuer of
 //! the test's own, an unreachable document is retried with backoff, and a 404 from the token
 //! endpoint makes tokend read the document again and follow the moved endpoint; `tokend check`
-//! warns about an unreachable issuer and still exits 0.
+//! warns about an unreachable issuer and still exits 0; `tokend authorize` takes the
+//! authorization endpoint from the metadata.
 
 mod common;
 
@@ -270,4 +271,58 @@ client_secret_file = "{dir}/svc.secret"
         "{stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 client(s)"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorize_takes_the_authorization_endpoint_from_the_issuer() {
+    let port = free_port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/cb");
+    let idp = OidcServer::start(serde_json::json!({
+        "clients": [{"client_id": "web", "client_secret": SECRET,
+            "grant_types": ["authorization_code", "refresh_token"],
+            "redirect_uris": [redirect_uri], "scope": "openid offline_access"}]
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), "web.secret", SECRET);
+    let config = dir.path().join("tokend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[clients.web]
+issuer = "{issuer}"
+client_id = "web"
+client_secret_file = "{dir}/web.secret"
+grant = "refresh_token"
+refresh_token_file = "{dir}/web.refresh_token"
+redirect_uri = "{redirect_uri}"
+"#,
+            issuer = idp.issuer,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["authorize", "web", "--timeout", "30", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "{}/auth?response_type=code&client_id=web",
+            idp.issuer
+        )),
+        "authorize printed {line:?}"
+    );
 }

@@ -33,7 +33,8 @@ enum Command {
         #[arg(long, short, default_value = "/etc/tokend/tokend.toml")]
         config: PathBuf,
     },
-    /// Validate a config file; exit 0, or print file, key and reason and exit 78.
+    /// Validate a config file; exit 0, or print file, key and reason and exit 78. An issuer
+    /// whose metadata cannot be read is a warning (the daemon retries it), not an error.
     ///
     /// Example: tokend check --config /etc/tokend/tokend.toml
     Check {
@@ -124,6 +125,10 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::Check { config } => match Config::load_async(&config).await {
                 Ok(c) => {
+                    // The daemon retries what these name; they do not make the config invalid.
+                    for warning in tokend::cli::endpoints::warnings(&c).await {
+                        eprintln!("tokend: warning: {warning}");
+                    }
                     println!("{}: ok, {} client(s)", config.display(), c.clients.len());
                     ExitCode::SUCCESS
                 }

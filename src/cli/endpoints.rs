@@ -69,3 +69,51 @@ pub async fn resolve(
     }
     Ok(endpoints)
 }
+
+/// How long `tokend check` waits for one issuer's metadata: it only warns.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `tokend check` warns about the clients configured by their issuer: metadata that cannot
+/// be read or used (the daemon would retry it: a warning, not an error), and auth methods the
+/// provider does not list. One line per client, in the config's order.
+pub async fn warnings(config: &crate::Config) -> Vec<String> {
+    let http = crate::oauth::http_client();
+    let mut issuers = tokio::task::JoinSet::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in config.clients.values() {
+        if let Some(issuer) = c.oauth.issuer.clone()
+            && seen.insert(issuer.clone())
+        {
+            let http = http.clone();
+            issuers.spawn(async move {
+                let read = discovery::discover(&http, &issuer, CHECK_TIMEOUT).await;
+                (issuer, read)
+            });
+        }
+    }
+    let read: std::collections::BTreeMap<_, _> = issuers.join_all().await.into_iter().collect();
+    let mut out = Vec::new();
+    for (name, c) in &config.clients {
+        let Some(issuer) = &c.oauth.issuer else {
+            continue;
+        };
+        let warning = match &read[issuer] {
+            Err(e) => Some(e.to_string()),
+            Ok(m)
+                if c.oauth.token_endpoint.is_none()
+                    && m.token_endpoint_for(c.oauth.auth_method).is_none() =>
+            {
+                Some(format!(
+                    "the metadata of issuer {issuer} names no token_endpoint; set token_endpoint"
+                ))
+            }
+            Ok(m) if m.leaves_out(c.oauth.auth_method) => Some(format!(
+                "the metadata of issuer {issuer} does not list auth_method {:?} among its token_endpoint_auth_methods_supported",
+                c.oauth.auth_method.as_str()
+            )),
+            Ok(_) => None,
+        };
+        out.extend(warning.map(|w| format!("client {name:?}: {w}")));
+    }
+    out
+}

@@ -338,3 +338,38 @@ fn public_clients_send_no_secret() {
         "{err}"
     );
 }
+
+#[test]
+fn an_issuer_names_the_token_endpoint_or_one_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let table = |keys: &str| {
+        format!(
+            "[clients.billing]\n{keys}\nclient_id = \"billing\"\nclient_secret_file = \"{}\"\n",
+            s.display()
+        )
+    };
+    let c = load(&table("issuer = \"https://idp.example.com/realm\""), &[]).unwrap();
+    let o = &c.clients["billing"].oauth;
+    assert_eq!(o.token_endpoint, None);
+    assert_eq!(o.endpoint_key(), "https://idp.example.com/realm");
+
+    let err = load(&table(""), &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.token_endpoint");
+    assert!(err.reason.contains("or issuer"), "{err}");
+
+    let err = load(
+        &table("issuer = \"https://idp.example.com/realm?x=1\""),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "clients.billing.issuer");
+    assert!(err.reason.contains("no query or fragment"), "{err}");
+
+    let err = load(
+        &table("issuer = \"https://idp.example.com\"\ndevice_authorization_endpoint = \"http://idp.example.com/device\""),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "clients.billing.device_authorization_endpoint");
+}

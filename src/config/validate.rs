@@ -445,6 +445,8 @@ impl ClientConfig {
         if let Some(issuer) = &o.issuer {
             validate_endpoint(issuer, self.allow_insecure_http)
                 .map_err(|r| ("issuer".to_string(), r))?;
+            crate::oauth::discovery::well_known_urls(issuer)
+                .map_err(|e| ("issuer".to_string(), e.to_string()))?;
         }
         Ok(())
     }

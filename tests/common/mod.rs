@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokend::proto::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
+pub mod browser;
 pub mod in_process;
 pub mod notify;
 

@@ -57,6 +57,11 @@
 //                                    // selfSignedTlsClientAuth, certificateBoundAccessTokens);
 //                                    // tls_client_auth_subject_dn / _san_dns match the
 //                                    // certificate's subject / DNS SANs.
+//     "deviceFlow": false,           // true: the device authorization grant (RFC 8628,
+//                                    // oidc-provider's features.deviceFlow); the user
+//                                    // enters the code at /device, signs in and consents
+//                                    // on the devInteractions pages
+//     "deviceCodeTtl": 600,          // integer seconds >= 1: a device code's lifetime
 //     "clients": [                   // oidc-provider client metadata (RFC 7591 names),
 //       {                            // passed through as-is, e.g.
 //         "client_id": "basic-client",
@@ -158,6 +163,8 @@ const successors = new Map();
 const enforceAuthMethod = cfg.enforceAuthMethod ?? true;
 const resourceIndicator = cfg.resource ?? 'urn:tokend:test-api';
 const signingAlg = cfg.signingAlg ?? 'RS256';
+const deviceFlow = Boolean(cfg.deviceFlow);
+const deviceCodeTtl = posInt('deviceCodeTtl', 600);
 if (!['RS256', 'ES256'].includes(signingAlg)) fail('signingAlg must be RS256 or ES256');
 if (!Array.isArray(cfg.clients ?? [])) fail('clients must be an array');
 
@@ -364,9 +371,11 @@ const provider = new Provider(issuer, {
     RefreshToken: refreshTokenTtl,
     AccessToken: accessTokenTtl,
     ClientCredentials: accessTokenTtl,
+    DeviceCode: deviceCodeTtl,
   },
   features: {
     devInteractions: { enabled: true },
+    deviceFlow: { enabled: deviceFlow },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },

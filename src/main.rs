@@ -106,6 +106,9 @@ fn main() -> ExitCode {
             Command::Check { config } => match Config::load_async(&config).await {
                 Ok(c) => {
                     println!("{}: ok, {} client(s)", config.display(), c.clients.len());
+                    for note in c.notes() {
+                        eprintln!("{}: note: {note}", config.display());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(EX_CONFIG, e),

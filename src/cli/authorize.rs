@@ -310,6 +310,7 @@ async fn finish(
         false,
         config.refresh.default_lifetime,
         oauth::Redactor::default(),
+        &oauth::basic::Learned::new(name),
     )
     .await?;
     // The code is spent once the provider answered: a refresh token in the reply is saved

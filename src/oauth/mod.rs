@@ -23,6 +23,7 @@ mod settings;
 mod source;
 mod unsaved;
 
+pub use client_auth::basic::{self, BasicEncoding};
 pub use client_auth::{AuthMethod, basic_authorization};
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;

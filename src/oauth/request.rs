@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::client_auth::{AuthMethod, basic_authorization};
+use super::client_auth::{AuthMethod, basic};
 use super::settings::{ClientSettings, SecretSource};
 use super::{FetchError, MAX_REPLY_BYTES, Redactor, TokenReply, parse_retry_after, reply};
 use crate::secret::{self, ExposeSecret, SecretString};
@@ -26,6 +26,11 @@ const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier"];
 /// configured scope (only client credentials ask for it at the token endpoint; other grants
 /// carry the scope settled at the authorization endpoint). Provider text in the outcome has
 /// every credential of the request redacted, as well as those `redactor` already holds.
+/// `learned`: the Basic header encoding this client's provider accepted (see [`basic`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one distinct input of the request; a struct would only rename them"
+)]
 pub async fn request_token(
     http: &reqwest::Client,
     c: &ClientSettings,
@@ -34,6 +39,7 @@ pub async fn request_token(
     with_scope: bool,
     default_lifetime: Duration,
     mut redactor: Redactor,
+    learned: &basic::Learned,
 ) -> Result<Granted, FetchError> {
     let secret = match &c.secret {
         Some(SecretSource::File(path)) => Some(secret::read_file_async(path).await?),
@@ -41,7 +47,15 @@ pub async fn request_token(
         None => None,
     };
     let body = form_body(c, secret.as_ref(), grant, with_scope);
-    let mut request = http
+    if let Some(secret) = &secret {
+        redactor.add_client_credentials(&c.client_id, secret.expose_secret());
+    }
+    for (key, value) in grant {
+        if CREDENTIAL_PARAMS.contains(key) {
+            redactor.add(value);
+        }
+    }
+    let request = http
         .post(endpoint)
         .header(
             reqwest::header::CONTENT_TYPE,
@@ -49,12 +63,61 @@ pub async fn request_token(
         )
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body);
-    if let (AuthMethod::Basic, Some(secret)) = (c.auth_method, &secret) {
-        request = request.header(
-            reqwest::header::AUTHORIZATION,
-            basic_authorization(&c.client_id, secret.expose_secret()),
-        );
+    let (content_type, body) = match (c.auth_method, &secret) {
+        (AuthMethod::Basic, Some(secret)) => {
+            let (request, redactor) = (&request, &redactor);
+            basic::send(
+                c.basic_encoding,
+                learned,
+                &c.client_id,
+                secret.expose_secret(),
+                move |header| {
+                    let mut value = reqwest::header::HeaderValue::try_from(header)
+                        .expect("base64 is a valid header value");
+                    value.set_sensitive(true);
+                    let request = request
+                        .try_clone()
+                        .expect("a request with a String body clones")
+                        .header(reqwest::header::AUTHORIZATION, value);
+                    exchange(request, redactor)
+                },
+            )
+            .await?
+        }
+        _ => exchange(request, &redactor).await?,
+    };
+    let obj = reply::parse_object(&body, &content_type, &redactor)?;
+    let refresh_token = reply::refresh_token(&obj)?;
+    if let Some(rt) = &refresh_token {
+        redactor.add(rt.expose_secret());
     }
+    let parsed = reply::parse_token(
+        &obj,
+        c.scope.as_deref(),
+        default_lifetime,
+        SystemTime::now(),
+        &redactor,
+    );
+    Ok(match parsed {
+        Ok((token, dropped_scopes)) => Granted {
+            refresh_token,
+            token: Ok(token),
+            dropped_scopes,
+        },
+        Err(e) => Granted {
+            refresh_token,
+            token: Err(e.into()),
+            dropped_scopes: 0,
+        },
+    })
+}
+
+/// Sends `request` and reads the reply within the size cap: its content type and body when
+/// the status is a success, the OAuth error (redacted) or the bare status otherwise.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    redactor: &Redactor,
+) -> Result<(String, Vec<u8>), FetchError> {
     let mut response = request
         .send()
         .await
@@ -82,16 +145,8 @@ pub async fn request_token(
         }
         body.extend_from_slice(&chunk);
     }
-    if let Some(secret) = &secret {
-        redactor.add_client_credentials(&c.client_id, secret.expose_secret());
-    }
-    for (key, value) in grant {
-        if CREDENTIAL_PARAMS.contains(key) {
-            redactor.add(value);
-        }
-    }
     if !status.is_success() {
-        return Err(match reply::parse_error(&body, &redactor) {
+        return Err(match reply::parse_error(&body, redactor) {
             Some(error) => FetchError::OAuth {
                 status: status.as_u16(),
                 error,
@@ -103,30 +158,7 @@ pub async fn request_token(
             },
         });
     }
-    let obj = reply::parse_object(&body, &content_type, &redactor)?;
-    let refresh_token = reply::refresh_token(&obj)?;
-    if let Some(rt) = &refresh_token {
-        redactor.add(rt.expose_secret());
-    }
-    let parsed = reply::parse_token(
-        &obj,
-        c.scope.as_deref(),
-        default_lifetime,
-        SystemTime::now(),
-        &redactor,
-    );
-    Ok(match parsed {
-        Ok((token, dropped_scopes)) => Granted {
-            refresh_token,
-            token: Ok(token),
-            dropped_scopes,
-        },
-        Err(e) => Granted {
-            refresh_token,
-            token: Err(e.into()),
-            dropped_scopes: 0,
-        },
-    })
+    Ok((content_type, body))
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`
@@ -193,6 +225,7 @@ mod tests {
             client_id: "my id".into(),
             secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Post,
+            basic_encoding: Default::default(),
             grant: Grant::ClientCredentials,
             refresh_token_file: None,
             scope: Some("a b".into()),

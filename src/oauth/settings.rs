@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::client_auth::AuthMethod;
+use super::client_auth::basic::BasicEncoding;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -56,6 +57,8 @@ pub struct ClientSettings {
     /// The client secret, for the methods that use one ([`AuthMethod::uses_secret`]).
     pub secret: Option<SecretSource>,
     pub auth_method: AuthMethod,
+    /// How `client_secret_basic` encodes id and secret in the header.
+    pub basic_encoding: BasicEncoding,
     pub grant: Grant,
     /// Where the refresh token is kept (refresh-token grant only).
     pub refresh_token_file: Option<PathBuf>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::budget::EndpointLimiter;
 use super::request::request_token;
 use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
-use super::{FetchError, Redactor, TokenReply, inflight, unsaved};
+use super::{FetchError, Redactor, TokenReply, basic, inflight, unsaved};
 use crate::metrics::METRICS;
 use crate::secret::{self, AccessToken, ExposeSecret, SecretError};
 
@@ -68,6 +68,8 @@ struct Inner {
     in_flight: tokio::sync::Mutex<()>,
     /// The access token last received: a provider knows it and may echo it in an error.
     last_access_token: std::sync::Mutex<Option<AccessToken>>,
+    /// The Basic header encoding the provider accepted (`basic_encoding = "auto"`).
+    basic: basic::Learned,
 }
 
 impl HttpTokenSource {
@@ -88,6 +90,7 @@ impl HttpTokenSource {
                 limiter,
                 in_flight: tokio::sync::Mutex::new(()),
                 last_access_token: std::sync::Mutex::new(None),
+                basic: basic::Learned::new(name),
             }),
         }
     }
@@ -276,6 +279,7 @@ impl Inner {
             with_scope,
             self.default_lifetime,
             redactor,
+            &self.basic,
         )
         .await;
         let result = match result {
@@ -332,6 +336,7 @@ mod tests {
             client_id: "a".into(),
             secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Basic,
+            basic_encoding: Default::default(),
             grant: Grant::ClientCredentials,
             refresh_token_file: None,
             scope: None,

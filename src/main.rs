@@ -130,6 +130,9 @@ fn main() -> ExitCode {
                         eprintln!("tokend: warning: {warning}");
                     }
                     println!("{}: ok, {} client(s)", config.display(), c.clients.len());
+                    for note in c.notes() {
+                        eprintln!("{}: note: {note}", config.display());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(EX_CONFIG, e),

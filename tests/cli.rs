@@ -56,6 +56,44 @@ fn check_accepts_a_good_config_and_names_file_key_and_reason_for_a_bad_one() {
 }
 
 #[test]
+fn check_notes_an_id_that_cannot_be_sent_raw_and_refuses_raw_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "s.secret", "x");
+    let write = |extra: &str| {
+        let path = dir.path().join("colon.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nsocket = \"{}/t.sock\"\n[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"urn:billing\"\nclient_secret_file = \"{}\"\n{extra}\n",
+                dir.path().display(),
+                secret.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let auto = write("");
+    let (code, out, err) = tokend(&["check", "--config", &auto]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok, 1 client"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "{auto}: note: clients.billing.client_id: contains ':'"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("auth_method = \"post\""), "{err}");
+
+    let raw = write("basic_encoding = \"raw\"");
+    let (code, _, err) = tokend(&["check", "--config", &raw]);
+    assert_eq!(code, 78, "EX_CONFIG");
+    assert!(
+        err.contains("clients.billing.basic_encoding: the client id \"urn:billing\" contains ':'"),
+        "{err}"
+    );
+}
+
+#[test]
 fn authorize_help_keeps_its_example_a_paragraph_of_its_own() {
     let (code, out, _) = tokend(&["authorize", "--help"]);
     assert_eq!(code, 0);

@@ -316,6 +316,7 @@ async fn finish(
         false,
         config.refresh.default_lifetime,
         oauth::Redactor::default(),
+        &oauth::basic::Learned::new(name),
     )
     .await?;
     keep(name, rt_file, granted).await

@@ -117,7 +117,9 @@ pub async fn authorize(
             "set device_authorization_endpoint in [clients.{name}] (or issuer, when the provider's metadata names one)"
         ))
     })?;
-    // The client authenticates here as at the token endpoint (RFC 8628 section 3.1).
+    // The client authenticates here as at the token endpoint (RFC 8628 section 3.1); the Basic
+    // encoding the device endpoint accepts is the one the polls use.
+    let learned = oauth::basic::Learned::new(name);
     let sent = tokio::time::timeout(
         REQUEST_TIMEOUT,
         oauth::post_form(
@@ -127,6 +129,7 @@ pub async fn authorize(
             &[],
             true,
             Redactor::default(),
+            &learned,
         ),
     )
     .await
@@ -151,6 +154,7 @@ pub async fn authorize(
                     false,
                     config.refresh.default_lifetime,
                     Redactor::new([device_code]),
+                    &learned,
                 ),
             )
             .await

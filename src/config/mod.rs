@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::oauth::{
-    AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, ClientSettings, Grant,
-    SecretSource,
+    AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, BasicEncoding, ClientSettings,
+    Grant, SecretSource,
 };
 use crate::refresh::RefreshPolicy;
 use crate::serve::{call_limits, connections};
@@ -166,6 +166,8 @@ pub struct ClientTable {
     pub client_secret_credential: Option<String>,
     #[serde(default = "default_auth_method")]
     pub auth_method: AuthMethod,
+    /// With auth_method = "basic": "auto" (the default), "form" or "raw".
+    pub basic_encoding: Option<BasicEncoding>,
     #[serde(default = "default_grant")]
     pub grant: Grant,
     pub refresh_token_file: Option<PathBuf>,
@@ -240,6 +242,8 @@ pub struct ClientConfig {
     pub secret_keys: SecretKeys,
     /// Which of the keys that name the private key were set (validation wants at most one).
     pub client_key_keys: KeyKeys,
+    /// Whether `basic_encoding` was set (validation refuses it with another auth_method).
+    pub basic_encoding_set: bool,
     pub allow_insecure_http: bool,
     pub authorize_endpoint: Option<String>,
     pub device_authorization_endpoint: Option<String>,
@@ -309,6 +313,7 @@ impl From<ClientTable> for ClientConfig {
                 client_id: t.client_id,
                 secret,
                 auth_method: t.auth_method,
+                basic_encoding: t.basic_encoding.unwrap_or_default(),
                 grant: t.grant,
                 refresh_token_file: t.refresh_token_file,
                 scope: t.scope,
@@ -329,6 +334,7 @@ impl From<ClientTable> for ClientConfig {
             }),
             secret_keys,
             client_key_keys,
+            basic_encoding_set: t.basic_encoding.is_some(),
             allow_insecure_http: t.allow_insecure_http,
             authorize_endpoint: t.authorize_endpoint,
             device_authorization_endpoint: t.device_authorization_endpoint,

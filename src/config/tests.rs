@@ -373,3 +373,63 @@ fn an_issuer_names_the_token_endpoint_or_one_is_configured() {
     .unwrap_err();
     assert_eq!(err.key, "clients.billing.device_authorization_endpoint");
 }
+
+#[test]
+fn basic_encoding_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let c = load(&client_toml(&s, ""), &[]).unwrap();
+    assert_eq!(
+        c.clients["billing"].oauth.basic_encoding,
+        BasicEncoding::Auto
+    );
+    assert!(c.notes().is_empty());
+    let c = load(&client_toml(&s, "basic_encoding = \"raw\""), &[]).unwrap();
+    assert_eq!(
+        c.clients["billing"].oauth.basic_encoding,
+        BasicEncoding::Raw
+    );
+
+    let err = load(&client_toml(&s, "basic_encoding = \"plain\""), &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.basic_encoding");
+    assert!(
+        err.reason.contains("\"auto\", \"form\" or \"raw\""),
+        "{err}"
+    );
+
+    let err = load(
+        &client_toml(&s, "auth_method = \"post\"\nbasic_encoding = \"form\""),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "clients.billing.basic_encoding");
+    assert!(
+        err.reason
+            .contains("only used with auth_method = \"basic\""),
+        "{err}"
+    );
+
+    let colon = |extra: &str| {
+        format!(
+            "[clients.billing]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"urn:billing\"\nclient_secret_file = \"{}\"\n{extra}\n",
+            s.display()
+        )
+    };
+    let err = load(&colon("basic_encoding = \"raw\""), &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.basic_encoding");
+    assert!(err.reason.contains("cannot be sent raw"), "{err}");
+    let c = load(&colon(""), &[]).unwrap();
+    let notes = c.notes();
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].starts_with("clients.billing.client_id: "),
+        "{notes:?}"
+    );
+    assert!(notes[0].contains("cannot be sent raw"), "{notes:?}");
+    assert!(
+        load(&colon("basic_encoding = \"form\""), &[])
+            .unwrap()
+            .notes()
+            .is_empty()
+    );
+}

@@ -394,6 +394,8 @@ impl ClientConfig {
         self.validate_key_files()?;
         self.validate_assertion()?;
         self.validate_tls()?;
+        self.validate_basic_encoding()
+            .map_err(|r| ("basic_encoding".to_string(), r))?;
         if self.oauth.auth_method == AuthMethod::None
             && self.oauth.grant == Grant::ClientCredentials
         {
@@ -449,6 +451,34 @@ impl ClientConfig {
                 .map_err(|e| ("issuer".to_string(), e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+impl ClientConfig {
+    /// `basic_encoding`: only with `auth_method = "basic"`, and one that can carry the id.
+    fn validate_basic_encoding(&self) -> Result<(), String> {
+        let o = &self.oauth;
+        if self.basic_encoding_set && o.auth_method != AuthMethod::Basic {
+            return Err(format!(
+                "only used with auth_method = \"basic\", not \"{}\"; remove it",
+                o.auth_method.as_str()
+            ));
+        }
+        crate::oauth::basic::check(o.basic_encoding, &o.client_id)
+    }
+}
+
+impl Config {
+    /// What works but an operator should know, for `tokend check`: `clients.NAME.KEY: note`.
+    pub fn notes(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.oauth.auth_method == AuthMethod::Basic)
+            .filter_map(|(name, c)| {
+                crate::oauth::basic::note(c.oauth.basic_encoding, &c.oauth.client_id)
+                    .map(|note| format!("clients.{name}.client_id: {note}"))
+            })
+            .collect()
     }
 }
 

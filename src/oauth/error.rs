@@ -55,6 +55,11 @@ pub enum FetchError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Discovery(#[from] super::discovery::DiscoveryError),
+    /// `basic_encoding = "auto"`: the Basic header was refused RFC 6749 form-encoded and raw.
+    #[error(
+        "{0}; the client id and secret were sent in the Basic header both ways (RFC 6749 form-encoded, then raw) and refused both times: check client_id and the secret, or set auth_method = \"post\" to send them in the form body"
+    )]
+    BasicRefused(Box<FetchError>),
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -71,6 +76,7 @@ const OPERATOR_ERRORS: &[&str] = &[
 impl FetchError {
     pub fn kind(&self) -> FailureKind {
         match self {
+            FetchError::BasicRefused(e) => e.kind(),
             FetchError::OAuth { status, error, .. } => {
                 if OPERATOR_ERRORS.contains(&error.error.as_str()) {
                     FailureKind::NeedsOperator
@@ -102,6 +108,7 @@ impl FetchError {
     /// missing, or the provider rejected it (revoked, expired or already used).
     pub fn needs_reauthorization(&self) -> bool {
         match self {
+            FetchError::BasicRefused(e) => e.needs_reauthorization(),
             FetchError::NoRefreshToken(e) => !e.is_transient(),
             FetchError::OAuth { error, .. } => error.error == "invalid_grant",
             _ => false,
@@ -111,6 +118,7 @@ impl FetchError {
     /// A short, bounded label for metrics: the OAuth error code, `http_NNN`, or the kind.
     pub fn label(&self) -> String {
         match self {
+            FetchError::BasicRefused(e) => e.label(),
             FetchError::OAuth { error, .. } => error
                 .error
                 .chars()
@@ -140,6 +148,7 @@ impl FetchError {
     /// The delay the endpoint asked for with `Retry-After`, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
+            FetchError::BasicRefused(e) => e.retry_after(),
             FetchError::OAuth { retry_after, .. } | FetchError::Status { retry_after, .. } => {
                 *retry_after
             }

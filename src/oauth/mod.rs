@@ -27,6 +27,7 @@ mod source;
 pub mod tls;
 mod unsaved;
 
+pub use client_auth::basic::{self, BasicEncoding};
 pub use client_auth::{
     AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, KeyError, basic_authorization,
     key_file,

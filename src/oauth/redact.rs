@@ -52,20 +52,24 @@ impl Redactor {
     }
 
     /// Adds client credentials as `client_secret_basic` sends them: the secret itself (see
-    /// [`Redactor::add`]), base64 of `id:secret` with and without RFC 6749 form-encoding, and
-    /// the whole `Authorization` header value.
+    /// [`Redactor::add`]), base64 of `id:secret` raw and RFC 6749 form-encoded (a space as
+    /// `%20`, as sent, and as `+`), and the whole `Authorization` header value both ways.
     pub fn add_client_credentials(&mut self, client_id: &str, secret: &str) {
+        use super::basic::{Sent, authorization, pair};
         self.add(secret);
         let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         for pair in [
-            format!("{client_id}:{secret}"),
+            pair(Sent::Raw, client_id, secret),
+            pair(Sent::Form, client_id, secret),
             format!("{}:{}", encode(client_id), encode(secret)),
         ] {
             for b64 in base64_forms(&pair) {
                 self.push(b64);
             }
         }
-        self.push(super::basic_authorization(client_id, secret));
+        for sent in [Sent::Form, Sent::Raw] {
+            self.push(authorization(sent, client_id, secret));
+        }
     }
 
     fn push(&mut self, needle: String) {
@@ -204,6 +208,12 @@ mod tests {
             b64("s3 cr+t/é"),
             b64("my app:s3 cr+t/é"),
             b64("my+app:s3+cr%2Bt%2F%C3%A9"),
+            b64("my%20app:s3%20cr%2Bt%2F%C3%A9"),
+            super::super::basic::authorization(
+                super::super::basic::Sent::Raw,
+                "my app",
+                "s3 cr+t/é",
+            ),
             header.clone(),
             header.trim_start_matches("Basic ").to_string(),
         ] {

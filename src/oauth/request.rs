@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::client_auth::assertion::{self, ASSERTION_TYPE};
-use super::client_auth::{AuthMethod, basic_authorization};
+use super::client_auth::{AuthMethod, basic};
 use super::settings::{ClientSettings, SecretSource};
 use super::{FetchError, MAX_REPLY_BYTES, Redactor, TokenReply, parse_retry_after, reply};
 use crate::secret::{self, ExposeSecret, SecretString};
@@ -27,6 +27,11 @@ const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier", "
 /// configured scope (only client credentials ask for it at the token endpoint; other grants
 /// carry the scope settled at the authorization endpoint). Provider text in the outcome has
 /// every credential of the request redacted, as well as those `redactor` already holds.
+/// `learned`: the Basic header encoding this client's provider accepted (see [`basic`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one distinct input of the request; a struct would only rename them"
+)]
 pub async fn request_token(
     http: &reqwest::Client,
     c: &ClientSettings,
@@ -35,9 +40,10 @@ pub async fn request_token(
     with_scope: bool,
     default_lifetime: Duration,
     redactor: Redactor,
+    learned: &basic::Learned,
 ) -> Result<Granted, FetchError> {
     let (body, content_type, mut redactor) =
-        post_form(http, c, endpoint, grant, with_scope, redactor).await?;
+        post_form(http, c, endpoint, grant, with_scope, redactor, learned).await?;
     let obj = reply::parse_object(&body, &content_type, &redactor)?;
     let refresh_token = reply::refresh_token(&obj)?;
     if let Some(rt) = &refresh_token {
@@ -76,6 +82,7 @@ pub async fn post_form(
     grant: &[(&str, &str)],
     with_scope: bool,
     mut redactor: Redactor,
+    learned: &basic::Learned,
 ) -> Result<(Vec<u8>, String, Redactor), FetchError> {
     let secret = match &c.secret {
         Some(SecretSource::File(path)) => Some(secret::read_file_async(path).await?),
@@ -85,7 +92,18 @@ pub async fn post_form(
     let assertion = assertion::for_request(c, endpoint, secret.as_ref()).await?;
     let jwt = assertion.as_ref().map(|a| &a.jwt);
     let body = form_body(c, secret.as_ref(), jwt, grant, with_scope);
-    let mut request = http
+    if let Some(secret) = &secret {
+        redactor.add_client_credentials(&c.client_id, secret.expose_secret());
+    }
+    if let Some(jwt) = jwt {
+        redactor.add(jwt.expose_secret());
+    }
+    for (key, value) in grant {
+        if CREDENTIAL_PARAMS.contains(key) {
+            redactor.add(value);
+        }
+    }
+    let request = http
         .post(endpoint)
         .header(
             reqwest::header::CONTENT_TYPE,
@@ -93,12 +111,44 @@ pub async fn post_form(
         )
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body);
-    if let (AuthMethod::Basic, Some(secret)) = (c.auth_method, &secret) {
-        request = request.header(
-            reqwest::header::AUTHORIZATION,
-            basic_authorization(&c.client_id, secret.expose_secret()),
-        );
+    let answer = match (c.auth_method, &secret) {
+        (AuthMethod::Basic, Some(secret)) => {
+            let (request, redactor) = (&request, &redactor);
+            basic::send(
+                c.basic_encoding,
+                learned,
+                &c.client_id,
+                secret.expose_secret(),
+                move |header| {
+                    let mut value = reqwest::header::HeaderValue::try_from(header)
+                        .expect("base64 is a valid header value");
+                    value.set_sensitive(true);
+                    let request = request
+                        .try_clone()
+                        .expect("a request with a String body clones")
+                        .header(reqwest::header::AUTHORIZATION, value);
+                    exchange(request, redactor)
+                },
+            )
+            .await
+        }
+        _ => exchange(request, &redactor).await,
+    };
+    match answer {
+        Ok((content_type, body)) => Ok((body, content_type, redactor)),
+        Err(error) => Err(match &assertion {
+            Some(made) => assertion::explain_refusal(c, made, error),
+            None => error,
+        }),
     }
+}
+
+/// Sends `request` and reads the reply within the size cap: its content type and body when
+/// the status is a success, the OAuth error (redacted) or the bare status otherwise.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    redactor: &Redactor,
+) -> Result<(String, Vec<u8>), FetchError> {
     let mut response = request
         .send()
         .await
@@ -126,19 +176,8 @@ pub async fn post_form(
         }
         body.extend_from_slice(&chunk);
     }
-    if let Some(secret) = &secret {
-        redactor.add_client_credentials(&c.client_id, secret.expose_secret());
-    }
-    if let Some(jwt) = jwt {
-        redactor.add(jwt.expose_secret());
-    }
-    for (key, value) in grant {
-        if CREDENTIAL_PARAMS.contains(key) {
-            redactor.add(value);
-        }
-    }
     if !status.is_success() {
-        let error = match reply::parse_error(&body, &redactor) {
+        return Err(match reply::parse_error(&body, redactor) {
             Some(error) => FetchError::OAuth {
                 status: status.as_u16(),
                 error,
@@ -148,13 +187,9 @@ pub async fn post_form(
                 status: status.as_u16(),
                 retry_after,
             },
-        };
-        return Err(match &assertion {
-            Some(made) => assertion::explain_refusal(c, made, error),
-            None => error,
         });
     }
-    Ok((body, content_type, redactor))
+    Ok((content_type, body))
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`
@@ -245,6 +280,7 @@ mod tests {
             client_cert: None,
             ca_file: None,
             assertion: Default::default(),
+            basic_encoding: Default::default(),
         };
         let secret = SecretString::from("s&=cret".to_string());
         let secret = Some(&secret);

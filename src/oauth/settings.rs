@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::client_auth::basic::BasicEncoding;
 use super::client_auth::{AssertionSettings, AuthMethod};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -58,6 +59,8 @@ pub struct ClientSettings {
     /// The client secret, for the methods that use one ([`AuthMethod::uses_secret`]).
     pub secret: Option<SecretSource>,
     pub auth_method: AuthMethod,
+    /// How `client_secret_basic` encodes id and secret in the header.
+    pub basic_encoding: BasicEncoding,
     pub grant: Grant,
     /// Where the refresh token is kept (refresh-token grant only).
     pub refresh_token_file: Option<PathBuf>,

@@ -11,7 +11,7 @@ use super::budget::EndpointLimiter;
 use super::discovery::{self, DiscoveryError, Metadata};
 use super::request::request_token;
 use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
-use super::{FetchError, Redactor, TokenReply, inflight, unsaved};
+use super::{FetchError, Redactor, TokenReply, basic, inflight, unsaved};
 use crate::metrics::METRICS;
 use crate::secret::{self, AccessToken, ExposeSecret, SecretError};
 
@@ -76,6 +76,8 @@ struct Inner {
     metadata: std::sync::Mutex<Option<Arc<Metadata>>>,
     /// Whether the provider's list of auth methods without this client's was warned about.
     warned_auth_method: std::sync::atomic::AtomicBool,
+    /// The Basic header encoding the provider accepted (`basic_encoding = "auto"`).
+    basic: basic::Learned,
 }
 
 impl HttpTokenSource {
@@ -98,6 +100,7 @@ impl HttpTokenSource {
                 last_access_token: std::sync::Mutex::new(None),
                 metadata: std::sync::Mutex::new(None),
                 warned_auth_method: std::sync::atomic::AtomicBool::new(false),
+                basic: basic::Learned::new(name),
             }),
         }
     }
@@ -375,6 +378,7 @@ impl Inner {
                     with_scope,
                     self.default_lifetime,
                     redactor,
+                    &self.basic,
                 )
                 .await
             }
@@ -441,6 +445,7 @@ mod tests {
             client_id: "a".into(),
             secret: Some(SecretSource::Env("X".into())),
             auth_method: AuthMethod::Basic,
+            basic_encoding: Default::default(),
             grant: Grant::ClientCredentials,
             refresh_token_file: None,
             scope: None,

@@ -463,6 +463,7 @@ EYTK/UHoZ20hY/Wu/VEDCp3esNQDFug=
             client_cert: Some(dir.join("client.pem")),
             ca_file: None,
             assertion: Default::default(),
+            basic_encoding: Default::default(),
         }
     }
 

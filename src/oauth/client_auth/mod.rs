@@ -1,15 +1,16 @@
 //! How a client proves who it is to the token endpoint.
 
-use base64::Engine;
 use serde::Deserialize;
 
 mod alg;
 pub mod assertion;
+pub mod basic;
 mod key;
 pub mod key_file;
 
 pub use alg::AssertionAlg;
 pub use assertion::{AssertionAudience, AssertionSettings};
+pub use basic::basic_authorization;
 pub use key::KeyError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -109,48 +110,5 @@ impl TryFrom<String> for AuthMethod {
                     names.join(", ")
                 )
             })
-    }
-}
-
-/// `client_secret_basic` as RFC 6749 section 2.3.1 specifies: id and secret each
-/// form-urlencoded, joined by `:`, then base64. Encoding first is what lets an id or secret
-/// contain `:`; many clients skip it and fail against strict servers.
-pub fn basic_authorization(client_id: &str, secret: &str) -> String {
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", encode(client_id), encode(secret));
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode_basic(header: &str) -> String {
-        let b64 = header.strip_prefix("Basic ").unwrap();
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn basic_auth_form_encodes_before_base64() {
-        assert_eq!(
-            decode_basic(&basic_authorization("plain", "secret")),
-            "plain:secret"
-        );
-        assert_eq!(
-            decode_basic(&basic_authorization("id:with:colons", "p+a%s:s")),
-            "id%3Awith%3Acolons:p%2Ba%25s%3As"
-        );
-        assert_eq!(
-            decode_basic(&basic_authorization("ïd", "sé cret")),
-            "%C3%AFd:s%C3%A9+cret"
-        );
     }
 }

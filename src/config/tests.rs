@@ -433,3 +433,63 @@ fn basic_encoding_is_checked() {
             .is_empty()
     );
 }
+
+/// The example file's commented-out client tables (`# [clients.NAME]` and the `# key = value` lines
+/// under it), uncommented: what an operator gets by removing the `# `.
+fn uncommented_examples(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        if line.starts_with("# [clients.") {
+            in_table = true;
+        } else if !(in_table && line.starts_with("# ") && !line.starts_with("# #")) {
+            in_table &= line.starts_with("# #");
+            continue;
+        }
+        let toml = &line[2..];
+        // A table's prose ends it: only `key = value` lines are config.
+        if !toml.starts_with('[') && !toml.contains(" = ") {
+            in_table = false;
+            continue;
+        }
+        out.push_str(toml);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn example_config_commented_tables_parse() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokend.toml"))
+            .unwrap();
+    let (_, others) = text
+        .split_once("# ---- Other ways")
+        .expect("the example file has a section of other clients");
+    let examples = uncommented_examples(others);
+    // Parsed, not validated: the files they name do not exist here.
+    let config: Config = config::Config::builder()
+        .add_source(config::File::from_str(&examples, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap_or_else(|e| panic!("{e}\n{examples}"));
+    let methods: Vec<_> = config
+        .clients
+        .values()
+        .map(|c| c.oauth.auth_method.as_str())
+        .collect();
+    for method in [
+        "client_secret_basic",
+        "none",
+        "private_key_jwt",
+        "client_secret_jwt",
+        "tls_client_auth",
+    ] {
+        assert!(
+            methods.contains(&method),
+            "{method} in {methods:?}\n{examples}"
+        );
+    }
+    assert!(config.clients.values().any(|c| c.oauth.issuer.is_some()));
+}

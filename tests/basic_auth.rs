@@ -180,7 +180,8 @@ async fn node_oauth2_server_gets_the_raw_header_after_one_refusal_and_keeps_it()
 /// answers anything else with the 401 its table lists ("Invalid Basic Auth encoding").
 struct RawServer {
     url: String,
-    seen: Arc<Mutex<Vec<String>>>,
+    /// The Authorization header and the body of each request.
+    seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl RawServer {
@@ -205,11 +206,26 @@ impl RawServer {
 
     /// The Authorization header of each request so far.
     fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// The body of each request so far.
+    fn bodies(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 }
 
-async fn answer(mut stream: TcpStream, expected: String, seen: Arc<Mutex<Vec<String>>>) {
+async fn answer(mut stream: TcpStream, expected: String, seen: Arc<Mutex<Vec<(String, String)>>>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     // Headers, then the body of its Content-Length (small: a form with a grant type).
@@ -239,7 +255,8 @@ async fn answer(mut stream: TcpStream, expected: String, seen: Arc<Mutex<Vec<Str
     let authorization = header("authorization").unwrap_or_default();
     let count = {
         let mut seen = seen.lock().unwrap();
-        seen.push(authorization.clone());
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string();
+        seen.push((authorization.clone(), body));
         seen.len()
     };
     let (status, content_type, body) = if authorization.as_bytes() == expected.as_bytes() {
@@ -361,4 +378,40 @@ async fn form_fails_against_a_raw_server_with_one_request_and_raw_works() {
     let (h, _dir) = in_process(|s| client(&raw.url, s, "basic_encoding = \"raw\""), SECRET).await;
     assert_eq!(h.get("app", 0).await.unwrap().access_token, "raw-1");
     assert_eq!(raw.seen().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_token_refused_with_the_form_header_is_sent_again_raw_and_settled() {
+    let raw = RawServer::start(CLIENT_ID, SECRET).await;
+    let (h, dir) = in_process(
+        |s| {
+            let rt = secret_file(s.parent().unwrap(), "app.rt", "rt-1");
+            client(
+                &raw.url,
+                s,
+                &format!(
+                    "grant = \"refresh_token\"\nrefresh_token_file = \"{}\"",
+                    rt.display()
+                ),
+            )
+        },
+        SECRET,
+    )
+    .await;
+    let rt = dir.path().join("app.rt");
+    let token = eventually(Duration::from_secs(60), "a token", || async {
+        h.get("app", 0).await.ok()
+    })
+    .await;
+    assert_eq!(token.access_token, "raw-2");
+    // Client authentication failed before the grant was looked at: the same refresh token
+    // goes again, and the request is settled (no in-flight marker left to wait on).
+    let bodies = raw.bodies();
+    assert_eq!(bodies.len(), 2);
+    assert!(
+        bodies.iter().all(|b| b.contains("refresh_token=rt-1")),
+        "{bodies:?}"
+    );
+    assert!(!rt.with_file_name("app.rt.inflight").exists());
+    assert_eq!(std::fs::read_to_string(&rt).unwrap().trim(), "rt-1");
 }

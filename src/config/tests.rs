@@ -493,3 +493,17 @@ fn example_config_commented_tables_parse() {
     }
     assert!(config.clients.values().any(|c| c.oauth.issuer.is_some()));
 }
+
+#[test]
+fn a_client_key_on_a_method_without_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let key = format!("client_key_file = \"{}\"", s.display());
+    let err = load(&client_toml(&s, &key), &[]).unwrap_err();
+    assert_eq!(err.key, "clients.billing.client_key_file");
+    assert!(
+        err.reason
+            .contains("only used with auth_method = \"private_key_jwt\""),
+        "{err}"
+    );
+}

@@ -427,6 +427,23 @@ impl ClientConfig {
         } else {
             "client_key_file"
         };
+        let method = o.auth_method;
+        // client_secret_jwt has its own message (the secret signs): see `validate_assertion`.
+        if o.client_key.is_some()
+            && !(method.uses_tls()
+                || matches!(
+                    method,
+                    AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt
+                ))
+        {
+            return Err((
+                key_key.to_string(),
+                format!(
+                    "only used with auth_method = \"private_key_jwt\", \"tls_client_auth\" or \"self_signed_tls_client_auth\", not \"{}\"; remove it",
+                    method.as_str()
+                ),
+            ));
+        }
         for (key, path) in [
             (key_key, &o.client_key),
             ("client_cert_file", &o.client_cert),

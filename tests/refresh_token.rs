@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::browser::approve_until_redirect;
 use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, jwt_claims, secret_file};
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
 use tonic::Code;
@@ -77,61 +78,6 @@ fn finish_authorize(child: Child) -> String {
     stderr
 }
 
-/// A person at a browser: follows redirects with cookies, signs in and consents on
-/// oidc-provider's pages, and stops at the redirect URI, which it opens (tokend's listener).
-async fn approve_in_browser(start: &str, redirect_uri: &str) {
-    let http = tokend::testing::http_client();
-    let mut cookies: HashMap<String, String> = HashMap::new();
-    let mut url = reqwest::Url::parse(start).unwrap();
-    let mut form: Option<Vec<(&str, &str)>> = None;
-    for _ in 0..20 {
-        let cookie = cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let request = match form.take() {
-            Some(fields) => http
-                .post(url.clone())
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(
-                    form_urlencoded::Serializer::new(String::new())
-                        .extend_pairs(fields)
-                        .finish(),
-                ),
-            None => http.get(url.clone()),
-        };
-        let response = request.header("Cookie", cookie).send().await.unwrap();
-        for value in response.headers().get_all("set-cookie") {
-            let pair = value.to_str().unwrap().split(';').next().unwrap();
-            if let Some((k, v)) = pair.split_once('=') {
-                cookies.insert(k.to_string(), v.to_string());
-            }
-        }
-        if response.status().is_redirection() {
-            let location = response.headers()["location"].to_str().unwrap().to_string();
-            url = url.join(&location).unwrap();
-            if url.as_str().starts_with(redirect_uri) {
-                let done = http.get(url).send().await.unwrap();
-                assert!(
-                    done.status().is_success(),
-                    "redirect URI answered {}",
-                    done.status()
-                );
-                return;
-            }
-            continue;
-        }
-        let page = response.text().await.unwrap();
-        form = Some(if page.contains("name=\"password\"") {
-            vec![("prompt", "login"), ("login", "alice"), ("password", "any")]
-        } else {
-            vec![("prompt", "consent")]
-        });
-    }
-    panic!("the provider's pages did not lead to the redirect URI");
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -179,7 +125,7 @@ async fn authorize_once_then_rotate_refresh_tokens_many_times() {
         .into_owned()
         .collect();
     assert_eq!(query["code_challenge_method"], "S256");
-    approve_in_browser(&url, &redirect_uri).await;
+    approve_until_redirect(&url, &redirect_uri).await;
     let said = finish_authorize(child);
     assert!(said.contains("refresh token stored"), "{said}");
     assert_eq!(mode(&rt_file), 0o600);
@@ -502,7 +448,7 @@ async fn grant_survives_forty_sigkills_at_random_moments() {
     )
     .unwrap();
     let (child, url) = start_authorize(&config, "web");
-    approve_in_browser(&url, &redirect_uri).await;
+    approve_until_redirect(&url, &redirect_uri).await;
     finish_authorize(child);
 
     let serve = |log: &Path| {

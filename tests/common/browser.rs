@@ -14,6 +14,16 @@ pub enum Answer {
 
 /// Opens `start` and answers every page; returns the last page's text.
 pub async fn answer_pages(start: &str, answer: Answer) -> String {
+    walk(start, answer, None).await
+}
+
+/// Opens `start`, signs in and consents, and stops at the redirect to `redirect_uri`, which it
+/// opens (tokend's listener) and expects to answer with success; returns that page's text.
+pub async fn approve_until_redirect(start: &str, redirect_uri: &str) -> String {
+    walk(start, Answer::Approve, Some(redirect_uri)).await
+}
+
+async fn walk(start: &str, answer: Answer, redirect_uri: Option<&str>) -> String {
     let http = tokend::testing::http_client();
     let mut cookies: HashMap<String, String> = HashMap::new();
     let mut url = reqwest::Url::parse(start).unwrap();
@@ -46,6 +56,17 @@ pub async fn answer_pages(start: &str, answer: Answer) -> String {
         if response.status().is_redirection() {
             let location = response.headers()["location"].to_str().unwrap().to_string();
             url = url.join(&location).unwrap();
+            if let Some(redirect_uri) = redirect_uri
+                && url.as_str().starts_with(redirect_uri)
+            {
+                let done = http.get(url).send().await.unwrap();
+                assert!(
+                    done.status().is_success(),
+                    "redirect URI answered {}",
+                    done.status()
+                );
+                return done.text().await.unwrap();
+            }
             continue;
         }
         let page = response.text().await.unwrap();

@@ -12,6 +12,7 @@ use super::discovery::{self, DiscoveryError, Metadata};
 use super::request::request_token;
 use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
 use super::{FetchError, Redactor, TokenReply, basic, inflight, unsaved};
+use crate::host::file_stamp::FileStamp;
 use crate::metrics::METRICS;
 use crate::secret::{self, AccessToken, ExposeSecret, SecretError};
 
@@ -141,7 +142,6 @@ impl TokenSource for HttpTokenSource {
 
     fn credentials_stamp(&self) -> Option<u64> {
         use std::hash::{Hash, Hasher};
-        use std::os::unix::fs::MetadataExt;
         let c = &self.inner.client;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let secret_file = match &c.secret {
@@ -158,20 +158,7 @@ impl TokenSource for HttpTokenSource {
         .map(|p| p.as_path())
         .chain(super::tls::watched_files(c))
         {
-            std::fs::metadata(path)
-                .ok()
-                // ctime too: a `chmod` that repairs a file's mode changes nothing else.
-                .map(|m| {
-                    (
-                        m.ino(),
-                        m.size(),
-                        m.mtime(),
-                        m.mtime_nsec(),
-                        m.ctime(),
-                        m.ctime_nsec(),
-                    )
-                })
-                .hash(&mut hasher);
+            FileStamp::of(path).hash(&mut hasher);
         }
         Some(hasher.finish())
     }

@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretSlice};
 
 use super::settings::ClientSettings;
+use crate::host::file_stamp::FileStamp;
 use crate::host::offload::{self, Stalled};
 use crate::secret::{self, SecretError};
 
@@ -119,27 +120,12 @@ impl Files {
     }
 }
 
-/// Which version of the files a client was built from; `None` for a file that cannot be
-/// `stat`ed (reading it will say why).
-type Stamp = Vec<Option<(u64, u64, u64, i64, i64, i64, i64)>>;
+/// Which version of the files a client was built from (`None` for a file that cannot be
+/// `stat`ed: reading it will say why).
+type Stamp = Vec<Option<FileStamp>>;
 
 fn stamp(files: &Files) -> Stamp {
-    files
-        .paths()
-        .map(|p| {
-            std::fs::metadata(p).ok().map(|m| {
-                (
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                )
-            })
-        })
-        .collect()
+    files.paths().map(FileStamp::of).collect()
 }
 
 /// The files the refresher watches to retry a client stuck on rejected credentials as soon as

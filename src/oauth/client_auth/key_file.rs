@@ -7,41 +7,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::key::{ClientKey, KeyError};
+use crate::host::file_stamp::FileStamp;
 use crate::host::offload;
 use crate::secret::{self, ExposeSecret, SecretError};
-
-/// What identifies one version of a file: a replaced file (rename over it: a new inode) or one
-/// rewritten in place (size, mtime) parses anew, and so does a chmod or chown (ctime), so that
-/// a key made readable to others is refused from the next request on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp([i64; 7]);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(path).ok()?;
-    Some(Stamp([
-        m.dev() as i64,
-        m.ino() as i64,
-        m.size() as i64,
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    ]))
-}
 
 /// Parsed keys by file, each with the stamp of the version it was parsed from. One entry per
 /// key file the config names (clients that share a file share its entry).
 static PARSED: Mutex<BTreeMap<PathBuf, Parsed>> = Mutex::new(BTreeMap::new());
 
 struct Parsed {
-    stamp: Stamp,
+    stamp: FileStamp,
     key: Arc<ClientKey>,
 }
 
 /// Reads and parses the key at `path`, or returns the one parsed from the same version of it.
 pub fn load(path: &Path) -> Result<Arc<ClientKey>, KeyError> {
-    let before = stamp(path);
+    let before = FileStamp::of(path);
     let cached = PARSED
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -245,16 +245,7 @@ async fn authorize(path: &Path, client: &str, code: Option<String>, timeout: Dur
         })
         .await,
     };
-    match result {
-        Ok(file) => {
-            eprintln!(
-                "Authorized {client:?}: refresh token stored in {}; a running tokend picks it up within seconds.",
-                file.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
-    }
+    authorized(client, result)
 }
 
 async fn authorize_device(path: &Path, client: &str) -> ExitCode {
@@ -275,6 +266,11 @@ async fn authorize_device(path: &Path, client: &str) -> ExitCode {
         eprintln!("Waiting for the approval...");
     })
     .await;
+    authorized(client, result)
+}
+
+/// How `tokend authorize` ends, whichever flow it ran.
+fn authorized(client: &str, result: Result<PathBuf, impl std::fmt::Display>) -> ExitCode {
     match result {
         Ok(file) => {
             eprintln!(

@@ -260,27 +260,14 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oauth::Grant;
 
     #[test]
     fn form_body_per_auth_method() {
         let mut c = ClientSettings {
-            token_endpoint: Some("https://x/token".into()),
-            client_id: "my id".into(),
             secret: Some(SecretSource::Env("X".into())),
-            auth_method: AuthMethod::Post,
-            grant: Grant::ClientCredentials,
-            refresh_token_file: None,
             scope: Some("a b".into()),
-            audience: None,
-            resource: None,
             extra_params: [("foo".to_string(), "bar".to_string())].into(),
-            issuer: None,
-            client_key: None,
-            client_cert: None,
-            ca_file: None,
-            assertion: Default::default(),
-            basic_encoding: Default::default(),
+            ..ClientSettings::for_tests("https://x/token", "my id", AuthMethod::Post)
         };
         let secret = SecretString::from("s&=cret".to_string());
         let secret = Some(&secret);

@@ -428,22 +428,12 @@ mod tests {
     #[test]
     fn metrics_name_the_endpoint_without_credentials_or_query() {
         let c = ClientSettings {
-            token_endpoint: Some("https://user:pw@idp.example.com/oauth/token?key=k#f".into()),
-            client_id: "a".into(),
             secret: Some(SecretSource::Env("X".into())),
-            auth_method: AuthMethod::Basic,
-            basic_encoding: Default::default(),
-            grant: Grant::ClientCredentials,
-            refresh_token_file: None,
-            scope: None,
-            audience: None,
-            resource: None,
-            extra_params: Default::default(),
-            issuer: None,
-            client_key: None,
-            client_cert: None,
-            ca_file: None,
-            assertion: Default::default(),
+            ..ClientSettings::for_tests(
+                "https://user:pw@idp.example.com/oauth/token?key=k#f",
+                "a",
+                AuthMethod::Basic,
+            )
         };
         let source = HttpTokenSource::new(
             http_client(),

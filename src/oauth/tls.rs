@@ -415,7 +415,7 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oauth::{AuthMethod, Grant};
+    use crate::oauth::AuthMethod;
     use std::os::unix::fs::PermissionsExt;
 
     /// A CA certificate (public; its key was thrown away).
@@ -434,22 +434,9 @@ EYTK/UHoZ20hY/Wu/VEDCp3esNQDFug=
 
     fn settings(method: AuthMethod, dir: &Path) -> ClientSettings {
         ClientSettings {
-            token_endpoint: Some("https://127.0.0.1/token".into()),
-            client_id: "c".into(),
-            secret: None,
-            auth_method: method,
-            grant: Grant::ClientCredentials,
-            refresh_token_file: None,
-            scope: None,
-            audience: None,
-            resource: None,
-            extra_params: Default::default(),
-            issuer: None,
             client_key: Some(dir.join("client.key")),
             client_cert: Some(dir.join("client.pem")),
-            ca_file: None,
-            assertion: Default::default(),
-            basic_encoding: Default::default(),
+            ..ClientSettings::for_tests("https://127.0.0.1/token", "c", method)
         }
     }
 

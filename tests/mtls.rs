@@ -239,6 +239,19 @@ fn provider(pki: &Pki) -> OidcServer {
 }
 
 /// A `[clients.NAME]` table for an mTLS client; `ca` adds `ca_file`.
+/// A client of each mTLS method: "tls" (CA-issued certificate) and "self" (self-signed).
+fn both_methods(idp: &OidcServer) -> String {
+    table("tls", idp, "tls_client_auth", "tls-client", "client", true)
+        + &table(
+            "self",
+            idp,
+            "self_signed_tls_client_auth",
+            "self-client",
+            "self",
+            true,
+        )
+}
+
 fn table(
     name: &str,
     idp: &OidcServer,
@@ -331,15 +344,7 @@ async fn both_mtls_methods_get_certificate_bound_tokens_and_pick_up_a_rotated_ce
     let (dir, pki) = tls_setup();
     pki.client("next", None);
     let idp = provider(&pki);
-    let clients = table("tls", &idp, "tls_client_auth", "tls-client", "client", true)
-        + &table(
-            "self",
-            &idp,
-            "self_signed_tls_client_auth",
-            "self-client",
-            "self",
-            true,
-        );
+    let clients = both_methods(&idp);
     let d = Daemon::start_in(dir, &clients).await;
     let mut rpc = d.client().await;
 
@@ -465,15 +470,7 @@ async fn bad_key_files_are_named_at_check_and_at_run_time() {
     let (dir, pki) = tls_setup();
     pki.client("other", None);
     let idp = provider(&pki);
-    let clients = table("tls", &idp, "tls_client_auth", "tls-client", "client", true)
-        + &table(
-            "self",
-            &idp,
-            "self_signed_tls_client_auth",
-            "self-client",
-            "self",
-            true,
-        );
+    let clients = both_methods(&idp);
     let d = Daemon::start_in(dir, &clients).await;
     let mut rpc = d.client().await;
     let tls = rpc.get_token(get("tls")).await.unwrap().into_inner();

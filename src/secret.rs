@@ -274,6 +274,14 @@ pub fn write_file_durably(path: &Path, content: &str) -> Result<(), SecretError>
     })
 }
 
+/// A short, stable, non-reversible identifier of a token for logs and messages: the first 8
+/// hex digits of its SHA-256.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// An access token. Its `Debug` shows only a fingerprint, so it can sit in structs that are
 /// logged or printed without leaking. Clones share the text: the published token and the copy
 /// the token source keeps to redact echoes of it are one allocation, not two (a 1 KiB token
@@ -290,11 +298,9 @@ impl AccessToken {
         &self.0
     }
 
-    /// A short, stable, non-reversible identifier for logs: the first 8 hex digits of SHA-256.
+    /// A short, stable, non-reversible identifier for logs ([`fingerprint`]).
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(self.0.as_bytes());
-        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+        fingerprint(&self.0)
     }
 }
 

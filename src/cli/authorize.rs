@@ -308,12 +308,18 @@ async fn finish(
     // An mTLS client presents its certificate for the code exchange too.
     let http = super::endpoints::client_http(name, c).await?;
     let token_endpoint = super::endpoints::resolve(c, &http).await?.token;
+    let federated = oauth::federated::read_for_client(&c.oauth, config.refresh.request_timeout)
+        .await
+        .map_err(oauth::FetchError::from)?;
     let granted = oauth::request_token(
         &http,
         &c.oauth,
         &token_endpoint,
-        &grant,
-        false,
+        oauth::Carried {
+            grant: &grant,
+            with_scope: false,
+            federated: federated.as_ref(),
+        },
         config.refresh.default_lifetime,
         oauth::Redactor::default(),
         &oauth::basic::Learned::new(name),

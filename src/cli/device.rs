@@ -120,14 +120,26 @@ pub async fn authorize(
     // The client authenticates here as at the token endpoint (RFC 8628 section 3.1); the Basic
     // encoding the device endpoint accepts is the one the polls use.
     let learned = oauth::basic::Learned::new(name);
+    // A federated client assertion is read anew for each request, as the daemon does.
+    let federated = || async {
+        oauth::federated::read_for_client(&c.oauth, REQUEST_TIMEOUT)
+            .await
+            .map_err(FetchError::from)
+    };
+    let presented = federated()
+        .await
+        .map_err(|e| DeviceError::Request(answer(&e)))?;
     let sent = tokio::time::timeout(
         REQUEST_TIMEOUT,
         oauth::post_form(
             &http,
             &c.oauth,
             &device_endpoint,
-            &[],
-            true,
+            oauth::Carried {
+                grant: &[],
+                with_scope: true,
+                federated: presented.as_ref(),
+            },
             Redactor::default(),
             &learned,
         ),
@@ -144,14 +156,18 @@ pub async fn authorize(
     ];
     let granted = poll(
         || async {
+            let presented = federated().await?;
             tokio::time::timeout(
                 REQUEST_TIMEOUT,
                 oauth::request_token(
                     &http,
                     &c.oauth,
                     &endpoints.token,
-                    &params,
-                    false,
+                    oauth::Carried {
+                        grant: &params,
+                        with_scope: false,
+                        federated: presented.as_ref(),
+                    },
                     config.refresh.default_lifetime,
                     Redactor::new([device_code]),
                     &learned,

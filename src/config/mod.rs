@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::oauth::federated::{
+    CredentialSource, Federated, JWT_TOKEN_TYPE, TypedSource, token_type,
+};
 use crate::oauth::{
     AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, BasicEncoding, ClientSettings,
     Grant, SecretSource,
@@ -24,6 +27,7 @@ use crate::serve::{call_limits, connections};
 
 mod assertion;
 mod error;
+mod federated;
 mod load;
 #[cfg(test)]
 mod tests;
@@ -226,6 +230,23 @@ pub struct ClientTable {
     pub client_assertion_alg: Option<AssertionAlg>,
     /// ...and their `aud`: unset for the token endpoint, "issuer" for the issuer, or a value.
     pub client_assertion_audience: Option<String>,
+    /// grant = "token_exchange": the subject token's file or command (argv, no shell)...
+    pub subject_token_file: Option<PathBuf>,
+    pub subject_token_command: Option<Vec<String>>,
+    /// ...its type (default "jwt")...
+    pub subject_token_type: Option<String>,
+    /// ...an optional actor token and its type...
+    pub actor_token_file: Option<PathBuf>,
+    pub actor_token_command: Option<Vec<String>>,
+    pub actor_token_type: Option<String>,
+    /// ...and the type of token asked for, which the reply must say it issued.
+    pub requested_token_type: Option<String>,
+    /// grant = "jwt_bearer": the assertion's file or command.
+    pub assertion_file: Option<PathBuf>,
+    pub assertion_command: Option<Vec<String>>,
+    /// auth_method = "federated_assertion": the client assertion's file or command.
+    pub client_assertion_file: Option<PathBuf>,
+    pub client_assertion_command: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {
@@ -244,6 +265,9 @@ pub struct ClientConfig {
     pub client_key_keys: KeyKeys,
     /// Whether `basic_encoding` was set (validation refuses it with another auth_method).
     pub basic_encoding_set: bool,
+    /// The federated token keys that were set, and the token type names as written (checked by
+    /// validation, which needs both to name what is wrong).
+    pub federated_keys: FederatedKeys,
     pub allow_insecure_http: bool,
     pub authorize_endpoint: Option<String>,
     pub device_authorization_endpoint: Option<String>,
@@ -272,6 +296,15 @@ pub struct KeyKeys {
     pub credential: Option<String>,
 }
 
+/// The federated token keys as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FederatedKeys {
+    /// Every `*_file` and `*_command` key set, by name.
+    pub set: Vec<&'static str>,
+    /// `subject_token_type`, `actor_token_type` and `requested_token_type` as written.
+    pub types: Vec<(&'static str, String)>,
+}
+
 impl SecretKeys {
     /// The key that names the secret (the first set, for messages).
     pub fn key(&self) -> &'static str {
@@ -296,6 +329,7 @@ impl From<ClientTable> for ClientConfig {
             file: t.client_key_file.is_some(),
             credential: t.client_key_credential.clone(),
         };
+        let (federated, federated_keys) = federated_from(&t);
         // Validation refuses more than one secret key, and a secret where the method uses none.
         let secret = match (
             t.client_secret_file,
@@ -331,7 +365,9 @@ impl From<ClientTable> for ClientConfig {
                     alg: t.client_assertion_alg,
                     audience: AssertionAudience::from_config(t.client_assertion_audience),
                 },
+                federated,
             }),
+            federated_keys,
             secret_keys,
             client_key_keys,
             basic_encoding_set: t.basic_encoding.is_some(),
@@ -348,6 +384,76 @@ impl From<ClientTable> for ClientConfig {
             file_sink: t.file_sink,
         }
     }
+}
+
+/// The federated sources of a table (the file when both keys are set: validation refuses that
+/// with the keys' names), and which keys were set.
+fn federated_from(t: &ClientTable) -> (Option<Box<Federated>>, FederatedKeys) {
+    let mut keys = FederatedKeys::default();
+    let mut source =
+        |file: &Option<PathBuf>, command: &Option<Vec<String>>, names: [&'static str; 2]| {
+            for (set, name) in [(file.is_some(), names[0]), (command.is_some(), names[1])] {
+                if set {
+                    keys.set.push(name);
+                }
+            }
+            match (file, command) {
+                (Some(path), _) => Some(CredentialSource::File(path.clone())),
+                (None, Some(argv)) => Some(CredentialSource::Command(argv.clone())),
+                (None, None) => None,
+            }
+        };
+    let subject = source(
+        &t.subject_token_file,
+        &t.subject_token_command,
+        ["subject_token_file", "subject_token_command"],
+    );
+    let actor = source(
+        &t.actor_token_file,
+        &t.actor_token_command,
+        ["actor_token_file", "actor_token_command"],
+    );
+    let assertion = source(
+        &t.assertion_file,
+        &t.assertion_command,
+        ["assertion_file", "assertion_command"],
+    );
+    let client_assertion = source(
+        &t.client_assertion_file,
+        &t.client_assertion_command,
+        ["client_assertion_file", "client_assertion_command"],
+    );
+    for (key, value) in [
+        ("subject_token_type", &t.subject_token_type),
+        ("actor_token_type", &t.actor_token_type),
+        ("requested_token_type", &t.requested_token_type),
+    ] {
+        if let Some(value) = value {
+            keys.types.push((key, value.clone()));
+        }
+    }
+    // Validation refuses a type that is not one; here it is kept as written meanwhile.
+    let typed = |source: Option<CredentialSource>, written: &Option<String>| {
+        source.map(|source| TypedSource {
+            source,
+            token_type: written
+                .as_deref()
+                .map_or(Ok(JWT_TOKEN_TYPE.to_string()), token_type)
+                .unwrap_or_else(|_| written.clone().unwrap_or_default()),
+        })
+    };
+    let f = Federated {
+        subject: typed(subject, &t.subject_token_type),
+        actor: typed(actor, &t.actor_token_type),
+        requested_token_type: t
+            .requested_token_type
+            .as_deref()
+            .map(|v| token_type(v).unwrap_or_else(|_| v.to_string())),
+        assertion,
+        client_assertion,
+    };
+    let any = f != Federated::default();
+    (any.then(|| Box::new(f)), keys)
 }
 
 impl ClientConfig {

@@ -22,6 +22,12 @@ const RESERVED_PARAMS: &[&str] = &[
     "resource",
     "client_assertion",
     "client_assertion_type",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
+    "assertion",
 ];
 
 impl Config {
@@ -253,6 +259,7 @@ impl ClientConfig {
         }
         self.validate_secret()?;
         self.validate_auth_method()?;
+        self.validate_federated()?;
         crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
             .map_err(|(key, reason)| (key.to_string(), reason))?;
         if let Some(sink) = &self.file_sink {
@@ -272,7 +279,7 @@ impl ClientConfig {
                     format!("{} must be an absolute path", path.display()),
                 ));
             }
-            (Grant::ClientCredentials, Some(_)) => {
+            (_, Some(_)) if self.oauth.grant != Grant::RefreshToken => {
                 return Err((
                     "refresh_token_file".into(),
                     "only used with grant = \"refresh_token\"".into(),

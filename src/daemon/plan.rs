@@ -20,6 +20,7 @@ pub fn request_settings(policy: &RefreshPolicy) -> RequestSettings {
     RequestSettings {
         timeout: policy.request_timeout,
         default_lifetime: policy.default_lifetime,
+        operator_retry: policy.operator_retry,
     }
 }
 

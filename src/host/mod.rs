@@ -3,6 +3,7 @@
 
 pub(crate) mod accounts;
 pub mod atomic_file;
+pub mod command;
 pub(crate) mod file_mode;
 pub(crate) mod file_stamp;
 pub mod offload;

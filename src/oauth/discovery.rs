@@ -47,7 +47,7 @@ impl Metadata {
     pub fn leaves_out(&self, method: AuthMethod) -> bool {
         self.auth_methods_supported
             .as_ref()
-            .is_some_and(|list| !list.iter().any(|m| m == method.as_str()))
+            .is_some_and(|list| !list.iter().any(|m| m == method.metadata_name()))
     }
 }
 

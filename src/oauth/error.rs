@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::MAX_REPLY_BYTES;
 use super::client_auth::assertion::AssertionError;
+use super::federated::FederatedError;
 use super::reply::{OAuthError, ReplyError};
 use super::tls::TlsError;
 use crate::secret::SecretError;
@@ -60,6 +61,15 @@ pub enum FetchError {
         "{0}; the client id and secret were sent in the Basic header both ways (RFC 6749 form-encoded, then raw) and refused both times: check client_id and the secret, or set auth_method = \"post\" to send them in the form body"
     )]
     BasicRefused(Box<FetchError>),
+    #[error(transparent)]
+    Federated(#[from] FederatedError),
+    /// The provider refused the federated tokens presented; `presented` says which, with
+    /// their claims, for comparison with the provider's trust policy.
+    #[error("{source}; the provider refused {presented}")]
+    FederatedRefused {
+        source: Box<FetchError>,
+        presented: String,
+    },
 }
 
 /// OAuth error codes that no retry can fix: the operator must change credentials or config.
@@ -101,6 +111,10 @@ impl FetchError {
             | FetchError::TooLarge
             | FetchError::Reply(_) => FailureKind::Transient,
             FetchError::Discovery(e) => e.kind(),
+            FetchError::Federated(e) if e.is_transient() => FailureKind::Transient,
+            FetchError::Federated(_) | FetchError::FederatedRefused { .. } => {
+                FailureKind::NeedsOperator
+            }
         }
     }
 
@@ -142,6 +156,9 @@ impl FetchError {
             FetchError::Tls(e) if e.is_transient() => "credentials_io".into(),
             FetchError::Tls(_) => "credentials".into(),
             FetchError::Discovery(_) => "discovery".into(),
+            FetchError::Federated(e) if e.is_transient() => "credentials_io".into(),
+            FetchError::Federated(_) => "federated".into(),
+            FetchError::FederatedRefused { source, .. } => source.label(),
         }
     }
 
@@ -152,7 +169,8 @@ impl FetchError {
             FetchError::OAuth { retry_after, .. } | FetchError::Status { retry_after, .. } => {
                 *retry_after
             }
-            FetchError::AuthRefused { source, .. } => source.retry_after(),
+            FetchError::AuthRefused { source, .. }
+            | FetchError::FederatedRefused { source, .. } => source.retry_after(),
             _ => None,
         }
     }

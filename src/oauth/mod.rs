@@ -7,6 +7,7 @@
 //! - `request`: one token request and its reply.
 //! - `tls`: a client's own certificate, key and CAs (mTLS, `ca_file`), and its HTTP client.
 //! - `discovery`: the issuer's metadata (RFC 8414), for clients configured by their issuer.
+//! - `federated`: tokens the platform issues, exchanged or presented instead of a secret.
 //! - `reply`: parsing and judging token endpoint replies.
 //! - `error`: what can go wrong, and how it is retried.
 //! - `retry_after`, `redact`, `inflight`, `unsaved`, `budget`: Retry-After, redaction of
@@ -17,6 +18,7 @@ pub mod budget;
 mod client_auth;
 pub mod discovery;
 mod error;
+pub mod federated;
 mod inflight;
 pub mod redact;
 pub mod reply;
@@ -35,7 +37,7 @@ pub use client_auth::{
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;
 pub use reply::TokenReply;
-pub use request::{Granted, post_form, request_token};
+pub use request::{Carried, Granted, post_form, request_token};
 pub use retry_after::parse_retry_after;
 pub use settings::{ClientSettings, Grant, RequestSettings, SecretSource};
 pub use source::{HttpTokenSource, TokenSource, http_client};

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::federated::ACCESS_TOKEN_TYPE;
 use super::redact::Redactor;
 use crate::host::unix_time::since_epoch;
 use crate::secret::{AccessToken, SecretString};
@@ -70,6 +71,10 @@ pub enum ReplyError {
     BadRefreshToken,
     #[error("token_type \"{0}\" is not supported (only Bearer)")]
     UnsupportedTokenType(String),
+    #[error(
+        "issued_token_type is {got}, not the requested_token_type {wanted} (RFC 8693 section 2.2.1)"
+    )]
+    IssuedTokenType { got: String, wanted: String },
     #[error("the token's exp claim is {0} s in the past (is this host's clock right?)")]
     AlreadyExpired(u64),
 }
@@ -114,7 +119,15 @@ pub fn parse_success(
     let redactor = Redactor::default();
     let obj = parse_object(body, "", &redactor)?;
     refresh_token(&obj)?;
-    parse_token(&obj, requested_scope, default_lifetime, now, &redactor).map(|(t, _)| t)
+    parse_token(
+        &obj,
+        requested_scope,
+        None,
+        default_lifetime,
+        now,
+        &redactor,
+    )
+    .map(|(t, _)| t)
 }
 
 /// A 2xx body as a JSON object. `content_type` (the reply's header) describes a body that is
@@ -152,10 +165,13 @@ pub fn refresh_token(obj: &Map<String, Value>) -> Result<Option<SecretString>, R
 
 /// The token in a 2xx reply's object, and how many scope entries were dropped as malformed
 /// (for a warning). `redactor` holds the request's credentials and the refresh token received;
-/// the reply's access token is added to it here.
+/// the reply's access token is added to it here. `requested_type`: a token exchange's
+/// `requested_token_type`, which the reply's `issued_token_type` must be; a token of another
+/// type than an access token may then have `token_type` `N_A` (RFC 8693 section 2.2.1).
 pub fn parse_token(
     obj: &Map<String, Value>,
     requested_scope: Option<&str>,
+    requested_type: Option<&str>,
     default_lifetime: Duration,
     now: SystemTime,
     redactor: &Redactor,
@@ -169,10 +185,25 @@ pub fn parse_token(
     }
     let mut redactor = redactor.clone();
     redactor.add(&access_token);
+    if let Some(wanted) = requested_type {
+        let got = obj.get("issued_token_type");
+        if got.and_then(Value::as_str) != Some(wanted) {
+            return Err(ReplyError::IssuedTokenType {
+                got: match got {
+                    Some(Value::String(t)) => format!("{:?}", redactor.clean(t, MAX_CODE)),
+                    Some(_) => "not a string".into(),
+                    None => "missing".into(),
+                },
+                wanted: wanted.to_string(),
+            });
+        }
+    }
+    let not_an_access_token = requested_type.is_some_and(|t| t != ACCESS_TOKEN_TYPE);
     // RFC 6750 says the type is case-insensitive; some providers omit it for Bearer.
     let token_type = match obj.get("token_type") {
         None | Some(Value::Null) => "Bearer".to_string(),
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_string(),
+        Some(Value::String(t)) if t == "N_A" && not_an_access_token => "N_A".to_string(),
         Some(other) => {
             let shown = other
                 .as_str()
@@ -304,7 +335,7 @@ impl<'a> Scopes<'a> {
 
 /// The claims of a JWS-compact token, read without verifying the signature: tokend is the
 /// token's holder, not its audience, and uses the claims only as hints for expiry and scopes.
-fn jwt_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
+pub(crate) fn jwt_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -479,7 +510,7 @@ mod tests {
             let r = Redactor::default();
             (
                 refresh_token(&obj),
-                parse_token(&obj, None, Duration::from_secs(60), now(), &r).map(|_| ()),
+                parse_token(&obj, None, None, Duration::from_secs(60), now(), &r).map(|_| ()),
             )
         };
         let (rt, token) = p(serde_json::json!({
@@ -509,6 +540,7 @@ mod tests {
         let err = parse_token(
             obj.as_object().unwrap(),
             None,
+            None,
             Duration::from_secs(1),
             now(),
             &Redactor::default(),
@@ -525,12 +557,58 @@ mod tests {
     }
 
     #[test]
+    fn a_token_exchange_reply_is_of_the_requested_type() {
+        let saml = "urn:ietf:params:oauth:token-type:saml2";
+        let parse = |reply: Value, requested: Option<&str>| {
+            parse_token(
+                reply.as_object().unwrap(),
+                None,
+                requested,
+                Duration::from_secs(60),
+                now(),
+                &Redactor::default(),
+            )
+            .map(|(r, _)| r.token_type)
+        };
+        let na = serde_json::json!({
+            "access_token": "PHNhbWw", "token_type": "N_A", "issued_token_type": saml
+        });
+        assert_eq!(parse(na.clone(), Some(saml)).unwrap(), "N_A");
+        // N_A only when a token of another type than an access token was asked for.
+        assert!(matches!(
+            parse(na.clone(), None),
+            Err(ReplyError::UnsupportedTokenType(t)) if t == "N_A"
+        ));
+        let at = serde_json::json!({
+            "access_token": "at", "token_type": "N_A", "issued_token_type": ACCESS_TOKEN_TYPE
+        });
+        assert!(parse(at, Some(ACCESS_TOKEN_TYPE)).is_err());
+        let err = parse(na, Some(ACCESS_TOKEN_TYPE)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "issued_token_type is \"{saml}\", not the requested_token_type {ACCESS_TOKEN_TYPE} (RFC 8693 section 2.2.1)"
+            )
+        );
+        let missing = serde_json::json!({"access_token": "at", "token_type": "Bearer"});
+        assert!(
+            parse(missing.clone(), Some(ACCESS_TOKEN_TYPE))
+                .unwrap_err()
+                .to_string()
+                .starts_with("issued_token_type is missing")
+        );
+        // Without a requested type, issued_token_type is not looked at.
+        assert_eq!(parse(missing, None).unwrap(), "Bearer");
+    }
+
+    #[test]
     fn scope_entries_outside_nqchar_are_dropped() {
         let secret = Redactor::new(["s3cret"]);
         let parse_scopes = |scope: Value| {
             let obj = serde_json::json!({"access_token": "at-xyz-123", "scope": scope});
             parse_token(
                 obj.as_object().unwrap(),
+                None,
                 None,
                 Duration::from_secs(1),
                 now(),
@@ -559,6 +637,7 @@ mod tests {
         let obj = serde_json::json!({"access_token": token});
         let (r, dropped) = parse_token(
             obj.as_object().unwrap(),
+            None,
             None,
             Duration::from_secs(1),
             now(),

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use super::client_auth::assertion::{self, ASSERTION_TYPE};
 use super::client_auth::{AuthMethod, basic};
+use super::federated::{Presented, Role};
 use super::settings::{ClientSettings, SecretSource};
 use super::{FetchError, MAX_REPLY_BYTES, Redactor, TokenReply, parse_retry_after, reply};
 use crate::secret::{self, ExposeSecret, SecretString};
@@ -19,39 +20,58 @@ pub struct Granted {
 }
 
 /// Grant parameters that are credentials, redacted wherever a provider echoes them.
-const CREDENTIAL_PARAMS: &[&str] = &["refresh_token", "code", "code_verifier", "device_code"];
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "refresh_token",
+    "code",
+    "code_verifier",
+    "device_code",
+    "subject_token",
+    "actor_token",
+    "assertion",
+];
+
+/// What one request carries besides the client's settings.
+#[derive(Clone, Copy)]
+pub struct Carried<'a> {
+    /// The grant's own parameters, `grant_type` first.
+    pub grant: &'a [(&'a str, &'a str)],
+    /// Whether the configured scope goes along ([`super::Grant::sends_scope`]; the
+    /// authorization code and device grants carry the scope settled before).
+    pub with_scope: bool,
+    /// The client's federated tokens, read for this request: the client assertion of
+    /// `federated_assertion` is taken from them, and every one is redacted.
+    pub federated: Option<&'a Presented>,
+}
 
 /// Sends one token request for `c` to `endpoint` (its token endpoint, configured or
-/// discovered) with the grant's own parameters (`grant_type` first),
-/// authenticating the client as configured, and reads the reply. `with_scope` adds the
-/// configured scope (only client credentials ask for it at the token endpoint; other grants
-/// carry the scope settled at the authorization endpoint). Provider text in the outcome has
-/// every credential of the request redacted, as well as those `redactor` already holds.
-/// `learned`: the Basic header encoding this client's provider accepted (see [`basic`]).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "each is one distinct input of the request; a struct would only rename them"
-)]
+/// discovered) with what it carries, authenticating the client as configured, and reads the
+/// reply. Provider text in the outcome has every credential of the request redacted, as well
+/// as those `redactor` already holds. `learned`: the Basic header encoding this client's
+/// provider accepted (see [`basic`]).
 pub async fn request_token(
     http: &reqwest::Client,
     c: &ClientSettings,
     endpoint: &str,
-    grant: &[(&str, &str)],
-    with_scope: bool,
+    carried: Carried<'_>,
     default_lifetime: Duration,
     redactor: Redactor,
     learned: &basic::Learned,
 ) -> Result<Granted, FetchError> {
     let (body, content_type, mut redactor) =
-        post_form(http, c, endpoint, grant, with_scope, redactor, learned).await?;
+        post_form(http, c, endpoint, carried, redactor, learned).await?;
     let obj = reply::parse_object(&body, &content_type, &redactor)?;
     let refresh_token = reply::refresh_token(&obj)?;
     if let Some(rt) = &refresh_token {
         redactor.add(rt.expose_secret());
     }
+    let requested_type = c
+        .federated
+        .as_deref()
+        .and_then(|f| f.requested_token_type.as_deref());
     let parsed = reply::parse_token(
         &obj,
         c.scope.as_deref(),
+        requested_type,
         default_lifetime,
         SystemTime::now(),
         &redactor,
@@ -70,28 +90,42 @@ pub async fn request_token(
     })
 }
 
-/// Sends `grant` (the form's own parameters) to `endpoint` as `c` authenticates there, with
-/// the configured scope (`with_scope`) and parameters, and reads a 2xx reply within the size
-/// cap: its body, content type, and a redactor of every credential sent. A non-2xx reply is
-/// the error it carries, redacted. Token requests and the device authorization request
-/// (RFC 8628 section 3.1, authenticated as token requests are) both go through here.
+/// Sends what a request carries to `endpoint` as `c` authenticates there, with the configured
+/// parameters, and reads a 2xx reply within the size cap: its body, content type, and a
+/// redactor of every credential sent. A non-2xx reply is the error it carries, redacted.
+/// Token requests and the device authorization request (RFC 8628 section 3.1, authenticated
+/// as token requests are) both go through here.
 pub async fn post_form(
     http: &reqwest::Client,
     c: &ClientSettings,
     endpoint: &str,
-    grant: &[(&str, &str)],
-    with_scope: bool,
+    carried: Carried<'_>,
     mut redactor: Redactor,
     learned: &basic::Learned,
 ) -> Result<(Vec<u8>, String, Redactor), FetchError> {
+    let Carried {
+        grant,
+        with_scope,
+        federated,
+    } = carried;
     let secret = match &c.secret {
         Some(SecretSource::File(path)) => Some(secret::read_file_async(path).await?),
         Some(SecretSource::Env(var)) => Some(secret::read_env(var)?),
         None => None,
     };
     let assertion = assertion::for_request(c, endpoint, secret.as_ref()).await?;
-    let jwt = assertion.as_ref().map(|a| &a.jwt);
+    // Validation makes a federated_assertion client name its source, and every caller reads
+    // it for the request: a missing one is a bug, which the request task reports as a failure.
+    let federated_assertion = (c.auth_method == AuthMethod::FederatedAssertion).then(|| {
+        federated
+            .and_then(|f| f.get(Role::ClientAssertion))
+            .expect("the client assertion of a federated_assertion client is read for each request")
+    });
+    let jwt = assertion.as_ref().map(|a| &a.jwt).or(federated_assertion);
     let body = form_body(c, secret.as_ref(), jwt, grant, with_scope);
+    for token in federated.into_iter().flat_map(Presented::secrets) {
+        redactor.add(token);
+    }
     if let Some(secret) = &secret {
         redactor.add_client_credentials(&c.client_id, secret.expose_secret());
     }
@@ -217,7 +251,9 @@ fn form_body(
             form.append_pair("client_id", &c.client_id);
         }
         // RFC 7523 needs no client_id beside the assertion; some providers (Entra ID) want it.
-        AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt => {
+        AuthMethod::PrivateKeyJwt
+        | AuthMethod::ClientSecretJwt
+        | AuthMethod::FederatedAssertion => {
             form.append_pair("client_id", &c.client_id);
             if let Some(jwt) = assertion {
                 form.append_pair("client_assertion_type", ASSERTION_TYPE);

@@ -9,35 +9,81 @@ use serde::Deserialize;
 
 use super::client_auth::basic::BasicEncoding;
 use super::client_auth::{AssertionSettings, AuthMethod};
+use super::federated::Federated;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum Grant {
     ClientCredentials,
     RefreshToken,
+    /// RFC 8693: a token the platform issued (the subject token) exchanged for an access token.
+    TokenExchange,
+    /// RFC 7523 section 2.1: a JWT the platform issued, presented as the authorization grant.
+    JwtBearer,
 }
+
+/// Every grant: its config name, then its `grant_type` (which a config may use too).
+const GRANTS: &[(&str, &str, Grant)] = &[
+    (
+        "client_credentials",
+        "client_credentials",
+        Grant::ClientCredentials,
+    ),
+    ("refresh_token", "refresh_token", Grant::RefreshToken),
+    (
+        "token_exchange",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+        Grant::TokenExchange,
+    ),
+    (
+        "jwt_bearer",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        Grant::JwtBearer,
+    ),
+];
 
 // Parsed by hand so that a wrong value is named with the accepted ones, rather than serde's
 // "does not have variant constructor".
 impl TryFrom<String> for Grant {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "client_credentials" => Ok(Grant::ClientCredentials),
-            "refresh_token" => Ok(Grant::RefreshToken),
-            _ => Err(format!(
-                "{s:?} is not a supported grant; use \"client_credentials\" or \"refresh_token\""
-            )),
-        }
+        GRANTS
+            .iter()
+            .find(|(name, grant_type, _)| s == *name || s == *grant_type)
+            .map(|(_, _, grant)| *grant)
+            .ok_or_else(|| {
+                let names: Vec<String> = GRANTS.iter().map(|(n, _, _)| format!("{n:?}")).collect();
+                format!(
+                    "{s:?} is not a supported grant; use one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
 impl Grant {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Grant::ClientCredentials => "client_credentials",
-            Grant::RefreshToken => "refresh_token",
-        }
+    /// The name a config uses, and status shows.
+    pub fn name(self) -> &'static str {
+        self.entry().0
+    }
+
+    /// The `grant_type` form parameter.
+    pub fn grant_type(self) -> &'static str {
+        self.entry().1
+    }
+
+    fn entry(self) -> &'static (&'static str, &'static str, Grant) {
+        GRANTS
+            .iter()
+            .find(|(_, _, g)| *g == self)
+            .expect("every grant is in GRANTS")
+    }
+
+    /// Whether the request asks for the configured scope. A refresh asks for none: omitted, it
+    /// means the scope already granted (RFC 6749 section 6), while asking again fails with
+    /// invalid_scope wherever consent granted less.
+    pub fn sends_scope(self) -> bool {
+        self != Grant::RefreshToken
     }
 }
 
@@ -80,6 +126,9 @@ pub struct ClientSettings {
     pub ca_file: Option<PathBuf>,
     /// `kid`, `alg` and `aud` of the client assertions (private_key_jwt, client_secret_jwt).
     pub assertion: AssertionSettings,
+    /// Tokens the platform issues, presented as the grant or the client's authentication
+    /// (boxed: most clients have none, and every client's settings are held).
+    pub federated: Option<Box<Federated>>,
 }
 
 impl ClientSettings {
@@ -115,6 +164,7 @@ impl ClientSettings {
             client_cert: None,
             ca_file: None,
             assertion: Default::default(),
+            federated: None,
         }
     }
 }
@@ -126,4 +176,6 @@ pub struct RequestSettings {
     pub timeout: Duration,
     /// Assumed when a reply has no `expires_in` and the token is not a JWT with `exp`.
     pub default_lifetime: Duration,
+    /// How long credentials a provider refused are not sent again unchanged.
+    pub operator_retry: Duration,
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use super::budget::EndpointLimiter;
 use super::discovery::{self, DiscoveryError, Metadata};
-use super::request::request_token;
+use super::federated::{self, CredentialSource, Federated, FederatedError, Presented, Role};
+use super::request::{Carried, request_token};
 use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
-use super::{FetchError, Redactor, TokenReply, basic, inflight, unsaved};
+use super::{AuthMethod, FetchError, Redactor, TokenReply, basic, inflight, unsaved};
 use crate::host::file_stamp::FileStamp;
 use crate::metrics::METRICS;
 use crate::secret::{self, AccessToken, ExposeSecret, SecretError};
@@ -49,6 +50,14 @@ pub trait TokenSource: Send + Sync + 'static {
     fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Whether some credential comes from a command, whose change no file stamp shows: a
+    /// client whose credentials were refused then retries on the backoff schedule (each attempt
+    /// runs the command, and sends nothing unless it yields another token) instead of waiting
+    /// for `operator_retry`.
+    fn credentials_from_commands(&self) -> bool {
+        false
+    }
 }
 
 /// Fetches tokens for one configured client from its token endpoint.
@@ -79,6 +88,17 @@ struct Inner {
     warned_auth_method: std::sync::atomic::AtomicBool,
     /// The Basic header encoding the provider accepted (`basic_encoding = "auto"`).
     basic: basic::Learned,
+    /// The federated tokens the provider last refused: not sent again until they change or
+    /// `operator_retry` has passed, however often the client retries.
+    refused: std::sync::Mutex<Option<Refusal>>,
+    operator_retry: Duration,
+}
+
+/// Federated tokens a provider refused.
+struct Refusal {
+    digest: [u8; 32],
+    at: tokio::time::Instant,
+    reason: String,
 }
 
 impl HttpTokenSource {
@@ -102,6 +122,8 @@ impl HttpTokenSource {
                 metadata: std::sync::Mutex::new(None),
                 warned_auth_method: std::sync::atomic::AtomicBool::new(false),
                 basic: basic::Learned::new(name),
+                refused: std::sync::Mutex::new(None),
+                operator_retry: requests.operator_retry,
             }),
         }
     }
@@ -130,13 +152,27 @@ impl TokenSource for HttpTokenSource {
             // Waiting for the endpoint's budget is not part of the request's timeout.
             let _permit = inner.limiter.acquire().await;
             let timeout = inner.timeout;
+            // Read under the permit, so that the endpoint's concurrency bounds the commands run
+            // at once too; bounded by their own limits, not the request's.
+            let presented = inner.federated(timeout).await?;
             let started = tokio::time::Instant::now();
-            let result = match tokio::time::timeout(timeout, inner.fetch()).await {
+            let result = match tokio::time::timeout(timeout, inner.fetch(presented.as_ref())).await
+            {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout(timeout)),
             };
             METRICS.request_took(&inner.endpoint_label(), started.elapsed());
-            result
+            match &presented {
+                Some(presented) => inner.judge_federated(presented, result),
+                None => result,
+            }
+        })
+    }
+
+    fn credentials_from_commands(&self) -> bool {
+        self.inner.client.federated.as_deref().is_some_and(|f| {
+            f.sources()
+                .any(|(_, s)| matches!(s, CredentialSource::Command(_)))
         })
     }
 
@@ -148,6 +184,15 @@ impl TokenSource for HttpTokenSource {
             Some(SecretSource::File(path)) => Some(path),
             Some(SecretSource::Env(_)) | None => None,
         };
+        let federated_files = c
+            .federated
+            .as_deref()
+            .into_iter()
+            .flat_map(|f| f.sources())
+            .filter_map(|(_, source)| match source {
+                CredentialSource::File(path) => Some(path.as_path()),
+                CredentialSource::Command(_) => None,
+            });
         for path in [
             secret_file,
             c.refresh_token_file.as_ref(),
@@ -157,6 +202,7 @@ impl TokenSource for HttpTokenSource {
         .flatten()
         .map(|p| p.as_path())
         .chain(super::tls::watched_files(c))
+        .chain(federated_files)
         {
             FileStamp::of(path).hash(&mut hasher);
         }
@@ -305,7 +351,78 @@ impl Inner {
         }
     }
 
-    async fn fetch(&self) -> Result<TokenReply, FetchError> {
+    /// The client's federated tokens for this request; refused unsent when they are the ones
+    /// the provider last refused, within `operator_retry` of that.
+    async fn federated(&self, timeout: Duration) -> Result<Option<Presented>, FetchError> {
+        let Some(presented) = federated::read_for_client(&self.client, timeout).await? else {
+            return Ok(None);
+        };
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(refusal) = refused.as_ref()
+            && refusal.digest == presented.digest()
+            && refusal.at.elapsed() < self.operator_retry
+            && let Some((noun, from, fingerprint)) = presented.first()
+        {
+            return Err(FederatedError::Unchanged {
+                noun,
+                from: from.to_string(),
+                fingerprint,
+                ago: humantime::format_duration(Duration::from_secs(
+                    refusal.at.elapsed().as_secs(),
+                ))
+                .to_string(),
+                reason: refusal.reason.clone(),
+            }
+            .into());
+        }
+        Ok(Some(presented))
+    }
+
+    /// After a request that presented federated tokens: a refusal of them is remembered (so
+    /// they are not sent again unchanged) and said with what they claim; a token clears it.
+    fn judge_federated(
+        &self,
+        presented: &Presented,
+        result: Result<TokenReply, FetchError>,
+    ) -> Result<TokenReply, FetchError> {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(token) => {
+                *refused = None;
+                Ok(token)
+            }
+            Err(e) if self.blames_federated(&e) => {
+                *refused = Some(Refusal {
+                    digest: presented.digest(),
+                    at: tokio::time::Instant::now(),
+                    reason: e.label(),
+                });
+                Err(FetchError::FederatedRefused {
+                    source: Box::new(e),
+                    presented: presented.describe(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a provider's answer says that the federated tokens were refused: the grant
+    /// (`invalid_grant`; RFC 8693 says `invalid_request` for a subject or actor token it does
+    /// not accept) or, for `federated_assertion`, the client (`invalid_client`).
+    fn blames_federated(&self, e: &FetchError) -> bool {
+        let FetchError::OAuth { error, .. } = e else {
+            return false;
+        };
+        let c = &self.client;
+        match error.error.as_str() {
+            "invalid_grant" => matches!(c.grant, Grant::TokenExchange | Grant::JwtBearer),
+            "invalid_request" => c.grant == Grant::TokenExchange,
+            "invalid_client" => c.auth_method == AuthMethod::FederatedAssertion,
+            _ => false,
+        }
+    }
+
+    async fn fetch(&self, presented: Option<&Presented>) -> Result<TokenReply, FetchError> {
         let c = &self.client;
         // Before any refresh token is marked as sent: bad TLS files send nothing.
         let http = self.http.get(&self.name).await?;
@@ -326,13 +443,13 @@ impl Inner {
             }),
             None => None,
         };
-        let mut grant = vec![("grant_type", c.grant.as_str())];
+        let mut grant = vec![("grant_type", c.grant.grant_type())];
         if let Some((rt, _)) = &refresh_token {
             grant.push(("refresh_token", rt.expose_secret()));
         }
-        // A refresh asks for no scope: omitted, it means the scope already granted (RFC 6749
-        // section 6), while asking again fails with invalid_scope wherever consent granted less.
-        let with_scope = c.grant == Grant::ClientCredentials;
+        if let (Some(presented), Some(f)) = (presented, c.federated.as_deref()) {
+            grant.extend(federated_params(presented, f));
+        }
         if let Some(path) = rt_file {
             if let Err(source) = inflight::mark(path) {
                 let error = SecretError::Write {
@@ -361,8 +478,11 @@ impl Inner {
                     http,
                     c,
                     &endpoint,
-                    grant,
-                    with_scope,
+                    Carried {
+                        grant,
+                        with_scope: c.grant.sends_scope(),
+                        federated: presented,
+                    },
                     self.default_lifetime,
                     redactor,
                     &self.basic,
@@ -420,6 +540,29 @@ impl Inner {
     }
 }
 
+/// The grant parameters of the federated tokens (RFC 8693 section 2.1, RFC 7523 section 2.1);
+/// the client assertion is the client authentication's.
+fn federated_params<'a>(
+    presented: &'a Presented,
+    f: &'a Federated,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    let token = |role| presented.get(role).map(|t| t.expose_secret());
+    let subject = f.subject.as_ref().zip(token(Role::Subject));
+    let actor = f.actor.as_ref().zip(token(Role::Actor));
+    [
+        subject.map(|(_, t)| ("subject_token", t)),
+        subject.map(|(s, _)| ("subject_token_type", s.token_type.as_str())),
+        actor.map(|(_, t)| ("actor_token", t)),
+        actor.map(|(a, _)| ("actor_token_type", a.token_type.as_str())),
+        f.requested_token_type
+            .as_deref()
+            .map(|t| ("requested_token_type", t)),
+        token(Role::Assertion).map(|t| ("assertion", t)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +585,7 @@ mod tests {
             RequestSettings {
                 timeout: Duration::from_secs(30),
                 default_lifetime: Duration::from_secs(300),
+                operator_retry: Duration::from_secs(300),
             },
             Arc::new(EndpointLimiter::new(1, Duration::ZERO)),
         );

@@ -44,8 +44,10 @@ pub enum TokenMsg {
 }
 
 /// How often a client whose credentials were rejected looks for replaced credential files: a
-/// few metadata reads per client in that state, none otherwise.
-const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
+/// few metadata reads per client in that state, none otherwise. Twice a second, so that a
+/// client waiting for its platform to rotate an expired federated token file resumes within a
+/// second of the rotation.
+const CREDENTIALS_POLL: Duration = Duration::from_millis(500);
 
 /// Between a request's error and an unsaved refresh token's warning in `last_error`, where a
 /// restarted actor finds the error again.
@@ -295,6 +297,12 @@ impl TokenState {
         let delay = match kind {
             FailureKind::Transient => {
                 schedule::backoff_delay(policy, self.failures, e.retry_after(), rand::random())
+            }
+            // A command's next token shows only by running it: retry on the backoff schedule
+            // (the source sends nothing until the token changes), at most as slowly as others.
+            FailureKind::NeedsOperator if self.args.source.credentials_from_commands() => {
+                schedule::backoff_delay(policy, self.failures, e.retry_after(), rand::random())
+                    .min(schedule::operator_delay(policy, e.retry_after()))
             }
             FailureKind::NeedsOperator => schedule::operator_delay(policy, e.retry_after()),
         };

@@ -369,7 +369,7 @@ impl TokenServiceImpl {
                     next_refresh_at: view.next_attempt.map(|(_, wall)| wall.into()),
                     consecutive_failures: view.consecutive_failures,
                     last_error: view.last_error.clone().unwrap_or_default(),
-                    grant: slot.settings().grant.as_str().to_string(),
+                    grant: slot.settings().grant.name().to_string(),
                     has_valid_token: token.is_some_and(|t| t.is_valid(now)),
                 }
             })

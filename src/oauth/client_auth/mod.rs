@@ -30,6 +30,9 @@ pub enum AuthMethod {
     TlsClientAuth,
     /// `self_signed_tls_client_auth` (RFC 8705 section 2.2): a self-signed certificate.
     SelfSignedTlsClientAuth,
+    /// A JWT the platform minted (workload identity federation), read at every request and
+    /// sent as the client assertion (RFC 7523 section 2.2), as Entra ID and Google expect.
+    FederatedAssertion,
 }
 
 impl AuthMethod {
@@ -40,7 +43,8 @@ impl AuthMethod {
             AuthMethod::None
             | AuthMethod::PrivateKeyJwt
             | AuthMethod::TlsClientAuth
-            | AuthMethod::SelfSignedTlsClientAuth => false,
+            | AuthMethod::SelfSignedTlsClientAuth
+            | AuthMethod::FederatedAssertion => false,
         }
     }
 
@@ -52,7 +56,17 @@ impl AuthMethod {
         )
     }
 
-    /// The RFC 7591 / RFC 8414 name (`token_endpoint_auth_method`).
+    /// The name providers list it by (RFC 8414 `token_endpoint_auth_methods_supported`): a
+    /// federated assertion is, to the provider, a JWT assertion like `private_key_jwt`.
+    pub fn metadata_name(self) -> &'static str {
+        match self {
+            AuthMethod::FederatedAssertion => "private_key_jwt",
+            other => other.as_str(),
+        }
+    }
+
+    /// The RFC 7591 / RFC 8414 name (`token_endpoint_auth_method`), or tokend's own for
+    /// `federated_assertion`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Basic => "client_secret_basic",
@@ -62,6 +76,7 @@ impl AuthMethod {
             AuthMethod::ClientSecretJwt => "client_secret_jwt",
             AuthMethod::TlsClientAuth => "tls_client_auth",
             AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+            AuthMethod::FederatedAssertion => "federated_assertion",
         }
     }
 }
@@ -90,6 +105,11 @@ const NAMES: &[(&str, &str, AuthMethod)] = &[
         "self_signed_tls_client_auth",
         "self_signed_tls_client_auth",
         AuthMethod::SelfSignedTlsClientAuth,
+    ),
+    (
+        "federated_assertion",
+        "federated_assertion",
+        AuthMethod::FederatedAssertion,
     ),
 ];
 

@@ -343,10 +343,17 @@ impl ClientConfig {
         ];
         match sources.iter().filter(|s| **s).count() {
             0 if method.uses_secret() => {
+                // A federated grant is often all a provider asks for (Google's STS).
+                let or_none = match self.oauth.grant {
+                    Grant::TokenExchange | Grant::JwtBearer => {
+                        ", or auth_method = \"none\" if the provider does not authenticate the client"
+                    }
+                    Grant::ClientCredentials | Grant::RefreshToken => "",
+                };
                 return Err((
                     "client_secret_file".into(),
                     format!(
-                        "auth_method = \"{}\" needs a client secret: set client_secret_file, client_secret_env or client_secret_credential",
+                        "auth_method = \"{}\" needs a client secret: set client_secret_file, client_secret_env or client_secret_credential{or_none}",
                         method.as_str()
                     ),
                 ));

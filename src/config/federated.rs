@@ -99,6 +99,24 @@ impl ClientConfig {
     }
 }
 
+/// What `tokend check` says of a client's federated sources: a file the platform has not
+/// written yet (`KEY: note`).
+pub(super) fn notes(c: &ClientConfig) -> impl Iterator<Item = String> + '_ {
+    c.oauth
+        .federated
+        .as_deref()
+        .into_iter()
+        .flat_map(|f| f.sources())
+        .filter_map(|(role, source)| match source {
+            CredentialSource::File(path) if std::fs::symlink_metadata(path).is_err() => Some(format!(
+                "{}_file: {} does not exist yet; the client waits for it (checked twice a second)",
+                role.key(),
+                path.display()
+            )),
+            _ => None,
+        })
+}
+
 /// A source that can be read as the daemon will: a file by an absolute path, held to the
 /// secret files' rules if it is there already (a platform may write it only once the daemon
 /// runs: a missing one is the client's error, retried when it appears); a command that can be
@@ -184,11 +202,20 @@ mod tests {
             f.requested_token_type.as_deref(),
             Some("urn:ietf:params:oauth:token-type:access_token")
         );
-        // The grant's URN names it too; a file the platform writes later is accepted.
-        load(
+        // The grant's URN names it too; a file the platform writes later is accepted, noted.
+        let c = load(
             "grant = \"urn:ietf:params:oauth:grant-type:token-exchange\"\nauth_method = \"none\"\nsubject_token_file = \"{dir}/later\"",
         )
         .unwrap();
+        let notes = c.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("clients.c.subject_token_file: ")
+                && notes[0].ends_with(
+                    "/later does not exist yet; the client waits for it (checked twice a second)"
+                ),
+            "{notes:?}"
+        );
     }
 
     #[test]

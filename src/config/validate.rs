@@ -502,14 +502,18 @@ impl ClientConfig {
 impl Config {
     /// What works but an operator should know, for `tokend check`: `clients.NAME.KEY: note`.
     pub fn notes(&self) -> Vec<String> {
-        self.clients
+        let basic = self
+            .clients
             .iter()
             .filter(|(_, c)| c.oauth.auth_method == AuthMethod::Basic)
             .filter_map(|(name, c)| {
                 crate::oauth::basic::note(c.oauth.basic_encoding, &c.oauth.client_id)
                     .map(|note| format!("clients.{name}.client_id: {note}"))
-            })
-            .collect()
+            });
+        let federated = self.clients.iter().flat_map(|(name, c)| {
+            super::federated::notes(c).map(move |n| format!("clients.{name}.{n}"))
+        });
+        basic.chain(federated).collect()
     }
 }
 

@@ -90,7 +90,8 @@ struct Inner {
     basic: basic::Learned,
     /// The federated tokens the provider last refused: not sent again until they change or
     /// `operator_retry` has passed, however often the client retries.
-    refused: std::sync::Mutex<Option<Refusal>>,
+    /// (Boxed: a client keeps this slot whether or not it has federated tokens.)
+    refused: std::sync::Mutex<Option<Box<Refusal>>>,
     operator_retry: Duration,
 }
 
@@ -392,11 +393,11 @@ impl Inner {
                 Ok(token)
             }
             Err(e) if self.blames_federated(&e) => {
-                *refused = Some(Refusal {
+                *refused = Some(Box::new(Refusal {
                     digest: presented.digest(),
                     at: tokio::time::Instant::now(),
                     reason: e.label(),
-                });
+                }));
                 Err(FetchError::FederatedRefused {
                     source: Box::new(e),
                     presented: presented.describe(),

@@ -50,7 +50,7 @@ fn check_accepts_a_good_config_and_names_file_key_and_reason_for_a_bad_one() {
     assert_eq!(
         err.trim(),
         format!(
-            "tokend: {bad}: clients.billing.auth_method: \"digest\" is not an auth method; use one of \"basic\", \"post\", \"none\", \"private_key_jwt\", \"client_secret_jwt\", \"tls_client_auth\", \"self_signed_tls_client_auth\""
+            "tokend: {bad}: clients.billing.auth_method: \"digest\" is not an auth method; use one of \"basic\", \"post\", \"none\", \"private_key_jwt\", \"client_secret_jwt\", \"tls_client_auth\", \"self_signed_tls_client_auth\", \"federated_assertion\""
         )
     );
 }

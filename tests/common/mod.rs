@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 pub mod browser;
 pub mod in_process;
+pub mod minter;
 pub mod notify;
 
 pub fn repo_root() -> PathBuf {

@@ -62,6 +62,26 @@
 //                                    // enters the code at /device, signs in and consents
 //                                    // on the devInteractions pages
 //     "deviceCodeTtl": 600,          // integer seconds >= 1: a device code's lifetime
+//     "federation": {                // workload identity federation: the grants
+//       "jwksFile": "/path/jwks.json", // token exchange (RFC 8693; grant_types entry
+//       "issuer": "https://platform.test", // urn:ietf:params:oauth:grant-type:token-exchange)
+//       "audience": "tokend-test",   // and JWT bearer (RFC 7523 2.1; ...:grant-type:jwt-bearer).
+//                                    // subject_token, actor_token and assertion must be JWTs
+//                                    // signed by a key of the JWK Set in jwksFile (read anew at
+//                                    // every request), with this iss and aud, exp not passed.
+//                                    // Refused: token exchange invalid_request, jwt-bearer
+//                                    // invalid_grant, each with an error_description.
+//                                    // requested_token_type: ...:token-type:access_token (the
+//                                    // default; token_type Bearer) or ...:token-type:jwt
+//                                    // (token_type N_A); others are invalid_request. The issued
+//                                    // token is an access token of this server (as for
+//                                    // client_credentials: `scope` within the client's, `resource`
+//                                    // the resource indicator, `audience` its `aud` if given) with
+//                                    // claims "subject": {iss, sub, jti} and, with an actor token,
+//                                    // "act": {iss, sub}.
+//       "ignoreRequestedTokenType": false // true: issue an access token whatever was
+//     },                             // requested (issued_token_type ...:access_token), as
+//                                    // some providers do.
 //     "clients": [                   // oidc-provider client metadata (RFC 7591 names),
 //       {                            // passed through as-is, e.g.
 //         "client_id": "basic-client",
@@ -100,7 +120,16 @@
 //                          "auth_method": "client_secret_basic"|"client_secret_post"|"none"
 //                                         |"private_key_jwt"|"client_secret_jwt",
 //                          "assertion": {"header": {...}, "claims": {...}} (decoded, NOT
-//                                         verified; client assertions only)}
+//                                         verified; client assertions only),
+//                          "federation": (requests with a subject_token, actor_token, assertion
+//                                         or client_assertion only) {
+//                            "<that parameter>": {"sha256": hex of the whole token, "iss", "sub",
+//                                         "aud", "exp", "iat", "jti" (as decoded, NOT verified;
+//                                         or "not_a_jwt": true), "verified": bool (the grants)},
+//                            "outcome": "issued"|"rejected", "reason": why this server refused
+//                            it, "error"/"error_description": what it answered, and for the
+//                            grants the parameters "scope", "audience", "resource",
+//                            "subject_token_type", "requested_token_type", "issued_token_type"}}
 //   POST /_test/reset     clears that list (204).
 //   PUT  /_test/jwks/ID   replaces the JWK Set of a client with "jwks_uri": "self"
 //                         (JSON body {"keys": [...]}; 204); oidc-provider reads it
@@ -355,6 +384,191 @@ async function jwksRoute(ctx) {
   return true;
 }
 
+// ---------- federation (config key "federation"): RFC 8693 token exchange, RFC 7523 jwt-bearer ----------
+// Subject tokens, actor tokens and JWT bearer assertions are verified as a provider with a
+// workload-identity trust policy does: signed by a key of the platform's JWK Set (the file is
+// read anew at every request, so a test can rotate keys), from the configured issuer, for the
+// configured audience, with an `exp` not passed. Every token-endpoint request that carries a
+// federated token (these, or a client_assertion) records in its /_test/requests entry what
+// each token was (decoded, not trusted), and, for the two grants, the outcome.
+const { jwtVerify, createLocalJWKSet, decodeJwt } = await import('jose');
+const federationErrors = (await import('oidc-provider')).errors;
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+const TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const FEDERATED_PARAMS = ['subject_token', 'actor_token', 'assertion', 'client_assertion'];
+
+function federationFrom(fed) {
+  if (fed === undefined) return undefined;
+  for (const key of ['jwksFile', 'issuer', 'audience']) {
+    if (typeof fed?.[key] !== 'string' || !fed[key]) fail(`federation.${key} must be a non-empty string`);
+  }
+  const ignoreRequestedTokenType = Boolean(fed.ignoreRequestedTokenType);
+  // issued token -> the claims it carries about the tokens it was issued for
+  const claimsOf = new WeakMap();
+  // request -> its /_test/requests entry
+  const entryOf = new WeakMap();
+
+  // What a token says of itself, unverified, and its SHA-256 (tokend's fingerprint is the
+  // first 8 hex digits).
+  function describe(token) {
+    const seen = { sha256: createHash('sha256').update(token).digest('hex') };
+    try {
+      const claims = decodeJwt(token);
+      for (const claim of ['iss', 'sub', 'aud', 'exp', 'iat', 'jti']) {
+        if (claims[claim] !== undefined) seen[claim] = claims[claim];
+      }
+    } catch {
+      seen.not_a_jwt = true;
+    }
+    return seen;
+  }
+
+  async function verify(token) {
+    const jwks = createLocalJWKSet(JSON.parse(readFileSync(fed.jwksFile, 'utf8')));
+    const { payload } = await jwtVerify(token, jwks, {
+      issuer: fed.issuer, audience: fed.audience, requiredClaims: ['exp'],
+    });
+    return payload;
+  }
+
+  // Verifies the federated token `name` of the request, recording why it was refused.
+  async function accepted(ctx, name, makeError) {
+    const { federation } = entryOf.get(ctx.req);
+    const token = ctx.oidc.params[name];
+    if (!token) {
+      federation.reason = `missing ${name}`;
+      throw makeError(`missing required parameter '${name}'`);
+    }
+    try {
+      const claims = await verify(token);
+      federation[name].verified = true;
+      return claims;
+    } catch (e) {
+      federation[name].verified = false;
+      federation.reason = `${name}: ${e.code ?? 'ERR'}: ${e.message}`;
+      throw makeError(`${name} was not accepted: ${e.message}`);
+    }
+  }
+
+  // An access token of this provider for the authenticated client, as client_credentials
+  // builds one, carrying `claims` (what it was exchanged for).
+  async function issue(ctx, claims) {
+    const { client, params } = ctx.oidc;
+    const entry = entryOf.get(ctx.req);
+    const resources = [params.resource ?? resourceIndicator].flat();
+    if (resources.length !== 1 || resources[0] !== resourceIndicator) {
+      entry.federation.reason = `resource ${JSON.stringify(params.resource)}`;
+      throw new federationErrors.InvalidTarget();
+    }
+    const audiences = params.audience === undefined ? [] : [params.audience].flat();
+    const allowed = new Set(resourceScopeFor(client).split(' '));
+    const asked = (params.scope ?? '').split(' ').filter(Boolean);
+    const outside = asked.filter((s) => !allowed.has(s));
+    if (outside.length) {
+      entry.federation.reason = `scope ${outside.join(' ')}`;
+      throw new federationErrors.InvalidScope('requested scope is not allowed', outside.join(' '));
+    }
+    const token = new ctx.oidc.provider.ClientCredentials({ client, scope: asked.join(' ') || undefined });
+    token.resourceServer = new ctx.oidc.provider.ResourceServer(resourceIndicator, {
+      scope: resourceScopeFor(client),
+      audience: audiences.length === 1 ? audiences[0] : resourceIndicator,
+      accessTokenTTL: accessTokenTtl,
+      accessTokenFormat: 'jwt',
+      jwt: { sign: { alg: signingAlg } },
+    });
+    claimsOf.set(token, claims);
+    const value = await token.save();
+    entry.federation.outcome = 'issued';
+    return { value, token };
+  }
+
+  async function tokenExchange(ctx) {
+    const { params } = ctx.oidc;
+    const { federation } = entryOf.get(ctx.req);
+    const invalidRequest = (d) => new federationErrors.InvalidRequest(d);
+    federation.outcome = 'rejected';
+    federation.subject_token_type = params.subject_token_type ?? null;
+    federation.requested_token_type = params.requested_token_type ?? null;
+    for (const key of ['scope', 'audience', 'resource']) federation[key] = params[key] ?? null;
+    for (const role of ['subject', 'actor']) {
+      const type = params[`${role}_token_type`];
+      if (params[`${role}_token`] !== undefined && type !== TYPE_JWT) {
+        federation.reason = `${role}_token_type ${JSON.stringify(type)}`;
+        throw invalidRequest(`${role}_token_type must be ${TYPE_JWT}`);
+      }
+    }
+    const subject = await accepted(ctx, 'subject_token', invalidRequest);
+    const actor = params.actor_token === undefined ? undefined
+      : await accepted(ctx, 'actor_token', invalidRequest);
+    const requested = params.requested_token_type ?? TYPE_ACCESS_TOKEN;
+    if (!ignoreRequestedTokenType && ![TYPE_ACCESS_TOKEN, TYPE_JWT].includes(requested)) {
+      federation.reason = `requested_token_type ${requested}`;
+      throw invalidRequest(`requested_token_type ${requested} is not supported: ask for ${TYPE_ACCESS_TOKEN} or ${TYPE_JWT}`);
+    }
+    const issued = ignoreRequestedTokenType ? TYPE_ACCESS_TOKEN : requested;
+    const { value, token } = await issue(ctx, {
+      subject: { iss: subject.iss, sub: subject.sub, jti: subject.jti },
+      ...(actor && { act: { iss: actor.iss, sub: actor.sub } }),
+    });
+    federation.issued_token_type = issued;
+    ctx.body = {
+      access_token: value,
+      issued_token_type: issued,
+      // RFC 8693 2.2.1: "N_A" when the issued token is not an access token.
+      token_type: issued === TYPE_ACCESS_TOKEN ? token.tokenType : 'N_A',
+      expires_in: token.expiration,
+      ...(token.scope && { scope: token.scope }),
+    };
+  }
+
+  async function jwtBearer(ctx) {
+    const { federation } = entryOf.get(ctx.req);
+    federation.outcome = 'rejected';
+    federation.scope = ctx.oidc.params.scope ?? null;
+    const assertion = await accepted(ctx, 'assertion', (d) => new federationErrors.CustomOIDCProviderError('invalid_grant', d));
+    const { value, token } = await issue(ctx, { subject: { iss: assertion.iss, sub: assertion.sub, jti: assertion.jti } });
+    ctx.body = {
+      access_token: value,
+      token_type: token.tokenType,
+      expires_in: token.expiration,
+      ...(token.scope && { scope: token.scope }),
+    };
+  }
+
+  return {
+    register(provider) {
+      const multi = ['audience', 'resource'];
+      provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange, [
+        'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
+        'requested_token_type', 'scope', ...multi,
+      ], multi);
+      provider.registerGrantType(JWT_BEARER, jwtBearer, ['assertion', 'scope', 'resource']);
+    },
+    extraTokenClaims: async (_ctx, token) => claimsOf.get(token),
+    // Called for every token-endpoint request before oidc-provider sees it.
+    seen(entry, params, req) {
+      const present = FEDERATED_PARAMS.filter((p) => params.get(p));
+      if (!present.length && ![TOKEN_EXCHANGE, JWT_BEARER].includes(params.get('grant_type'))) return;
+      entry.federation = {};
+      for (const name of present) entry.federation[name] = describe(params.get(name));
+      entryOf.set(req, entry);
+    },
+    // Called once oidc-provider answered: the error of a refusal it made itself.
+    settle(entry, body) {
+      if (entry.federation && entry.status !== 200 && body?.error) {
+        entry.federation.outcome = 'rejected';
+        entry.federation.error = body.error;
+        entry.federation.error_description = body.error_description;
+      }
+    },
+  };
+}
+const federation = federationFrom(cfg.federation);
+// ---------- end of federation ----------
+
 const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [signingJwk()] },
@@ -402,7 +616,9 @@ const provider = new Provider(issuer, {
   ...(tls ? { clientAuthMethods: tls.clientAuthMethods } : {}),
   ...(assertionAlgs && { enabledJWA: { clientAuthSigningAlgValues: assertionAlgs } }),
   fetch: fetchServedJwks,
+  ...(federation && { extraTokenClaims: federation.extraTokenClaims }),
 });
+federation?.register(provider);
 
 // static clients are only validated when first used: fail at startup instead
 for (const { client_id: id } of clients) {
@@ -476,6 +692,7 @@ provider.use(async (ctx, next) => {
       if (entry) entry.assertion = { header: assertion.header, claims: assertion.claims };
     }
     if (entry) entry.grant_type = params.get('grant_type');
+    if (entry) federation?.seen(entry, params, ctx.req);
     if (isToken && params.get('grant_type') === 'refresh_token') {
       entry.presented_refresh_token = params.get('refresh_token');
     }
@@ -536,6 +753,7 @@ provider.use(async (ctx, next) => {
   try {
     await next();
     entry.status = ctx.status;
+    federation?.settle(entry, ctx.body);
     const rotated = ctx.status === 200 && ctx.body && ctx.body.refresh_token;
     if (rotated && entry.presented_refresh_token && rotated !== entry.presented_refresh_token) {
       successors.set(entry.presented_refresh_token, { next: rotated, at: Date.now() });
@@ -543,6 +761,7 @@ provider.use(async (ctx, next) => {
     delete entry.presented_refresh_token;
   } catch (err) {
     entry.status = err.status || err.statusCode || 500;
+    federation?.settle(entry, err);
     throw err;
   }
   return undefined;

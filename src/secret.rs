@@ -30,7 +30,7 @@ pub enum SecretError {
     #[error("{path}: is {kind}, not a regular file")]
     NotAFile { path: PathBuf, kind: &'static str },
     #[error(
-        "{path}: is a symbolic link; outside $CREDENTIALS_DIRECTORY a secret file must be the file itself (name its target in the config)"
+        "{path}: is a symbolic link in a directory others can write; there a secret file must be the file itself (name its target in the config)"
     )]
     Symlink { path: PathBuf },
     #[error(
@@ -121,7 +121,8 @@ pub async fn read_file_async(path: &Path) -> Result<SecretString, SecretError> {
 ///
 /// Opened with `O_NONBLOCK` (a FIFO or device never blocks the open) and `O_NOCTTY`, checked
 /// with `fstat` before anything is read. Outside `$CREDENTIALS_DIRECTORY` the last component
-/// must not be a symlink (`O_NOFOLLOW`); inside it, where systemd may place links, it may be.
+/// may be a symlink only in a directory that no one but root and tokend's user can write (where
+/// no one else could have placed it); inside it, where systemd may place links, it may be.
 /// The path is normalised first (`a/../b` is `b`) and the normalised path is opened, so `..`
 /// cannot leave the credentials directory while the check believes it is inside.
 pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
@@ -136,20 +137,31 @@ pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
         flags |= nix::fcntl::OFlag::O_NOFOLLOW;
     }
     // std opens with O_CLOEXEC.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(&normal)
-        .map_err(|e| {
+    let open = |flags: nix::fcntl::OFlag| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits())
+            .open(&normal)
+    };
+    let file = match open(flags) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
             let link = std::fs::symlink_metadata(&normal).is_ok_and(|m| m.is_symlink());
-            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) && link {
-                SecretError::Symlink {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                read_err(e)
+            if !link {
+                return Err(read_err(e));
             }
-        })?;
+            // Only root or tokend's user could have placed a link there: following it is their
+            // choice, as Kubernetes' kubelet makes it for every mounted file (`token ->
+            // ..data/token`, `..data` swapped at each rotation).
+            if !normal.parent().is_some_and(trusted_directory) {
+                return Err(SecretError::Symlink {
+                    path: path.to_path_buf(),
+                });
+            }
+            open(flags & !nix::fcntl::OFlag::O_NOFOLLOW).map_err(read_err)?
+        }
+        Err(e) => return Err(read_err(e)),
+    };
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
         return Err(SecretError::NotAFile {
@@ -221,6 +233,14 @@ fn in_credentials_directory(normal: &Path) -> bool {
     std::env::var_os("CREDENTIALS_DIRECTORY")
         .map(|dir| normalise(Path::new(&dir)))
         .is_some_and(|dir| dir.is_absolute() && normal.starts_with(&dir) && normal != dir)
+}
+
+/// Whether no one but root and tokend's user can create or replace entries in `dir`: owned by
+/// one of them and writable by neither group nor others (sticky or not).
+fn trusted_directory(dir: &Path) -> bool {
+    let ours = nix::unistd::geteuid().as_raw();
+    std::fs::metadata(dir)
+        .is_ok_and(|m| m.is_dir() && (m.uid() == 0 || m.uid() == ours) && m.mode() & 0o022 == 0)
 }
 
 fn kind_of(t: &std::fs::FileType) -> &'static str {
@@ -367,8 +387,9 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_is_refused_outside_the_credentials_directory() {
+    fn a_symlink_is_refused_where_others_could_have_placed_it() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         let real = dir.path().join("real");
         std::fs::write(&real, "secret\n").unwrap();
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -380,6 +401,43 @@ mod tests {
         // The same file through `..` is the file itself, opened by its normalised path.
         let dotted = dir.path().join("sub/../real");
         assert_eq!(read_file(&dotted).unwrap().expose_secret(), "secret");
+    }
+
+    #[test]
+    fn kubernetes_mounted_files_are_read_through_their_links() {
+        // The kubelet's atomic writer: `token -> ..data/token`, `..data -> ..TIMESTAMP`, in a
+        // directory only it (root) writes.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let write = |version: &str, token: &str| {
+            let versioned = dir.path().join(version);
+            std::fs::create_dir(&versioned).unwrap();
+            let file = versioned.join("token");
+            std::fs::write(&file, token).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+            let tmp = dir.path().join("..data_tmp");
+            std::os::unix::fs::symlink(version, &tmp).unwrap();
+            std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+        };
+        write("..2026_12_02_08_00_00.1", "eyJ.first.sig\n");
+        let token = dir.path().join("token");
+        std::os::unix::fs::symlink("..data/token", &token).unwrap();
+        assert_eq!(read_file(&token).unwrap().expose_secret(), "eyJ.first.sig");
+        write("..2026_12_02_08_48_00.2", "eyJ.second.sig\n");
+        assert_eq!(read_file(&token).unwrap().expose_secret(), "eyJ.second.sig");
+        // The target is still held to the rules: readable by others is refused.
+        let newest = dir.path().join("..2026_12_02_08_48_00.2/token");
+        std::fs::set_permissions(&newest, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_file(&token),
+            Err(SecretError::Exposed { mode: 0o644, .. })
+        ));
+        // A directory others may write is not trusted with links, sticky or not.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(matches!(
+            read_file(&token),
+            Err(SecretError::Symlink { .. })
+        ));
     }
 
     #[test]

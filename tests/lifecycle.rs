@@ -41,6 +41,8 @@ struct Scripted {
     steps: Arc<Mutex<VecDeque<Step>>>,
     started: Arc<Mutex<Vec<Instant>>>,
     issued: Arc<Mutex<u32>>,
+    /// Whether the credentials come from a command (as `subject_token_command`).
+    from_commands: bool,
 }
 
 impl Scripted {
@@ -66,6 +68,10 @@ impl Scripted {
 }
 
 impl TokenSource for Scripted {
+    fn credentials_from_commands(&self) -> bool {
+        self.from_commands
+    }
+
     fn fetch(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TokenReply, FetchError>> + Send>>
@@ -279,6 +285,37 @@ async fn operator_errors_retry_slowly_and_answer_failed_precondition() {
     assert_eq!(source.requests(), 1, "no fast retry loop");
     tokio::time::sleep(secs(302)).await;
     assert_eq!(source.times(h.t0), [0.0, 300.0, 600.0]);
+    assert_eq!(h.get("app", 0).await.unwrap().access_token, "token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_from_a_command_are_retried_on_the_backoff_schedule() {
+    // A command's next token shows only by running it: the client retries (and the source
+    // runs it) at 1, 2, 4, 8 s nominal, not every 300 s, and is "needs operator" meanwhile.
+    let source = Scripted {
+        from_commands: true,
+        ..Scripted::new([
+            fail(invalid_client),
+            fail(invalid_client),
+            fail(invalid_client),
+            fail(invalid_client),
+            token(300),
+        ])
+    };
+    let h = start(&source).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = h.status("app").await;
+    assert_eq!(s.state, proto::ClientState::NeedsOperator as i32);
+    tokio::time::sleep(secs(30)).await;
+    let times = source.times(h.t0);
+    let gaps: Vec<f64> = times.windows(2).map(|p| p[1] - p[0]).collect();
+    assert_eq!(gaps.len(), 4, "{times:?}");
+    for (gap, hi) in gaps.iter().zip([1.0, 2.0, 4.0, 8.0]) {
+        assert!(
+            (1.0..=hi).contains(gap),
+            "gap {gap} not in [1, {hi}]: {times:?}"
+        );
+    }
     assert_eq!(h.get("app", 0).await.unwrap().access_token, "token-1");
 }
 

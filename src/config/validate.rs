@@ -343,10 +343,17 @@ impl ClientConfig {
         ];
         match sources.iter().filter(|s| **s).count() {
             0 if method.uses_secret() => {
+                // A federated grant is often all a provider asks for (Google's STS).
+                let or_none = match self.oauth.grant {
+                    Grant::TokenExchange | Grant::JwtBearer => {
+                        ", or auth_method = \"none\" if the provider does not authenticate the client"
+                    }
+                    Grant::ClientCredentials | Grant::RefreshToken => "",
+                };
                 return Err((
                     "client_secret_file".into(),
                     format!(
-                        "auth_method = \"{}\" needs a client secret: set client_secret_file, client_secret_env or client_secret_credential",
+                        "auth_method = \"{}\" needs a client secret: set client_secret_file, client_secret_env or client_secret_credential{or_none}",
                         method.as_str()
                     ),
                 ));
@@ -495,14 +502,18 @@ impl ClientConfig {
 impl Config {
     /// What works but an operator should know, for `tokend check`: `clients.NAME.KEY: note`.
     pub fn notes(&self) -> Vec<String> {
-        self.clients
+        let basic = self
+            .clients
             .iter()
             .filter(|(_, c)| c.oauth.auth_method == AuthMethod::Basic)
             .filter_map(|(name, c)| {
                 crate::oauth::basic::note(c.oauth.basic_encoding, &c.oauth.client_id)
                     .map(|note| format!("clients.{name}.client_id: {note}"))
-            })
-            .collect()
+            });
+        let federated = self.clients.iter().flat_map(|(name, c)| {
+            super::federated::notes(c).map(move |n| format!("clients.{name}.{n}"))
+        });
+        basic.chain(federated).collect()
     }
 }
 

@@ -90,7 +90,8 @@ struct Inner {
     basic: basic::Learned,
     /// The federated tokens the provider last refused: not sent again until they change or
     /// `operator_retry` has passed, however often the client retries.
-    refused: std::sync::Mutex<Option<Refusal>>,
+    /// (Boxed: a client keeps this slot whether or not it has federated tokens.)
+    refused: std::sync::Mutex<Option<Box<Refusal>>>,
     operator_retry: Duration,
 }
 
@@ -392,11 +393,11 @@ impl Inner {
                 Ok(token)
             }
             Err(e) if self.blames_federated(&e) => {
-                *refused = Some(Refusal {
+                *refused = Some(Box::new(Refusal {
                     digest: presented.digest(),
                     at: tokio::time::Instant::now(),
                     reason: e.label(),
-                });
+                }));
                 Err(FetchError::FederatedRefused {
                     source: Box::new(e),
                     presented: presented.describe(),
@@ -566,7 +567,116 @@ fn federated_params<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oauth::AuthMethod;
+    use crate::oauth::federated::TypedSource;
+    use crate::oauth::reply::OAuthError;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn source_of(c: ClientSettings) -> HttpTokenSource {
+        HttpTokenSource::new(
+            http_client(),
+            "a",
+            Arc::new(c),
+            RequestSettings {
+                timeout: Duration::from_secs(30),
+                default_lifetime: Duration::from_secs(300),
+                operator_retry: Duration::from_secs(300),
+            },
+            Arc::new(EndpointLimiter::new(1, Duration::ZERO)),
+        )
+    }
+
+    fn oauth_error(code: &str) -> FetchError {
+        FetchError::OAuth {
+            status: 400,
+            error: OAuthError {
+                error: code.into(),
+                description: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_subject_token_is_not_sent_again_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subject");
+        let write = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write("subject-1");
+        let source = source_of(ClientSettings {
+            grant: Grant::TokenExchange,
+            federated: Some(Box::new(Federated {
+                subject: Some(TypedSource {
+                    source: CredentialSource::File(path.clone()),
+                    token_type: federated::JWT_TOKEN_TYPE.into(),
+                }),
+                ..Default::default()
+            })),
+            ..ClientSettings::for_tests("https://sts.example.com/token", "a", AuthMethod::None)
+        });
+        let inner = &source.inner;
+        let timeout = Duration::from_secs(30);
+        let presented = inner.federated(timeout).await.unwrap().unwrap();
+        let params: Vec<_> =
+            federated_params(&presented, inner.client.federated.as_deref().unwrap()).collect();
+        assert_eq!(
+            params,
+            [
+                ("subject_token", "subject-1"),
+                ("subject_token_type", federated::JWT_TOKEN_TYPE)
+            ]
+        );
+        // Errors that do not blame the subject token leave it sendable.
+        for code in ["invalid_scope", "invalid_client", "server_error"] {
+            let e = inner
+                .judge_federated(&presented, Err(oauth_error(code)))
+                .unwrap_err();
+            assert!(matches!(e, FetchError::OAuth { .. }), "{code}: {e}");
+        }
+        assert!(inner.federated(timeout).await.is_ok());
+        let refused = inner
+            .judge_federated(&presented, Err(oauth_error("invalid_request")))
+            .unwrap_err();
+        assert!(matches!(refused, FetchError::FederatedRefused { .. }));
+        assert_eq!(refused.kind(), crate::oauth::FailureKind::NeedsOperator);
+        let text = refused.to_string();
+        assert!(
+            text.contains("the provider refused the subject token from"),
+            "{text}"
+        );
+        assert!(!text.contains("subject-1"), "{text}");
+        let again = inner.federated(timeout).await.unwrap_err();
+        assert!(
+            matches!(
+                again,
+                FetchError::Federated(FederatedError::Unchanged { .. })
+            ),
+            "{again}"
+        );
+        assert!(again.to_string().contains("invalid_request"), "{again}");
+        // A rotated token is sent; so is the same one once operator_retry has passed.
+        write("subject-2");
+        assert!(inner.federated(timeout).await.is_ok());
+        write("subject-1");
+        assert!(inner.federated(timeout).await.is_err());
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let presented = inner.federated(timeout).await.unwrap().unwrap();
+        // A token clears the refusal.
+        inner
+            .judge_federated(&presented, Err(oauth_error("invalid_request")))
+            .unwrap_err();
+        let token = TokenReply {
+            access_token: AccessToken::new("at".into()),
+            token_type: "Bearer".into(),
+            scopes: Vec::new(),
+            lifetime: Duration::from_secs(60),
+            lifetime_source: crate::oauth::reply::LifetimeSource::ExpiresIn,
+        };
+        inner.judge_federated(&presented, Ok(token)).unwrap();
+        assert!(inner.federated(timeout).await.is_ok());
+    }
 
     #[test]
     fn metrics_name_the_endpoint_without_credentials_or_query() {

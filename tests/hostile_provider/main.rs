@@ -7,6 +7,7 @@ mod common;
 #[path = "../fault/mod.rs"]
 mod fault;
 
+mod federated;
 mod redaction;
 mod refresh_tokens;
 mod secret_files;

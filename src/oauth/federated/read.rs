@@ -79,6 +79,21 @@ pub struct Presented {
     tokens: Vec<(Role, String, SecretString)>,
 }
 
+// Fingerprints only: a `Presented` in a test failure or a log must not show the tokens.
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        for (role, from, token) in &self.tokens {
+            list.entry(&format_args!(
+                "{} from {from} (sha256:{})",
+                role.noun(),
+                secret::fingerprint(token.expose_secret())
+            ));
+        }
+        list.finish()
+    }
+}
+
 impl Presented {
     /// The token of `role`, if the client has one.
     pub fn get(&self, role: Role) -> Option<&SecretString> {
@@ -143,15 +158,15 @@ impl Presented {
 
 /// A claim's value as a refusal's message shows it: escaped and bounded.
 fn shown(value: &Value) -> String {
+    // Debug escapes a string's control characters; JSON escapes those of other values.
     let text = match value {
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     };
-    let mut out: String = text.escape_debug().take(MAX_CLAIM_SHOWN).collect();
-    if out.len() < text.len() {
-        out.push_str("...");
+    match text.char_indices().nth(MAX_CLAIM_SHOWN) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
     }
-    out
 }
 
 /// The federated tokens of client `c` for one request, `None` when it has none
@@ -230,5 +245,132 @@ fn unusable_by(token: &str, now: SystemTime, timeout: Duration) -> Option<String
         ))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::federated::TypedSource;
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NOW: u64 = 1_800_000_000;
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(NOW)
+    }
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.c2ln",
+            b64(br#"{"alg":"ES256"}"#),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    fn subject_file(dir: &std::path::Path, text: &str) -> Federated {
+        let path = dir.join("subject");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Federated {
+            subject: Some(TypedSource {
+                source: CredentialSource::File(path),
+                token_type: super::super::JWT_TOKEN_TYPE.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn read(f: &Federated) -> Result<Presented, FederatedError> {
+        read_for_request(f, TIMEOUT, now()).await
+    }
+
+    #[tokio::test]
+    async fn a_file_is_read_anew_for_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = jwt(serde_json::json!({"sub": "a", "exp": NOW + 3600}));
+        let f = subject_file(dir.path(), &format!("{first}\n"));
+        let one = read(&f).await.unwrap();
+        assert_eq!(one.get(Role::Subject).unwrap().expose_secret(), first);
+        assert!(one.get(Role::Actor).is_none());
+        let second = jwt(serde_json::json!({"sub": "b", "exp": NOW + 3600}));
+        subject_file(dir.path(), &second);
+        let two = read(&f).await.unwrap();
+        assert_eq!(two.get(Role::Subject).unwrap().expose_secret(), second);
+        assert_ne!(one.digest(), two.digest());
+        // Opaque tokens (no JWT, no exp) are sent as they are.
+        subject_file(dir.path(), "opaque-token_1");
+        assert!(read(&f).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_expired_or_expiring_jwt_is_refused_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let expired = jwt(serde_json::json!({"exp": NOW - 90}));
+        let f = subject_file(dir.path(), &expired);
+        let err = read(&f).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, FederatedError::Expired { .. }), "{text}");
+        assert!(!err.is_transient());
+        assert!(text.contains("expired 1m 30s ago"), "{text}");
+        assert!(text.contains(&secret::fingerprint(&expired)), "{text}");
+        assert!(!text.contains(&expired), "{text}");
+        // Closer than the request timeout: it would expire in flight.
+        subject_file(dir.path(), &jwt(serde_json::json!({"exp": NOW + 10})));
+        let text = read(&f).await.unwrap_err().to_string();
+        assert!(
+            text.contains("expires in 10s, before a request could complete"),
+            "{text}"
+        );
+        subject_file(dir.path(), &jwt(serde_json::json!({"exp": NOW + 31})));
+        assert!(read(&f).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_source_that_is_not_one_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["token(spiffe://x):\n\teyJ.a.b", "a b", "tök"] {
+            let f = subject_file(dir.path(), text);
+            let err = read(&f).await.unwrap_err();
+            assert!(matches!(err, FederatedError::NotAToken { .. }), "{err}");
+            assert!(!err.to_string().contains("eyJ"), "{err}");
+        }
+        // A missing file is the secret files' error, naming the path, and waits for it.
+        let f = Federated {
+            assertion: Some(CredentialSource::File(dir.path().join("missing"))),
+            ..Default::default()
+        };
+        let err = read(&f).await.unwrap_err();
+        assert!(err.to_string().starts_with("assertion: "), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn a_refusal_names_what_the_tokens_claim_never_the_tokens() {
+        let token = jwt(serde_json::json!({
+            "iss": "https://oidc.eks.example.com/id/ABC",
+            "sub": "system:serviceaccount:payments:api\u{1b}[2J",
+            "aud": ["sts.example.com"],
+        }));
+        let presented = Presented {
+            tokens: vec![(
+                Role::ClientAssertion,
+                "/var/run/secrets/tokens/token".into(),
+                SecretString::from(token.clone()),
+            )],
+        };
+        let text = presented.describe();
+        assert_eq!(
+            text,
+            format!(
+                "the client assertion from /var/run/secrets/tokens/token (sha256:{}, iss \"https://oidc.eks.example.com/id/ABC\", sub \"system:serviceaccount:payments:api\\u{{1b}}[2J\", aud [\"sts.example.com\"])",
+                secret::fingerprint(&token)
+            )
+        );
+        assert!(!text.contains(&token));
     }
 }

@@ -485,6 +485,7 @@ fn example_config_commented_tables_parse() {
         "private_key_jwt",
         "client_secret_jwt",
         "tls_client_auth",
+        "federated_assertion",
     ] {
         assert!(
             methods.contains(&method),
@@ -492,6 +493,13 @@ fn example_config_commented_tables_parse() {
         );
     }
     assert!(config.clients.values().any(|c| c.oauth.issuer.is_some()));
+    let grants: Vec<_> = config.clients.values().map(|c| c.oauth.grant).collect();
+    for grant in [Grant::TokenExchange, Grant::JwtBearer] {
+        assert!(
+            grants.contains(&grant),
+            "{grant:?} in {grants:?}\n{examples}"
+        );
+    }
 }
 
 #[test]

@@ -505,7 +505,6 @@ async fn federated_assertion_from_a_file_is_read_at_every_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs host::command (branch h/cmd); run with --ignored once main has it"]
 async fn federated_assertion_from_a_command_is_minted_at_every_request() {
     let platform = Platform::new();
     let idp = platform.provider(json!({}));
@@ -543,7 +542,6 @@ async fn federated_assertion_from_a_command_is_minted_at_every_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs host::command (branch h/cmd); run with --ignored once main has it"]
 async fn subject_token_commands_that_hang_or_flood_are_bounded() {
     let platform = Platform::new();
     platform.write("subject.jwt", "steady", 300);

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::host::offload::{self, Stalled};
 
 pub use secrecy::{ExposeSecret, SecretString};
 
-use crate::host::atomic_file;
+use crate::host::{atomic_file, file_kind, io_error};
 
 /// Secret files larger than this are not secrets but a mistake (a certificate bundle, a log).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
@@ -65,7 +65,7 @@ impl SecretError {
     pub fn is_transient(&self) -> bool {
         match self {
             SecretError::Read { source, .. } | SecretError::Write { source, .. } => {
-                !needs_operator(source)
+                !io_error::needs_operator(source)
             }
             SecretError::Stalled { .. } => true,
             SecretError::NotAFile { .. }
@@ -78,25 +78,6 @@ impl SecretError {
             | SecretError::MissingEnv { .. } => false,
         }
     }
-}
-
-/// I/O errors that say the path or its permissions are wrong; every other one (EMFILE, ENFILE,
-/// ENOMEM, EIO, EINTR, EAGAIN, ENOSPC, ...) is a condition of the moment.
-pub(crate) fn needs_operator(e: &std::io::Error) -> bool {
-    use nix::errno::Errno;
-    matches!(
-        e.raw_os_error().map(Errno::from_raw),
-        Some(
-            Errno::ENOENT
-                | Errno::ENOTDIR
-                | Errno::EISDIR
-                | Errno::ENAMETOOLONG
-                | Errno::ELOOP
-                | Errno::EACCES
-                | Errno::EPERM
-                | Errno::EROFS
-        )
-    )
 }
 
 /// Checks that a secret file exists and is readable as one, without keeping its content.
@@ -166,7 +147,7 @@ pub fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     if !meta.is_file() {
         return Err(SecretError::NotAFile {
             path: path.to_path_buf(),
-            kind: kind_of(&meta.file_type()),
+            kind: file_kind::of(&meta.file_type()),
         });
     }
     let ours = nix::unistd::geteuid().as_raw();
@@ -236,27 +217,27 @@ fn in_credentials_directory(normal: &Path) -> bool {
 }
 
 /// Whether no one but root and tokend's user can create or replace entries in `dir`: owned by
-/// one of them and writable by neither group nor others (sticky or not).
+/// one of them and either writable by neither group nor others (sticky or not) or on a
+/// read-only mount. The second is how Kubernetes mounts a projected volume into a container: its root is
+/// `drwxrwxrwt root root` on a tmpfs the kubelet alone writes, from outside the container.
 fn trusted_directory(dir: &Path) -> bool {
-    let ours = nix::unistd::geteuid().as_raw();
-    std::fs::metadata(dir)
-        .is_ok_and(|m| m.is_dir() && (m.uid() == 0 || m.uid() == ours) && m.mode() & 0o022 == 0)
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let read_only = nix::sys::statvfs::statvfs(dir)
+        .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    meta.is_dir()
+        && trusts(
+            meta.uid(),
+            meta.mode(),
+            read_only,
+            nix::unistd::geteuid().as_raw(),
+        )
 }
 
-fn kind_of(t: &std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "a special file"
-    }
+/// The rule of [`trusted_directory`] on a directory's owner, mode and mount.
+fn trusts(owner: u32, mode: u32, read_only: bool, ours: u32) -> bool {
+    (owner == 0 || owner == ours) && (read_only || mode & 0o022 == 0)
 }
 
 /// Whether users other than the daemon's could read the file: any permission for others, or
@@ -438,6 +419,17 @@ mod tests {
             read_file(&token),
             Err(SecretError::Symlink { .. })
         ));
+    }
+
+    #[test]
+    fn a_read_only_mount_is_trusted_with_links_whatever_its_mode() {
+        // Kubernetes' projected volume root, as a container sees it.
+        assert!(trusts(0, 0o41777, true, 1000));
+        assert!(!trusts(0, 0o41777, false, 1000));
+        assert!(trusts(1000, 0o40755, false, 1000));
+        assert!(!trusts(1000, 0o40775, false, 1000));
+        // Read-only or not, a directory someone else owns is theirs to fill.
+        assert!(!trusts(1001, 0o40555, true, 1000));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, ExitStatus, Stdio};
@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use secrecy::zeroize::Zeroizing;
 
 use crate::host::offload::{self, Stalled};
-use crate::secret::SecretString;
+use secrecy::SecretString;
 
 /// How much of a failed command's stderr is kept to find its first line; the rest is read and
 /// dropped, so that a chatty command never blocks on a full pipe.
@@ -109,7 +109,7 @@ impl CommandError {
     /// opposed to a command that cannot run as configured (missing, unsafe, not text).
     pub fn is_transient(&self) -> bool {
         match self {
-            CommandError::Unreachable { source, .. } => !crate::secret::needs_operator(source),
+            CommandError::Unreachable { source, .. } => !super::io_error::needs_operator(source),
             CommandError::Spawn { source, .. } => !cannot_start(source),
             CommandError::TimedOut { .. }
             | CommandError::Failed { .. }
@@ -134,7 +134,7 @@ impl CommandError {
 /// format the kernel runs, a missing `#!` interpreter); EAGAIN, EMFILE, ENOMEM, ETXTBSY...
 /// pass.
 fn cannot_start(e: &io::Error) -> bool {
-    crate::secret::needs_operator(e)
+    super::io_error::needs_operator(e)
         || e.raw_os_error() == Some(Errno::ENOEXEC as i32)
         || e.raw_os_error().is_none()
 }
@@ -409,7 +409,7 @@ pub fn check(argv: &[String]) -> Result<(), CommandError> {
     if !meta.is_file() {
         return Err(CommandError::NotAFile {
             path: file,
-            kind: kind_of(&meta.file_type()),
+            kind: super::file_kind::of(&meta.file_type()),
         });
     }
     let ours = nix::unistd::geteuid().as_raw();
@@ -516,22 +516,6 @@ fn judge(path: &Path, uid: u32, mode: u32, ours: u32) -> Result<(), CommandError
         (true, true) => "its group and other users",
     };
     Err(CommandError::Writable { path, mode, who })
-}
-
-fn kind_of(t: &std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "a special file"
-    }
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ impl TlsError {
     /// error needs an operator to replace or repair a file.
     pub fn is_transient(&self) -> bool {
         match self {
-            TlsError::Read { source, .. } => !secret::needs_operator(source),
+            TlsError::Read { source, .. } => !crate::host::io_error::needs_operator(source),
             TlsError::Key(e) => e.is_transient(),
             TlsError::Stalled { .. } => true,
             TlsError::Unusable { .. }

@@ -160,9 +160,11 @@ async fn a_refused_subject_token_is_redacted_not_resent_and_its_rotation_used_at
 
 #[tokio::test(start_paused = true)]
 async fn an_expired_subject_token_is_never_sent() {
+    let logs = Logs::capture();
     let endpoint = FaultEndpoint::start(Reply::token("exchanged", 300)).await;
     // Expiring within the request timeout (10 s) is as good as expired.
-    let (app, file, _dir) = start(&endpoint, &sa_token("api", 5)).await;
+    let expiring = sa_token("api", 5);
+    let (app, file, _dir) = start(&endpoint, &expiring).await;
     until("the refusal", || async {
         (state(&app).await == proto::ClientState::NeedsOperator as i32).then_some(())
     })
@@ -170,7 +172,8 @@ async fn an_expired_subject_token_is_never_sent() {
     let error = app.status("payments").await.last_error;
     assert!(error.contains("expires in"), "{error}");
     assert!(error.contains("it was not sent"), "{error}");
-    rotate(&file, &sa_token("api", -60));
+    let expired = sa_token("api", -60);
+    rotate(&file, &expired);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let error = app.status("payments").await.last_error;
     assert!(error.contains("expired 1m"), "{error}");
@@ -186,6 +189,15 @@ async fn an_expired_subject_token_is_never_sent() {
             .ok()
     })
     .await;
-    assert_eq!(sent(&endpoint, "subject_token"), [fresh]);
+    assert_eq!(sent(&endpoint, "subject_token"), [fresh.as_str()]);
     assert!(endpoint.seen()[0].at - rotated <= Duration::from_secs(1));
+
+    let log = logs.all();
+    assert!(log.contains("it was not sent"), "{log}");
+    for token in [&expiring, &expired, &fresh] {
+        assert!(
+            !log.contains(token.as_str()),
+            "the log shows a subject token:\n{log}"
+        );
+    }
 }

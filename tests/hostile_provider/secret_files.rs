@@ -342,7 +342,7 @@ fn config_with(dir: &Path, source: &str) -> PathBuf {
 }
 
 #[test]
-fn secret_symlinks_are_followed_only_inside_the_credentials_directory() {
+fn secret_symlinks_are_followed_only_where_no_one_else_could_have_placed_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir(root.join("store")).unwrap();
@@ -350,7 +350,11 @@ fn secret_symlinks_are_followed_only_inside_the_credentials_directory() {
     let creds = root.join("creds");
     std::fs::create_dir(&creds).unwrap();
     std::os::unix::fs::symlink(&target, creds.join("api")).unwrap();
+    // `root` is like /tmp: anyone may place a link in it.
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     std::os::unix::fs::symlink(&target, root.join("outside-link")).unwrap();
+    // `store` is writable by tokend's user alone: a link there is the operator's.
+    std::os::unix::fs::symlink(&target, root.join("store/link")).unwrap();
     let open = secret_file(root, "open", "s3cret");
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let file = |p: &Path| format!("client_secret_file = \"{}\"", p.display());
@@ -358,6 +362,8 @@ fn secret_symlinks_are_followed_only_inside_the_credentials_directory() {
         // systemd's credentials may be symlinks.
         ("client_secret_credential = \"api\"".into(), None),
         (file(&creds.join("api")), None),
+        // So may a link in a directory only root and tokend's user can write.
+        (file(&root.join("store/link")), None),
         // Anywhere else a symlink is refused...
         (file(&root.join("outside-link")), Some("is a symbolic link")),
         // ...also when `..` walks out of the credentials directory...

@@ -664,9 +664,8 @@ async fn requested_token_type_is_checked_against_the_issued_one() {
     assert_eq!(seen[0]["federation"]["issued_token_type"], TYPE_JWT);
 
     // An access token issued where a JWT was asked for: refused, saying both.
-    // (tokend shortens the provider's value to 40 characters.)
     let want = format!(
-        "issued_token_type is \"urn:ietf:params:oauth:token-type:access_…\", not the requested_token_type {TYPE_JWT}"
+        "issued_token_type is \"{TYPE_ACCESS_TOKEN}\", not the requested_token_type {TYPE_JWT}"
     );
     let s = eventually(Duration::from_secs(10), "the mismatch reported", || async {
         let s = status(&d, "mismatch").await;

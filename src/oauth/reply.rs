@@ -21,6 +21,9 @@ const MAX_DESCRIPTION: usize = 200;
 /// Longest OAuth error code or token_type shown: real ones are a few words.
 const MAX_CODE: usize = 40;
 
+/// Longest issued_token_type shown: a URI (RFC 8693's own are under 50 characters).
+const MAX_TOKEN_TYPE_URI: usize = 100;
+
 /// Longest content type shown for a reply that is not JSON.
 const MAX_CONTENT_TYPE: usize = 60;
 
@@ -190,7 +193,9 @@ pub fn parse_token(
         if got.and_then(Value::as_str) != Some(wanted) {
             return Err(ReplyError::IssuedTokenType {
                 got: match got {
-                    Some(Value::String(t)) => format!("{:?}", redactor.clean(t, MAX_CODE)),
+                    Some(Value::String(t)) => {
+                        format!("{:?}", redactor.clean(t, MAX_TOKEN_TYPE_URI))
+                    }
                     Some(_) => "not a string".into(),
                     None => "missing".into(),
                 },

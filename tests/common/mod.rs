@@ -40,13 +40,15 @@ impl OidcServer {
             dir.join("node_modules/oidc-provider").is_dir(),
             "oidc-provider is not installed: run `npm ci --prefix tests/oidc` (needs Node.js 20+)"
         );
+        // Its stderr goes to a file read back only if it fails to start, to say why.
+        let mut stderr = tempfile::tempfile().unwrap();
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .env("OIDC_TEST_CONFIG", config.to_string())
             .env("PORT", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.try_clone().unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js 20+"));
         let stdin = child.stdin.take().unwrap();
@@ -57,14 +59,25 @@ impl OidcServer {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx
+        let ready = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("oidc-provider did not print READY within 30 s");
-        let ready: serde_json::Value = serde_json::from_str(
-            line.strip_prefix("READY ")
-                .unwrap_or_else(|| panic!("oidc-provider failed to start: {line:?}")),
-        )
-        .unwrap();
+            .ok()
+            .and_then(|line| line.strip_prefix("READY ").map(str::to_string))
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
+        let Some(ready) = ready else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut text = String::new();
+            use std::io::{Read, Seek};
+            let _ = stderr.rewind();
+            let _ = stderr.read_to_string(&mut text);
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "oidc-provider did not print READY within 30 s; its stderr ends:\n{}",
+                tail.join("\n")
+            );
+        };
         OidcServer {
             child,
             _stdin: stdin,

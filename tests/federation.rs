@@ -547,8 +547,9 @@ async fn subject_token_commands_that_hang_or_flood_are_bounded() {
     platform.write("subject.jwt", "steady", 300);
     let idp = platform.provider(json!({}));
     let ep = idp.token_endpoint.clone();
-    // A duration no other process here sleeps, to find this command's processes.
-    const HANG: &str = "600.4242";
+    // A duration no other process sleeps, to find this command's processes.
+    let hang = format!("600.{}", std::process::id());
+    let hang = hang.as_str();
     let command = |name: &str, argv: &[&str]| {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         format!(
@@ -559,7 +560,7 @@ async fn subject_token_commands_that_hang_or_flood_are_bounded() {
     let clients = format!(
         "{}\n{}\n{}",
         exchange_client("steady", "exchanger", &ep, "subject.jwt", ""),
-        command("hangs", &[&program("sleep"), HANG]),
+        command("hangs", &[&program("sleep"), hang]),
         command("floods", &[&program("yes"), "eyJhbGciOiJFUzI1NiJ9"]),
     );
     let dir = platform.dir;
@@ -583,7 +584,7 @@ async fn subject_token_commands_that_hang_or_flood_are_bounded() {
             "GetToken took {:?}",
             asked.elapsed()
         );
-        let running = processes_with_arg(HANG);
+        let running = processes_with_arg(hang);
         assert!(
             running.len() <= 1,
             "{} hanging commands at once",
@@ -619,6 +620,22 @@ async fn subject_token_commands_that_hang_or_flood_are_bounded() {
         !d.log_text().contains("eyJhbGciOiJFUzI1NiJ9"),
         "command output in the log"
     );
+
+    // A command running when tokend stops is ended before it exits, not left behind.
+    eventually(
+        Duration::from_secs(10),
+        "the hanging command running",
+        || async { (!processes_with_arg(hang).is_empty()).then_some(()) },
+    )
+    .await;
+    let mut d = d;
+    assert_eq!(d.stop(), Some(0));
+    eventually(
+        Duration::from_secs(2),
+        "the hanging command gone",
+        || async { processes_with_arg(hang).is_empty().then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -157,7 +157,7 @@ console.log = console.error;
 console.info = console.error;
 console.debug = console.error;
 
-const { default: Provider } = await import('oidc-provider');
+const { default: Provider, errors } = await import('oidc-provider');
 
 const OIDC_SCOPES = new Set(['openid', 'offline_access']);
 const VSCHAR = /^[\x20-\x7E]*$/;
@@ -392,7 +392,6 @@ async function jwksRoute(ctx) {
 // federated token (these, or a client_assertion) records in its /_test/requests entry what
 // each token was (decoded, not trusted), and, for the two grants, the outcome.
 const { jwtVerify, createLocalJWKSet, decodeJwt } = await import('jose');
-const federationErrors = (await import('oidc-provider')).errors;
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
@@ -461,7 +460,7 @@ function federationFrom(fed) {
     const resources = [params.resource ?? resourceIndicator].flat();
     if (resources.length !== 1 || resources[0] !== resourceIndicator) {
       entry.federation.reason = `resource ${JSON.stringify(params.resource)}`;
-      throw new federationErrors.InvalidTarget();
+      throw new errors.InvalidTarget();
     }
     const audiences = params.audience === undefined ? [] : [params.audience].flat();
     const allowed = new Set(resourceScopeFor(client).split(' '));
@@ -469,7 +468,7 @@ function federationFrom(fed) {
     const outside = asked.filter((s) => !allowed.has(s));
     if (outside.length) {
       entry.federation.reason = `scope ${outside.join(' ')}`;
-      throw new federationErrors.InvalidScope('requested scope is not allowed', outside.join(' '));
+      throw new errors.InvalidScope('requested scope is not allowed', outside.join(' '));
     }
     const token = new ctx.oidc.provider.ClientCredentials({ client, scope: asked.join(' ') || undefined });
     token.resourceServer = new ctx.oidc.provider.ResourceServer(resourceIndicator, {
@@ -488,7 +487,7 @@ function federationFrom(fed) {
   async function tokenExchange(ctx) {
     const { params } = ctx.oidc;
     const { federation } = entryOf.get(ctx.req);
-    const invalidRequest = (d) => new federationErrors.InvalidRequest(d);
+    const invalidRequest = (d) => new errors.InvalidRequest(d);
     federation.outcome = 'rejected';
     federation.subject_token_type = params.subject_token_type ?? null;
     federation.requested_token_type = params.requested_token_type ?? null;
@@ -528,7 +527,7 @@ function federationFrom(fed) {
     const { federation } = entryOf.get(ctx.req);
     federation.outcome = 'rejected';
     federation.scope = ctx.oidc.params.scope ?? null;
-    const assertion = await accepted(ctx, 'assertion', (d) => new federationErrors.CustomOIDCProviderError('invalid_grant', d));
+    const assertion = await accepted(ctx, 'assertion', (d) => new errors.CustomOIDCProviderError('invalid_grant', d));
     const { value, token } = await issue(ctx, { subject: { iss: assertion.iss, sub: assertion.sub, jti: assertion.jti } });
     ctx.body = {
       access_token: value,
@@ -599,7 +598,7 @@ const provider = new Provider(issuer, {
       defaultResource: async (_ctx, _client, oneOf) => oneOf ?? resourceIndicator,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, indicator, client) => {
-        if (indicator !== resourceIndicator) throw new Provider.errors.InvalidTarget();
+        if (indicator !== resourceIndicator) throw new errors.InvalidTarget();
         return {
           scope: resourceScopeFor(client),
           audience: resourceIndicator,

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, OidcServer, eventually, secret_file};
-use tokend::proto::GetTokenRequest;
+use common::{Daemon, OidcServer, eventually, get, secret_file};
+
 use tonic::Code;
 
 const TTL: u64 = 3;
@@ -86,15 +86,6 @@ fn jwt_client(id: &str, method: &str) -> serde_json::Value {
         "grant_types": ["client_credentials"],
         "scope": "api:read",
     })
-}
-
-fn get(client: &str) -> tonic::Request<GetTokenRequest> {
-    let mut r = tonic::Request::new(GetTokenRequest {
-        client: client.into(),
-        min_valid_seconds: 0,
-    });
-    r.set_timeout(Duration::from_secs(10));
-    r
 }
 
 /// The token requests `client_id` made, as the provider recorded them.

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use common::{Daemon, OidcServer, eventually, free_port, secret_file};
-use tokend::proto::{GetTokenRequest, ListClientsRequest};
+use common::{Daemon, OidcServer, eventually, free_port, get, secret_file};
 
 const SECRET: &str = "d1sc0very-s3cret";
 
@@ -25,30 +24,6 @@ fn provider() -> OidcServer {
             "token_endpoint_auth_method": "client_secret_basic",
             "grant_types": ["client_credentials"], "scope": "api:read"}]
     }))
-}
-
-fn get(client: &str) -> tonic::Request<GetTokenRequest> {
-    let mut r = tonic::Request::new(GetTokenRequest {
-        client: client.into(),
-        min_valid_seconds: 0,
-    });
-    r.set_timeout(Duration::from_secs(10));
-    r
-}
-
-async fn last_error(daemon: &Daemon, client: &str) -> String {
-    daemon
-        .client()
-        .await
-        .list_clients(ListClientsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .clients
-        .into_iter()
-        .find(|c| c.client == client)
-        .unwrap()
-        .last_error
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +55,7 @@ required = false
     let token = daemon.client().await.get_token(get("good")).await.unwrap();
     assert!(!token.into_inner().access_token.is_empty());
     let error = eventually(Duration::from_secs(10), "mixup's error", || async {
-        Some(last_error(&daemon, "mixup").await).filter(|e| !e.is_empty())
+        Some(daemon.status("mixup").await.last_error).filter(|e| !e.is_empty())
     })
     .await;
     assert!(

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::minter::{self, AUDIENCE, ISSUER, Minted, Minter};
-use common::{Daemon, OidcServer, eventually, jwt_claims};
+use common::{Daemon, OidcServer, eventually, get, jwt_claims};
 use serde_json::{Value, json};
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::proto::{self, RefreshTokenRequest};
 use tonic::Code;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -119,28 +119,6 @@ fn exchange_client(name: &str, client_id: &str, endpoint: &str, file: &str, extr
     )
 }
 
-fn get(client: &str) -> tonic::Request<GetTokenRequest> {
-    let mut r = tonic::Request::new(GetTokenRequest {
-        client: client.into(),
-        min_valid_seconds: 0,
-    });
-    r.set_timeout(Duration::from_secs(5));
-    r
-}
-
-async fn status(d: &Daemon, client: &str) -> proto::ClientStatus {
-    d.client()
-        .await
-        .list_clients(ListClientsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .clients
-        .into_iter()
-        .find(|c| c.client == client)
-        .unwrap_or_else(|| panic!("no client {client}"))
-}
-
 /// Waits until `client` has a token and returns it.
 async fn token(d: &Daemon, client: &str, within: Duration) -> proto::Token {
     let rpc = d.client().await;
@@ -162,7 +140,7 @@ async fn needs_operator(d: &Daemon, client: &str, text: &str) -> proto::ClientSt
         Duration::from_secs(10),
         &format!("{client} to need an operator ({text})"),
         || async {
-            let s = status(d, client).await;
+            let s = d.status(client).await;
             (s.state == proto::ClientState::NeedsOperator as i32 && s.last_error.contains(text))
                 .then_some(s)
         },
@@ -312,7 +290,7 @@ async fn an_expired_subject_token_is_never_sent_and_its_rotation_is_picked_up_wi
         std::slice::from_ref(&fresh.jti)
     );
     none_expired(&seen, "subject_token");
-    assert_eq!(status(&d, "ci").await.last_error, "");
+    assert_eq!(d.status("ci").await.last_error, "");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,7 +346,7 @@ async fn a_refused_subject_token_needs_an_operator_and_is_sent_once() {
         seen[0]
     );
     assert_eq!(
-        status(&d, "batch").await.state,
+        d.status("batch").await.state,
         proto::ClientState::NeedsOperator as i32
     );
 
@@ -601,7 +579,7 @@ async fn subject_token_commands_that_hang_or_flood_are_bounded() {
     }
     assert!(!first_seen.is_empty(), "the hanging command never ran");
     for (client, program) in [("hangs", "sleep"), ("floods", "yes")] {
-        let s = status(&d, client).await;
+        let s = d.status(client).await;
         assert!(
             s.last_error
                 .contains(&format!("command {}", self::program(program))),
@@ -685,7 +663,7 @@ async fn requested_token_type_is_checked_against_the_issued_one() {
         "issued_token_type is \"{TYPE_ACCESS_TOKEN}\", not the requested_token_type {TYPE_JWT}"
     );
     let s = eventually(Duration::from_secs(10), "the mismatch reported", || async {
-        let s = status(&d, "mismatch").await;
+        let s = d.status("mismatch").await;
         (!s.last_error.is_empty()).then_some(s)
     })
     .await;
@@ -696,7 +674,7 @@ async fn requested_token_type_is_checked_against_the_issued_one() {
 
     // A type the provider does not issue: its refusal says so.
     let s = eventually(Duration::from_secs(10), "the refusal reported", || async {
-        let s = status(&d, "unsupported").await;
+        let s = d.status("unsupported").await;
         (!s.last_error.is_empty()).then_some(s)
     })
     .await;

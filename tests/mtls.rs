@@ -16,11 +16,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Daemon, OidcServer, eventually, jwt_claims};
+use common::{Daemon, OidcServer, eventually, get, jwt_claims};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Digest;
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest, RefreshTokenRequest};
+use tokend::proto::{self, RefreshTokenRequest};
 use tonic::Code;
 
 /// The SAN the provider registers for `tls-client` (`tls_client_auth_san_dns`).
@@ -276,28 +276,6 @@ scope = "api:read"
     )
 }
 
-fn get(client: &str) -> tonic::Request<GetTokenRequest> {
-    let mut r = tonic::Request::new(GetTokenRequest {
-        client: client.into(),
-        min_valid_seconds: 0,
-    });
-    r.set_timeout(Duration::from_secs(10));
-    r
-}
-
-async fn status(d: &Daemon, client: &str) -> proto::ClientStatus {
-    d.client()
-        .await
-        .list_clients(ListClientsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .clients
-        .into_iter()
-        .find(|c| c.client == client)
-        .unwrap()
-}
-
 /// Token requests the provider has seen from `client_id`, read over https with the test CA.
 async fn requests_from(idp: &OidcServer, pki: &Pki, client_id: &str) -> usize {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap();
@@ -403,7 +381,7 @@ async fn the_providers_private_ca_is_trusted_only_through_ca_file() {
     let err = rpc.get_token(get("no-ca")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let s = eventually(Duration::from_secs(10), "no-ca fails", || async {
-        let s = status(&d, "no-ca").await;
+        let s = d.status("no-ca").await;
         (!s.last_error.is_empty()).then_some(s)
     })
     .await;
@@ -440,7 +418,7 @@ async fn an_expired_certificate_is_refused_by_the_provider_and_waits_for_an_oper
         Duration::from_secs(10),
         "the expired client fails",
         || async {
-            let s = status(&d, "expired").await;
+            let s = d.status("expired").await;
             (s.state == proto::ClientState::NeedsOperator as i32).then_some(s)
         },
     )
@@ -460,7 +438,7 @@ async fn an_expired_certificate_is_refused_by_the_provider_and_waits_for_an_oper
     eventually(
         Duration::from_secs(15),
         "the replaced certificate is used",
-        || async { (status(&d, "expired").await.has_valid_token).then_some(()) },
+        || async { (d.status("expired").await.has_valid_token).then_some(()) },
     )
     .await;
 }
@@ -506,7 +484,7 @@ async fn bad_key_files_are_named_at_check_and_at_run_time() {
         Duration::from_secs(10),
         "the mismatch is reported",
         || async {
-            let s = status(&d, "tls").await;
+            let s = d.status("tls").await;
             (s.state == proto::ClientState::NeedsOperator as i32).then_some(s)
         },
     )
@@ -538,7 +516,7 @@ async fn bad_key_files_are_named_at_check_and_at_run_time() {
         Duration::from_secs(15),
         "the exposed key is reported",
         || async {
-            let s = status(&d, "tls").await;
+            let s = d.status("tls").await;
             s.last_error
                 .contains("readable by other users")
                 .then_some(s)
@@ -567,7 +545,7 @@ async fn bad_key_files_are_named_at_check_and_at_run_time() {
         Duration::from_secs(15),
         "the repaired key is used",
         || async {
-            let s = status(&d, "tls").await;
+            let s = d.status("tls").await;
             (s.has_valid_token && s.last_error.is_empty()).then_some(())
         },
     )

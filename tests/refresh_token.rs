@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::browser::approve_until_redirect;
-use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, jwt_claims, secret_file};
-use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
+use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, get, jwt_claims, secret_file};
+use tokend::proto::{self, ListClientsRequest};
 use tonic::Code;
 
 const WEB_SECRET: &str = "w3b-s3cret";
@@ -80,15 +80,6 @@ fn finish_authorize(child: Child) -> String {
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn get(client: &str) -> tonic::Request<GetTokenRequest> {
-    let mut r = tonic::Request::new(GetTokenRequest {
-        client: client.into(),
-        min_valid_seconds: 0,
-    });
-    r.set_timeout(Duration::from_secs(5));
-    r
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,7 +90,7 @@ impl ClientConfig {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use crate::config::{Config, ConfigError};
+    use crate::config::{Config, ConfigError, one_client};
 
     /// Loads one client, `[clients.c]` with `keys`, in a directory holding `key.pem` (an EC
     /// P-256 key) and `secret`; `{dir}` in `keys` is that directory.
@@ -107,19 +107,11 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let path = dir.path().join("tokend.toml");
-        let text = format!(
-            "[clients.c]\ntoken_endpoint = \"https://idp.example.com/token\"\nclient_id = \"c\"\n{}\n",
-            keys.replace("{dir}", &dir.path().display().to_string())
-        );
-        std::fs::write(&path, text).unwrap();
-        Config::load_with_env(&path, [])
+        one_client::load(dir.path(), keys)
     }
 
     fn refused(keys: &str, key: &str, reason: &str) {
-        let err = load(keys).unwrap_err();
-        assert_eq!(err.key, format!("clients.c.{key}"), "{err}");
-        assert!(err.reason.contains(reason), "{err}");
+        one_client::assert_refused(load(keys), key, reason);
     }
 
     #[test]

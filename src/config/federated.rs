@@ -156,7 +156,7 @@ fn check_source(source: &CredentialSource) -> Result<(), (&'static str, String)>
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use crate::config::{Config, ConfigError};
+    use crate::config::{Config, ConfigError, one_client};
     use crate::oauth::federated::{CredentialSource, JWT_TOKEN_TYPE};
     use crate::oauth::{AuthMethod, Grant};
 
@@ -169,19 +169,11 @@ mod tests {
             std::fs::write(&path, "eyJ.x.y\n").unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        let path = dir.path().join("tokend.toml");
-        let text = format!(
-            "[clients.c]\ntoken_endpoint = \"https://sts.example.com/token\"\nclient_id = \"c\"\n{}\n",
-            keys.replace("{dir}", &dir.path().display().to_string())
-        );
-        std::fs::write(&path, text).unwrap();
-        Config::load_with_env(&path, [])
+        one_client::load(dir.path(), keys)
     }
 
     fn refused(keys: &str, key: &str, reason: &str) {
-        let err = load(keys).unwrap_err();
-        assert_eq!(err.key, format!("clients.c.{key}"), "{err}");
-        assert!(err.reason.contains(reason), "{err}");
+        one_client::assert_refused(load(keys), key, reason);
     }
 
     const EXCHANGE: &str = "grant = \"token_exchange\"\nauth_method = \"none\"";

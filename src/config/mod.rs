@@ -30,6 +30,8 @@ mod error;
 mod federated;
 mod load;
 #[cfg(test)]
+mod one_client;
+#[cfg(test)]
 mod tests;
 mod validate;
 

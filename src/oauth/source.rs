@@ -688,17 +688,7 @@ mod tests {
                 AuthMethod::Basic,
             )
         };
-        let source = HttpTokenSource::new(
-            http_client(),
-            "a",
-            Arc::new(c),
-            RequestSettings {
-                timeout: Duration::from_secs(30),
-                default_lifetime: Duration::from_secs(300),
-                operator_retry: Duration::from_secs(300),
-            },
-            Arc::new(EndpointLimiter::new(1, Duration::ZERO)),
-        );
+        let source = source_of(c);
         assert_eq!(
             source.inner.endpoint_label(),
             "https://idp.example.com/oauth/token"

@@ -271,6 +271,20 @@ impl Daemon {
         tokend::cli::ctl::connect(&self.socket).await.unwrap()
     }
 
+    /// `client`'s entry in ListClients.
+    pub async fn status(&self, client: &str) -> tokend::proto::ClientStatus {
+        self.client()
+            .await
+            .list_clients(tokend::proto::ListClientsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clients
+            .into_iter()
+            .find(|c| c.client == client)
+            .unwrap_or_else(|| panic!("no client {client}"))
+    }
+
     /// A raw channel, for the health and reflection services.
     pub async fn channel(&self) -> Channel {
         unix_channel(&self.socket).await
@@ -370,6 +384,16 @@ where
 
 /// A loopback port that was free a moment ago (for a listener the test must name in advance,
 /// such as a redirect URI registered with the OAuth server).
+/// A GetToken request for `client`, any validity left, that gives up after 10 s.
+pub fn get(client: &str) -> tonic::Request<tokend::proto::GetTokenRequest> {
+    let mut r = tonic::Request::new(tokend::proto::GetTokenRequest {
+        client: client.into(),
+        min_valid_seconds: 0,
+    });
+    r.set_timeout(Duration::from_secs(10));
+    r
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -66,6 +66,20 @@ enum Command {
         #[arg(long, env = "TOKEND_SOCKET", default_value = ctl::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Exit 0 if the daemon is ready (every client marked required holds a valid token), 1
+    /// otherwise or if it cannot be reached: for exec probes (Kubernetes, Docker, monitoring).
+    ///
+    /// Example: tokend health --socket /run/tokend/tokend.sock
+    Health {
+        #[arg(long, env = "TOKEND_SOCKET", default_value = ctl::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only ask whether the server runs (a liveness probe), not whether its tokens are ready.
+        #[arg(long)]
+        live: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Authorize a refresh-token client once: open the printed URL, approve, and the refresh
     /// token is stored in the client's refresh_token_file (the running daemon picks it up).
     ///
@@ -161,6 +175,26 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(1, e),
             },
+            Command::Health {
+                socket,
+                live,
+                timeout,
+            } => {
+                let probe = if live {
+                    ctl::Probe::Live
+                } else {
+                    ctl::Probe::Ready
+                };
+                match ctl::health(&socket, probe, Duration::from_secs(timeout)).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) if live => fail(1, "tokend is not serving"),
+                    Ok(false) => fail(
+                        1,
+                        "not ready: a required client holds no valid token (see tokend status)",
+                    ),
+                    Err(e) => fail(1, e),
+                }
+            }
             Command::Authorize {
                 client,
                 config,

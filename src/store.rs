@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::access::{Access, Caller};
@@ -117,7 +117,7 @@ pub struct SlotSettings {
     /// For refresh-token clients, the command that authorizes the client again.
     pub authorize_command: Option<String>,
     pub access: Access,
-    /// Whether systemd readiness waits for this client.
+    /// Whether readiness (systemd, health) waits for this client.
     pub required: bool,
     /// The least time between two token requests callers cause (`refresh.min_interval`).
     pub min_interval: Duration,
@@ -179,17 +179,17 @@ pub struct ClientSlot {
     view: watch::Sender<ClientView>,
     refresher: Refresher,
     gate: Arc<Mutex<RefreshGate>>,
-    /// Shared by every slot of a store: woken on any change (systemd status reporting).
-    changed: Arc<Notify>,
+    /// Shared by every slot of a store: counts every change (systemd status, health).
+    changed: Changes,
 }
 
 impl ClientSlot {
-    /// A slot whose refresh requests go to `refresher`; `changed` is woken on every change.
+    /// A slot whose refresh requests go to `refresher`; `changed` counts its every change.
     pub fn new(
         name: String,
         settings: SlotSettings,
         refresher: Refresher,
-        changed: Arc<Notify>,
+        changed: Changes,
     ) -> Self {
         let (view, _) = watch::channel(ClientView {
             token: None,
@@ -268,7 +268,7 @@ impl ClientSlot {
             // Under the view's lock, so that concurrent changes reach the metrics in order.
             METRICS.set_state(&self.name, Some(before.as_str()), v.state.as_str());
         });
-        self.changed.notify_one();
+        bump(&self.changed);
     }
 
     /// Asks for a refresh if `generation` is still the current, fresh token. Callers that saw
@@ -335,8 +335,16 @@ impl ClientSlot {
 #[derive(Default)]
 pub struct TokenStore {
     clients: RwLock<BTreeMap<Arc<str>, Arc<ClientSlot>>>,
-    /// Woken whenever any client's view changes.
-    pub changed: Arc<Notify>,
+    /// Counts changes to any client's view or to the set of clients: every task that follows
+    /// them (systemd status, health) subscribes and misses none.
+    pub changed: Changes,
+}
+
+/// A count of changes, watched by whoever must follow them.
+pub type Changes = Arc<watch::Sender<u64>>;
+
+fn bump(changes: &watch::Sender<u64>) {
+    changes.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 impl TokenStore {
@@ -354,7 +362,7 @@ impl TokenStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(slot.name.clone(), slot);
-        self.changed.notify_one();
+        bump(&self.changed);
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<ClientSlot>> {
@@ -363,7 +371,7 @@ impl TokenStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        self.changed.notify_one();
+        bump(&self.changed);
         removed
     }
 

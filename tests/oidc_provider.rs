@@ -288,19 +288,31 @@ async fn health_and_reflection_are_served() {
     let d = daemon(&idp, "").await;
     let channel = d.channel().await;
 
+    // Ready once the required client (every client is, by default) holds its token.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "tokend.v1.TokenService".into(),
-        })
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    eventually(Duration::from_secs(10), "TokenService SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "tokend.v1.TokenService".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            (status == serving).then_some(())
+        }
+    })
+    .await;
+    let overall = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "".into() })
         .await
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(overall, serving);
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -411,4 +423,45 @@ async fn log_never_contains_secrets_or_tokens_and_sigterm_stops_cleanly() {
         let signature = token.rsplit('.').next().unwrap();
         assert!(!log.contains(signature), "token in log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokend_health_answers_probes_by_the_required_clients() {
+    let idp = provider();
+    let down = |required: bool| {
+        format!(
+            "[clients.down]\ntoken_endpoint = \"http://127.0.0.1:1/token\"\nclient_id = \"x\"\nclient_secret_file = \"{{dir}}/basic.secret\"\nrequired = {required}\n"
+        )
+    };
+    // A required client that cannot get a token keeps the daemon not ready, but alive.
+    let d = daemon(&idp, &down(true)).await;
+    let mut rpc = d.client().await;
+    for client in ["basic", "post"] {
+        rpc.get_token(get(client, 0)).await.unwrap();
+    }
+    let (code, _, err) = d.cli(&["health"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not ready"), "{err}");
+    let (code, _, err) = d.cli(&["health", "--live"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The same client, optional: ready once the others hold their tokens.
+    let d = daemon(&idp, &down(false)).await;
+    eventually(
+        Duration::from_secs(10),
+        "tokend health exiting 0",
+        || async { (d.cli(&["health"]).0 == 0).then_some(()) },
+    )
+    .await;
+
+    // No daemon at all: not live either, with one line saying why.
+    let socket = d.dir.path().join("elsewhere.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["health", "--live", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach tokend"), "{err}");
 }

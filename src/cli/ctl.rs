@@ -1,4 +1,5 @@
-//! `tokend get` and `tokend status`: small gRPC clients of a running daemon over its socket.
+//! `tokend get`, `tokend status` and `tokend health`: small gRPC clients of a running daemon
+//! over its socket.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -67,6 +68,35 @@ fn is_bidi_control(c: char) -> bool {
 
 /// Connects to the daemon's Unix socket.
 pub async fn connect(socket: &Path) -> Result<TokenServiceClient<Channel>, CtlError> {
+    Ok(TokenServiceClient::new(channel(socket).await?))
+}
+
+/// What a probe asks of `tokend health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The server runs (health service `""`).
+    Live,
+    /// Every required client holds a valid token (`tokend.v1.TokenService`).
+    Ready,
+}
+
+/// Whether the daemon answers SERVING for `probe`, asked within `timeout`.
+pub async fn health(socket: &Path, probe: Probe, timeout: Duration) -> Result<bool, CtlError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut rpc = tonic_health::pb::health_client::HealthClient::new(channel(socket).await?);
+    let service = match probe {
+        Probe::Live => "",
+        Probe::Ready => crate::serve::health::TOKEN_SERVICE,
+    };
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    });
+    request.set_timeout(timeout);
+    let status = rpc.check(request).await?.into_inner().status();
+    Ok(status == ServingStatus::Serving)
+}
+
+async fn channel(socket: &Path) -> Result<Channel, CtlError> {
     let path = socket.to_path_buf();
     // The URI is a placeholder: the connector ignores it and dials the socket. Its authority
     // ("localhost") is what the HTTP/2 layer sends, and tonic's server accepts it.
@@ -85,7 +115,7 @@ pub async fn connect(socket: &Path) -> Result<TokenServiceClient<Channel>, CtlEr
                 .map(ToString::to_string)
                 .unwrap_or_else(|| e.to_string()),
         })?;
-    Ok(TokenServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// The client's current access token.

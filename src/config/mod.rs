@@ -208,7 +208,8 @@ pub struct ClientTable {
     /// client is never served there unless it says so.
     #[serde(default)]
     pub allow_tcp: bool,
-    /// Whether systemd readiness waits for this client's first token.
+    /// Whether systemd readiness waits for this client's first token, and health readiness
+    /// (`tokend.v1.TokenService`) holds only while it has a valid one.
     #[serde(default = "default_true")]
     pub required: bool,
     /// Also write each new token to a file, for consumers that can only read files.

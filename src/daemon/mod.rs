@@ -13,6 +13,8 @@ use futures_util::FutureExt;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ServerConfig};
@@ -142,17 +144,28 @@ pub async fn run(
         stopping.clone(),
     )
     .with_limits(plan::call_limits(&config.server));
+    // One reporter for every listener, so that all answer the same.
+    let health = tonic_health::server::HealthReporter::new();
+    let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    tasks.spawn("health reporting", {
+        let store = clients.store.clone();
+        async move {
+            crate::serve::health::report(store, health).await;
+            "it returned".into()
+        }
+    });
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
         let incoming = crate::serve::h2_authority::fix_incoming(connections.incoming(listener));
-        let router = router::<UdsConnectInfo>(&service, &config.server).await;
+        let router = router::<UdsConnectInfo>(&service, &config.server, &health_service);
         let stop = stopping.clone().cancelled_owned();
         servers.push(Box::pin(
             router.serve_with_incoming_shutdown(incoming, stop),
         ));
     }
     for listener in tcp {
-        let router = router::<TcpConnectInfo>(&service, &config.server).await;
+        let router = router::<TcpConnectInfo>(&service, &config.server, &health_service);
         let stop = stopping.clone().cancelled_owned();
         servers.push(Box::pin(
             router.serve_with_incoming_shutdown(connections.incoming(listener), stop),
@@ -268,14 +281,11 @@ async fn reload(
 /// The services every listener offers: tokend's own, standard health, and reflection (so
 /// `grpcurl -unix SOCKET list` works without the proto file). `I` is the listener's connect
 /// info.
-async fn router<I: Clone + Send + Sync + 'static>(
+fn router<I: Clone + Send + Sync + 'static>(
     service: &TokenServiceImpl,
     server: &ServerConfig,
+    health: &HealthServer<HealthService>,
 ) -> tonic::transport::server::Router<crate::serve::connections::Layers<I>> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<TokenServiceServer<TokenServiceImpl>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -290,7 +300,7 @@ async fn router<I: Clone + Send + Sync + 'static>(
         .add_service(
             TokenServiceServer::new(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
-        .add_service(health_service.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(health.clone())
         .add_service(reflection.max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(reflection_alpha.max_decoding_message_size(MAX_REQUEST_BYTES))
 }

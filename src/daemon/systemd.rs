@@ -59,6 +59,7 @@ pub fn summary(store: &TokenStore) -> (String, Vec<String>) {
 /// (naming those without one), then keeps STATUS= current until the process ends.
 pub async fn report_status(store: std::sync::Arc<TokenStore>, startup_timeout: Duration) {
     let deadline = Instant::now() + startup_timeout;
+    let mut changes = store.changed.subscribe();
     loop {
         let (line, missing) = summary(&store);
         if missing.is_empty() {
@@ -72,11 +73,14 @@ pub async fn report_status(store: std::sync::Arc<TokenStore>, startup_timeout: D
             break;
         }
         notify(&[NotifyState::Status(&format!("starting: {line}"))]);
-        let _ = tokio::time::timeout_at(deadline, store.changed.notified()).await;
+        let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
     }
     let mut last = String::new();
     loop {
-        store.changed.notified().await;
+        // The store outlives this task: a closed channel cannot happen, and would only end it.
+        if changes.changed().await.is_err() {
+            return;
+        }
         tokio::time::sleep(STATUS_MIN_INTERVAL).await;
         let (line, _) = summary(&store);
         if line != last {

@@ -3,6 +3,7 @@
 //! read which client's token is [`crate::access`].
 //!
 //! - `service`: the `tokend.v1.TokenService` implementation and its status mapping.
+//! - `health`: `grpc.health.v1` statuses for probes, readiness from the required clients.
 //! - `call_limits`: caps on watch streams and waiting calls, in all and per uid.
 //! - `listen`: the Unix socket and loopback TCP listeners.
 //! - `metrics_http`: the listeners metrics are scraped on.
@@ -13,6 +14,7 @@
 pub mod call_limits;
 pub mod connections;
 pub mod h2_authority;
+pub mod health;
 pub mod listen;
 pub mod metrics_http;
 pub mod service;

@@ -218,8 +218,8 @@ fn in_credentials_directory(normal: &Path) -> bool {
 
 /// Whether no one but root and tokend's user can create or replace entries in `dir`: owned by
 /// one of them and either writable by neither group nor others (sticky or not) or on a
-/// read-only mount. The second is how Kubernetes mounts a projected volume into a container: its root is
-/// `drwxrwxrwt root root` on a tmpfs the kubelet alone writes, from outside the container.
+/// read-only mount. The second is how Kubernetes mounts a projected volume into a container:
+/// its root is `drwxrwxrwt root root` on a tmpfs the kubelet alone writes, from outside.
 fn trusted_directory(dir: &Path) -> bool {
     let Ok(meta) = std::fs::metadata(dir) else {
         return false;

@@ -33,7 +33,7 @@ pub fn readiness(store: &TokenStore, now: Instant) -> (bool, Option<Instant>) {
     (true, first_expiry)
 }
 
-/// Keeps `reporter`'s status of [`TOKEN_SERVICE`] current until the store is dropped.
+/// Keeps `reporter`'s status of [`TOKEN_SERVICE`] current for as long as the daemon runs.
 pub async fn report(store: Arc<TokenStore>, reporter: HealthReporter) {
     let mut changes = store.changed.subscribe();
     let mut last = None;
@@ -49,18 +49,16 @@ pub async fn report(store: Arc<TokenStore>, reporter: HealthReporter) {
             reporter.set_service_status(TOKEN_SERVICE, status).await;
             last = Some(status);
         }
-        let changed = changes.changed();
-        match until {
-            Some(at) => {
-                if let Ok(Err(_)) = tokio::time::timeout_at(at, changed).await {
-                    return;
-                }
-            }
-            None => {
-                if changed.await.is_err() {
-                    return;
-                }
-            }
+        // Until the store changes, or the first required token expires. The store is held
+        // here, so its channel cannot close; were it closed, this task would end (reported).
+        let woke = match until {
+            Some(at) => tokio::time::timeout_at(at, changes.changed())
+                .await
+                .unwrap_or(Ok(())),
+            None => changes.changed().await,
+        };
+        if woke.is_err() {
+            return;
         }
     }
 }

@@ -29,6 +29,7 @@
 //!   what a panic said.
 
 mod access;
+mod attest;
 pub mod cli;
 mod client_name;
 pub mod config;

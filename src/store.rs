@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::access::{Access, Caller};
+use crate::access::{Access, Caller, Decision, Granted};
 use crate::metrics::METRICS;
 use crate::oauth::Grant;
 use crate::proto;
@@ -222,14 +222,25 @@ impl ClientSlot {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
-    pub fn allows(&self, caller: &Caller) -> bool {
+    /// Whether `caller` may read the token, with what is known without a lookup.
+    pub fn decide(&self, caller: &Caller) -> Decision {
         // Under the lock rather than through `settings()`: every call asks, and the clone of
         // the `Arc` would be two atomic operations for nothing.
         self.settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .access
-            .allows(caller)
+            .decide(caller)
+    }
+
+    /// Whether `caller` may read the token, looking up its pod or executable digest if a rule
+    /// needs them; why it may.
+    pub async fn admit(&self, caller: &Caller) -> Option<Granted> {
+        match self.decide(caller) {
+            Decision::Allowed(granted) => Some(granted),
+            Decision::Denied => None,
+            Decision::Lookup => self.settings().access.admit(caller).await,
+        }
     }
 
     /// Forgets the token and state: the client's fetch settings changed, so what it held no

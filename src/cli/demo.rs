@@ -179,6 +179,7 @@ pub fn config(
         },
         refresh: RefreshPolicy::default(),
         metrics: Default::default(),
+        kubernetes: Default::default(),
         clients,
         source_path: None,
     })

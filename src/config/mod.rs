@@ -49,6 +49,9 @@ pub struct Config {
     pub refresh: RefreshPolicy,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Where pods are looked up, for `pod_*` selectors.
+    #[serde(default)]
+    pub kubernetes: crate::attest::kubelet::Settings,
     /// Shared with the running clients (one copy per client, not one per user of it).
     #[serde(default)]
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
@@ -204,6 +207,10 @@ pub struct ClientTable {
     /// in). With neither list, every caller that can open the socket may.
     #[serde(default)]
     pub allowed_groups: Vec<String>,
+    /// `[[clients.NAME.allow]]`: callers matching every selector of any one entry may read
+    /// the token too (unit, executable, cgroup, pod, user, group).
+    #[serde(default)]
+    pub allow: Vec<crate::access::Selectors>,
     /// Serve this client on the TCP listener too. TCP callers cannot be identified, so a
     /// client is never served there unless it says so.
     #[serde(default)]
@@ -279,6 +286,7 @@ pub struct ClientConfig {
     pub code_param: Option<String>,
     pub allowed_users: Vec<String>,
     pub allowed_groups: Vec<String>,
+    pub allow: Vec<crate::access::Selectors>,
     pub allow_tcp: bool,
     pub required: bool,
     pub file_sink: Option<crate::sink::FileSinkConfig>,
@@ -382,6 +390,7 @@ impl From<ClientTable> for ClientConfig {
             code_param: t.code_param,
             allowed_users: t.allowed_users,
             allowed_groups: t.allowed_groups,
+            allow: t.allow,
             allow_tcp: t.allow_tcp,
             required: t.required,
             file_sink: t.file_sink,
@@ -466,6 +475,7 @@ impl ClientConfig {
         ClientConfig {
             allowed_users: Vec::new(),
             allowed_groups: Vec::new(),
+            allow: Vec::new(),
             allow_tcp: false,
             required: true,
             ..self.clone()

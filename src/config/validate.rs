@@ -85,7 +85,19 @@ impl Config {
                 .validate(name)
                 .map_err(|(k, r)| err(format!("clients.{name}.{k}"), r))?;
         }
+        if self.names_pods() {
+            self.kubernetes
+                .validate()
+                .map_err(|(k, r)| err(format!("kubernetes.{k}"), r))?;
+        }
         Ok(())
+    }
+
+    /// Whether any client allows callers by pod (the kubelet is asked).
+    pub fn names_pods(&self) -> bool {
+        self.clients
+            .values()
+            .any(|c| c.allow.iter().any(|e| e.names_pods()))
     }
 }
 
@@ -260,8 +272,8 @@ impl ClientConfig {
         self.validate_secret()?;
         self.validate_auth_method()?;
         self.validate_federated()?;
-        crate::access::Access::resolve(&self.allowed_users, &self.allowed_groups, self.allow_tcp)
-            .map_err(|(key, reason)| (key.to_string(), reason))?;
+        crate::access::Access::resolve(self.access_rules(), None)?;
+        self.validate_executables()?;
         if let Some(sink) = &self.file_sink {
             sink.resolve()
                 .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;
@@ -501,6 +513,18 @@ impl ClientConfig {
 
 impl Config {
     /// What works but an operator should know, for `tokend check`: `clients.NAME.KEY: note`.
+    /// Each client's `[[allow]]` entries, one line each, for `tokend check`.
+    pub fn explain_access(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .flat_map(|(name, c)| {
+                c.allow.iter().enumerate().map(move |(i, entry)| {
+                    format!("clients.{name}.allow[{i}]: {}", entry.explain())
+                })
+            })
+            .collect()
+    }
+
     pub fn notes(&self) -> Vec<String> {
         let basic = self
             .clients
@@ -513,7 +537,18 @@ impl Config {
         let federated = self.clients.iter().flat_map(|(name, c)| {
             super::federated::notes(c).map(move |n| format!("clients.{name}.{n}"))
         });
-        basic.chain(federated).collect()
+        let executables = self.clients.iter().flat_map(|(name, c)| {
+            c.allow.iter().enumerate().filter_map(move |(i, entry)| {
+                let exe = entry.executable.as_ref()?;
+                std::fs::symlink_metadata(exe).is_err().then(|| {
+                    format!(
+                        "clients.{name}.allow[{i}].executable: {} does not exist (yet); no caller matches until it does",
+                        exe.display()
+                    )
+                })
+            })
+        });
+        basic.chain(federated).chain(executables).collect()
     }
 }
 
@@ -630,5 +665,40 @@ impl ClientConfig {
             };
             (key.to_string(), e.to_string())
         })
+    }
+}
+
+impl ClientConfig {
+    /// Who may read this client's token, as its table says.
+    pub fn access_rules(&self) -> crate::access::Rules<'_> {
+        crate::access::Rules {
+            allowed_users: &self.allowed_users,
+            allowed_groups: &self.allowed_groups,
+            allow: &self.allow,
+            allow_tcp: self.allow_tcp,
+        }
+    }
+
+    /// An `executable` that is a symbolic link would never match: a process is known by the
+    /// real path of the program it runs.
+    fn validate_executables(&self) -> Result<(), (String, String)> {
+        for (i, entry) in self.allow.iter().enumerate() {
+            let Some(exe) = &entry.executable else {
+                continue;
+            };
+            if let Ok(real) = std::fs::canonicalize(exe)
+                && real != *exe
+            {
+                return Err((
+                    format!("allow[{i}].executable"),
+                    format!(
+                        "{} leads to {}: callers are known by the real path of their program; write that",
+                        exe.display(),
+                        real.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,12 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
+use tracing::error;
+
 use crate::access::Access;
+use crate::attest::kubelet::{Kubelet, Settings as KubeletSettings};
 use crate::config::{ClientConfig, Config, ServerConfig};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::{Grant, HttpTokenSource, RequestSettings};
@@ -58,11 +63,43 @@ pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSetting
             format!("tokend authorize {name} --config {path}")
         }),
         // Validated at load; should a user or group have vanished since, fail closed: root only.
-        access: Access::resolve(&c.allowed_users, &c.allowed_groups, c.allow_tcp)
-            .unwrap_or_else(|_| Access::resolve(&["0".into()], &[], false).expect("uid 0")),
+        access: Access::resolve(c.access_rules(), kubelet(config).as_ref()).unwrap_or_else(|_| {
+            let root = ["0".to_string()];
+            let rules = crate::access::Rules {
+                allowed_users: &root,
+                ..Default::default()
+            };
+            Access::resolve(rules, None).expect("uid 0")
+        }),
         required: c.required,
         min_interval: config.refresh.min_interval,
     }
+}
+
+/// The kubelet that pod selectors ask, if any client has one: one client for as long as the
+/// `[kubernetes]` settings stay the same (reloads keep its pod list). A kubelet client that
+/// cannot be made (its CA file unreadable) is reported and no pod is found: pod rules fail
+/// closed until a reload.
+fn kubelet(config: &Config) -> Option<Arc<Kubelet>> {
+    static CURRENT: Mutex<Option<(KubeletSettings, Option<Arc<Kubelet>>)>> = Mutex::new(None);
+    if !config.names_pods() {
+        return None;
+    }
+    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((settings, kubelet)) = current.as_ref()
+        && *settings == config.kubernetes
+    {
+        return kubelet.clone();
+    }
+    let kubelet = match Kubelet::new(&config.kubernetes) {
+        Ok(k) => Some(Arc::new(k)),
+        Err(e) => {
+            error!("pod selectors cannot be answered, so they let no caller in: {e}");
+            None
+        }
+    };
+    *current = Some((config.kubernetes.clone(), kubelet.clone()));
+    kubelet
 }
 
 /// Builds specs for configured clients over `http`; clients of one token endpoint share that
@@ -159,7 +196,9 @@ pub async fn reconcile(
             }
             Some(before) => {
                 let (was, now) = (settings_of(old, name, before), settings_of(new, name, c));
-                if was.access != now.access || was.required != now.required {
+                let kubelet_changed =
+                    old.kubernetes != new.kubernetes && c.allow.iter().any(|e| e.names_pods());
+                if was.access != now.access || was.required != now.required || kubelet_changed {
                     if let Some(slot) = clients.store.get(name) {
                         slot.set_settings(now);
                     }

@@ -223,6 +223,7 @@ mod tests {
             uid,
             gid: uid,
             pid: None,
+            process: Err(crate::attest::process::Unattested::Gone),
         }
     }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
-use crate::access::Caller;
+use crate::access::{Caller, Granted};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
 use crate::metrics::{METRICS, WatchGuard};
 use crate::proto::{self, token_service_server::TokenService};
@@ -55,17 +55,21 @@ impl TokenServiceImpl {
     /// The client's slot, if it exists and `caller` may read it. A client the caller may not
     /// read is answered exactly as a name nobody configured, so that callers cannot tell which
     /// clients exist (ListClients hides them too).
-    fn slot(&self, client: &str, caller: &Caller) -> Result<Arc<ClientSlot>, Status> {
+    async fn slot(
+        &self,
+        client: &str,
+        caller: &Caller,
+    ) -> Result<(Arc<ClientSlot>, Granted), Status> {
         // Looked up before it is checked: every configured name is valid, so a found one needs
         // no check and the common call pays for none.
         let Some(slot) = self.store.get(client) else {
             return Err(unknown_client(client));
         };
-        if !slot.allows(caller) {
+        let Some(granted) = slot.admit(caller).await else {
             warn!(client = %client, caller = %caller, "denied: caller is not allowed to read this client's token");
             return Err(unknown_client(client));
-        }
-        Ok(slot)
+        };
+        Ok((slot, granted))
     }
 
     /// How long a call may wait: the caller's deadline less headroom, else the default; never
@@ -260,7 +264,7 @@ impl TokenServiceImpl {
     ) -> Result<Response<proto::Token>, Status> {
         let caller = Caller::of(&request);
         let req = request.get_ref();
-        let slot = self.slot(&req.client, &caller)?;
+        let (slot, granted) = self.slot(&req.client, &caller).await?;
         let min_valid = Duration::from_secs(req.min_valid_seconds.into());
         // Nearly every call: the current token will do, and the caller's deadline does not
         // matter.
@@ -272,7 +276,7 @@ impl TokenServiceImpl {
                     .await?
             }
         };
-        audit(&slot.name, &caller, &token);
+        audit(&slot.name, &caller, granted, &token);
         Ok(Response::new(to_proto(&slot.name, &token)))
     }
 
@@ -281,7 +285,7 @@ impl TokenServiceImpl {
         request: Request<proto::WatchTokenRequest>,
     ) -> Result<Response<TokenStream>, Status> {
         let caller = Caller::of(&request);
-        let slot = self.slot(&request.get_ref().client, &caller)?;
+        let (slot, _) = self.slot(&request.get_ref().client, &caller).await?;
         let streams = self.limits.streams.admit(&caller)?;
         let name = slot.name.clone();
         let mut last = 0;
@@ -291,20 +295,34 @@ impl TokenServiceImpl {
         let changes = WatchStream::new(slot.subscribe());
         drop(slot);
         // Every view change wakes the stream; only a new token generation is sent, and only
-        // while the caller may still read it (a reload can take that away).
-        let tokens = changes.filter_map(move |view| {
+        // while the caller may still read it (a reload can take that away). Asked again at
+        // each change: what the rules look up is remembered on the connection, so only a
+        // reload that brings a new rule makes this wait.
+        let checked = {
+            let caller = caller.clone();
+            futures_util::StreamExt::then(changes, move |view| {
+                let (slot, caller) = (weak.upgrade(), caller.clone());
+                async move {
+                    let granted = match slot {
+                        Some(slot) => slot.admit(&caller).await,
+                        None => None,
+                    };
+                    (granted, view)
+                }
+            })
+        };
+        let tokens = checked.filter_map(move |(granted, view)| {
             // Moved in so the stream counts as open exactly as long as it exists.
             let _open = (&open, &streams);
-            let allowed = weak.upgrade().is_some_and(|s| s.allows(&caller));
-            if !allowed {
+            let Some(granted) = granted else {
                 warn!(client = %name, caller = %caller, "stream ended: the client was removed or the caller may no longer read it");
                 return Some(Err(unknown_client(&name)));
-            }
+            };
             let token = view
                 .token
                 .filter(|t| t.generation > last && t.is_valid(Instant::now()))?;
             last = token.generation;
-            audit(&name, &caller, &token);
+            audit(&name, &caller, granted, &token);
             Some(Ok(to_proto(&name, &token)))
         });
         // tonic ends the response at the first error, so a denial is the stream's last item.
@@ -320,7 +338,7 @@ impl TokenServiceImpl {
         let wait = self.wait_budget(&request);
         let caller = Caller::of(&request);
         let req = request.get_ref();
-        let slot = self.slot(&req.client, &caller)?;
+        let (slot, granted) = self.slot(&req.client, &caller).await?;
         if req.rejected_access_token.is_empty() {
             return Err(Status::invalid_argument(
                 "rejected_access_token must be the token the API rejected",
@@ -342,7 +360,7 @@ impl TokenServiceImpl {
             Err(NoToken::RateLimited { current, .. }) => current,
             Err(e) => return Err(e.into()),
         };
-        audit(&slot.name, &caller, &token);
+        audit(&slot.name, &caller, granted, &token);
         Ok(Response::new(to_proto(&slot.name, &token)))
     }
 
@@ -353,11 +371,14 @@ impl TokenServiceImpl {
         let caller = Caller::of(&request);
         let now = Instant::now();
         // Clients the caller may not read are not shown at all.
-        let clients = self
-            .store
-            .all()
+        let mut readable = Vec::new();
+        for slot in self.store.all() {
+            if slot.admit(&caller).await.is_some() {
+                readable.push(slot);
+            }
+        }
+        let clients = readable
             .into_iter()
-            .filter(|slot| slot.allows(&caller))
             .map(|slot| {
                 let view = slot.view();
                 let token = view.token.as_ref();
@@ -420,11 +441,13 @@ fn counted<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Stat
     result
 }
 
-/// The audit record of a token handed out: who got which client's token, by fingerprint.
-fn audit(client: &str, caller: &Caller, token: &Token) {
+/// The audit record of a token handed out: who got which client's token, by fingerprint, and
+/// the rule that let it.
+fn audit(client: &str, caller: &Caller, granted: Granted, token: &Token) {
     debug!(
         client = %client,
         caller = %caller,
+        rule = %granted,
         fingerprint = %token.access_token.fingerprint(),
         "token handed out"
     );

@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use super::conn::{Conn, Timeouts};
 use super::limits::{Limits, Peer, Refused};
+use crate::attest::process::{PeerProcess, Process, boot_time_now};
 
 /// How long accepting pauses when the process or the system is out of descriptors: long enough
 /// not to spin, short enough that a caller barely notices once descriptors are free again.
@@ -34,6 +35,8 @@ pub trait Listen {
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
     /// Whom the connection counts against; `None` if that cannot be told (it is closed).
     fn peer(io: &Self::Io) -> Option<Peer>;
+    /// The calling process, read now that the connection is accepted (local callers only).
+    fn process(io: &Self::Io) -> Option<PeerProcess>;
 }
 
 impl Listen for UnixListener {
@@ -46,6 +49,14 @@ impl Listen for UnixListener {
     fn peer(io: &UnixStream) -> Option<Peer> {
         io.peer_cred().ok().map(|cred| Peer::Uid(cred.uid()))
     }
+
+    fn process(io: &UnixStream) -> Option<PeerProcess> {
+        let process = Process::of_peer(io, boot_time_now()).map(Arc::new);
+        if let Err(why) = &process {
+            debug!("a caller without attributes: {why}");
+        }
+        Some(PeerProcess(process))
+    }
 }
 
 impl Listen for TcpListener {
@@ -57,6 +68,10 @@ impl Listen for TcpListener {
 
     fn peer(_: &TcpStream) -> Option<Peer> {
         Some(Peer::Tcp)
+    }
+
+    fn process(_: &TcpStream) -> Option<PeerProcess> {
+        None
     }
 }
 
@@ -125,7 +140,12 @@ impl<L: Listen + Unpin> Stream for Incoming<L> {
                     continue;
                 };
                 match this.limits.admit(peer) {
-                    Ok(slot) => return Poll::Ready(Some(Ok(Conn::new(io, slot, this.timeouts)))),
+                    Ok(slot) => {
+                        // Read at once: the sooner, the less time the caller has to exec
+                        // another program under the same pid.
+                        let process = L::process(&io);
+                        return Poll::Ready(Some(Ok(Conn::new(io, slot, this.timeouts, process))));
+                    }
                     // Dropping `io` closes it at once.
                     Err(refused) => this.refusals.note(peer, refused, &this.limits),
                 }

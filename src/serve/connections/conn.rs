@@ -13,6 +13,7 @@ use tonic::transport::server::Connected;
 use tracing::debug;
 
 use super::limits::Slot;
+use crate::attest::process::PeerProcess;
 
 /// The client's connection preface (RFC 9113 3.4), which must be followed by a SETTINGS frame.
 const PREFACE_LEN: usize = 24;
@@ -32,6 +33,7 @@ pub(super) struct Timeouts {
 pub struct ConnInfo<I> {
     pub(super) inner: I,
     pub(super) activity: Arc<Activity>,
+    pub(super) process: Option<PeerProcess>,
 }
 
 /// How many requests a connection has begun and finished.
@@ -77,6 +79,8 @@ pub struct Conn<T> {
     io: T,
     _slot: Slot,
     activity: Arc<Activity>,
+    /// The calling process, as read at accept.
+    process: Option<PeerProcess>,
     /// The handshake deadline while `handshake` is `Some`, then the next idle check.
     timer: Pin<Box<Sleep>>,
     /// The waker `timer` was last polled with, cleared when it is reset: while the task reading
@@ -93,11 +97,12 @@ pub struct Conn<T> {
 }
 
 impl<T> Conn<T> {
-    pub(super) fn new(io: T, slot: Slot, timeouts: Timeouts) -> Self {
+    pub(super) fn new(io: T, slot: Slot, timeouts: Timeouts, process: Option<PeerProcess>) -> Self {
         Conn {
             io,
             _slot: slot,
             activity: Arc::default(),
+            process,
             timer: Box::pin(tokio::time::sleep(timeouts.handshake)),
             timer_waker: None,
             handshake: Some(Handshake::default()),
@@ -209,6 +214,7 @@ impl<T: Connected> Connected for Conn<T> {
         ConnInfo {
             inner: self.io.connect_info(),
             activity: self.activity.clone(),
+            process: self.process.clone(),
         }
     }
 }
@@ -308,7 +314,7 @@ mod tests {
     fn conn() -> (Conn<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
         let (server, client) = tokio::io::duplex(1024);
         let slot = limits(1, 1).admit(Peer::Tcp).unwrap();
-        (Conn::new(server, slot, TIMEOUTS), client)
+        (Conn::new(server, slot, TIMEOUTS, None), client)
     }
 
     fn handshake() -> Vec<u8> {

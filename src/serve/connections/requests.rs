@@ -68,6 +68,9 @@ where
             .remove::<ConnInfo<I>>()
             .map(|info| {
                 request.extensions_mut().insert(info.inner);
+                if let Some(process) = info.process {
+                    request.extensions_mut().insert(process);
+                }
                 info.activity.begin()
             });
         Tracking {

@@ -144,6 +144,9 @@ fn main() -> ExitCode {
                         eprintln!("tokend: warning: {warning}");
                     }
                     println!("{}: ok, {} client(s)", config.display(), c.clients.len());
+                    for line in c.explain_access() {
+                        println!("{line}");
+                    }
                     for note in c.notes() {
                         eprintln!("{}: note: {note}", config.display());
                     }

@@ -56,6 +56,72 @@ fn check_accepts_a_good_config_and_names_file_key_and_reason_for_a_bad_one() {
 }
 
 #[test]
+fn check_explains_each_allow_entry_and_refuses_unknown_or_bad_selectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    let entries = format!(
+        "[[clients.billing.allow]]\nunit = \"billing.service\"\nuser = \"root\"\n\
+         [[clients.billing.allow]]\nexecutable = \"{}\"\ncgroup = \"/system.slice\"\n\
+         [[clients.billing.allow]]\npod_namespace = \"billing\"\npod_service_account = \"api\"\npod_label = \"tier=web\"\n",
+        sh.display()
+    );
+    let good = config(dir.path(), &entries);
+    let (code, out, err) = tokend(&["check", "--config", &good]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        [
+            "clients.billing.allow[0]: callers user root, in unit billing.service".to_string(),
+            format!(
+                "clients.billing.allow[1]: callers in cgroup /system.slice, running {}",
+                sh.display()
+            ),
+            "clients.billing.allow[2]: callers in a pod of namespace billing, with service account api, with pod label tier=web".to_string(),
+        ]
+    );
+
+    let refused = |extra: &str| {
+        let bad = config(dir.path(), extra);
+        let (code, out, err) = tokend(&["check", "--config", &bad]);
+        assert_eq!(code, 78, "EX_CONFIG for {extra}: {out}");
+        err
+    };
+    let err = refused("[[clients.billing.allow]]\npod_lable = \"a=b\"\n");
+    assert!(
+        err.contains("unknown field `pod_lable`") && err.contains("pod_label"),
+        "{err}"
+    );
+    let err = refused("[[clients.billing.allow]]\n");
+    assert!(
+        err.contains("clients.billing.allow[0]: an entry needs at least one selector"),
+        "{err}"
+    );
+    let err = refused("[[clients.billing.allow]]\nunit = \"billing\"\n");
+    assert!(err.contains("clients.billing.allow[0].unit:"), "{err}");
+    let err = refused(
+        "[[clients.billing.allow]]\nexecutable = \"/bin/sh\"\nexecutable_sha256 = \"abc\"\n",
+    );
+    assert!(
+        err.contains("allow[0].executable_sha256: must be 64 hexadecimal"),
+        "{err}"
+    );
+    let err = refused("[[clients.billing.allow]]\npod_label = \"=x\"\n");
+    assert!(err.contains("allow[0].pod_label:"), "{err}");
+    let err = refused(
+        "[[clients.billing.allow]]\nuser = \"root\"\n[[clients.billing.allow]]\ngroup = \"no-such-group-xyz\"\n",
+    );
+    assert!(err.contains("clients.billing.allow[1].group:"), "{err}");
+    if sh != std::path::Path::new("/bin/sh") {
+        let err = refused("[[clients.billing.allow]]\nexecutable = \"/bin/sh\"\n");
+        assert!(
+            err.contains("allow[0].executable: /bin/sh leads to"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn check_notes_an_id_that_cannot_be_sent_raw_and_refuses_raw_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let secret = secret_file(dir.path(), "s.secret", "x");

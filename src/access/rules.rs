@@ -332,3 +332,225 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::{Access, Caller, Decision, Granted, Rules};
+    use super::*;
+    use crate::attest::cgroup::CgroupInfo;
+    use crate::attest::process::{Executable, FileVersion};
+
+    fn process(unit: &str, cgroup: &str, exe: &str) -> Arc<Process> {
+        Arc::new(Process {
+            pid: 4242,
+            exe: Some(Executable {
+                path: exe.into(),
+                file: FileVersion {
+                    dev: 1,
+                    ino: 2,
+                    size: 3,
+                    mtime: (4, 5),
+                    ctime: (6, 7),
+                },
+            }),
+            cgroup: CgroupInfo {
+                path: Some(cgroup.into()),
+                unit: Some(unit.into()),
+                pod_uid: None,
+                container_id: None,
+            },
+            pod: Default::default(),
+            exe_sha256: Default::default(),
+        })
+    }
+
+    fn caller(uid: u32, process: Arc<Process>) -> Caller {
+        Caller::Local {
+            uid,
+            gid: uid,
+            pid: Some(process.pid),
+            process: Ok(process),
+        }
+    }
+
+    fn access(entries: &[Selectors]) -> Access {
+        let rules = Rules {
+            allow: entries,
+            ..Rules::default()
+        };
+        Access::resolve(rules, None).unwrap()
+    }
+
+    fn entry(toml_text: &str) -> Selectors {
+        #[derive(serde::Deserialize)]
+        struct One {
+            allow: Vec<Selectors>,
+        }
+        let one: One = config::Config::builder()
+            .add_source(config::File::from_str(toml_text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        one.allow.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn every_selector_of_an_entry_must_match_and_any_entry_will_do() {
+        let a = access(&[
+            entry("[[allow]]\nunit = \"billing.service\"\nuser = \"1000\""),
+            entry("[[allow]]\nexecutable = \"/usr/bin/report\"\ncgroup = \"/system.slice\""),
+        ]);
+        let billing = process(
+            "billing.service",
+            "/system.slice/billing.service",
+            "/usr/bin/x",
+        );
+        assert_eq!(
+            a.decide(&caller(1000, billing.clone())),
+            Decision::Allowed(Granted::Entry(0))
+        );
+        assert_eq!(
+            a.decide(&caller(1001, billing)),
+            Decision::Denied,
+            "uid too"
+        );
+        let report = process(
+            "cron.service",
+            "/system.slice/cron.service",
+            "/usr/bin/report",
+        );
+        assert_eq!(
+            a.decide(&caller(0, report)),
+            Decision::Allowed(Granted::Entry(1))
+        );
+        let user_report = process("app.scope", "/user.slice/app.scope", "/usr/bin/report");
+        assert_eq!(a.decide(&caller(0, user_report)), Decision::Denied);
+    }
+
+    #[test]
+    fn cgroup_prefixes_are_whole_components() {
+        let a = access(&[entry("[[allow]]\ncgroup = \"/system.slice/\"")]);
+        let at = |path: &str| a.decide(&caller(7, process("x.service", path, "/bin/x")));
+        assert!(matches!(
+            at("/system.slice/x.service"),
+            Decision::Allowed(_)
+        ));
+        assert!(matches!(at("/system.slice"), Decision::Allowed(_)));
+        assert_eq!(at("/system.slicer/x.service"), Decision::Denied);
+        assert_eq!(at("/user.slice/system.slice"), Decision::Denied);
+    }
+
+    #[test]
+    fn a_caller_without_attributes_matches_no_process_selector() {
+        let a = access(&[
+            entry("[[allow]]\nunit = \"billing.service\""),
+            entry("[[allow]]\nuser = \"1000\""),
+        ]);
+        let gone = |uid| Caller::Local {
+            uid,
+            gid: uid,
+            pid: Some(1),
+            process: Err(crate::attest::process::Unattested::PidReused),
+        };
+        assert_eq!(a.decide(&gone(7)), Decision::Denied);
+        assert_eq!(a.decide(&gone(1000)), Decision::Allowed(Granted::Entry(1)));
+        assert_eq!(a.decide(&Caller::Unknown), Decision::Denied);
+        assert_eq!(a.decide(&Caller::Tcp), Decision::Denied);
+        assert!(a.reads_processes());
+    }
+
+    #[tokio::test]
+    async fn executable_digests_are_looked_up_once_and_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("prog");
+        std::fs::write(&prog, b"#!/bin/true\n").unwrap();
+        let digest: String = {
+            use sha2::Digest;
+            sha2::Sha256::digest(b"#!/bin/true\n")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let p = Arc::new(Process {
+            exe: Some(Executable {
+                path: prog.clone(),
+                file: FileVersion::of(&std::fs::metadata(&prog).unwrap()),
+            }),
+            ..Arc::try_unwrap(process("a.service", "/a", "/x")).unwrap()
+        });
+        let spec = |sha: &str| {
+            entry(&format!(
+                "[[allow]]\nexecutable = \"{}\"\nexecutable_sha256 = \"{sha}\"",
+                prog.display()
+            ))
+        };
+        let right = access(&[spec(&digest)]);
+        let wrong = access(&[spec(&"0".repeat(64))]);
+        let c = caller(5, p.clone());
+        assert_eq!(right.decide(&c), Decision::Lookup);
+        assert_eq!(right.admit(&c).await, Some(Granted::Entry(0)));
+        // Remembered: decided without a lookup from now on, by either rule.
+        assert_eq!(right.decide(&c), Decision::Allowed(Granted::Entry(0)));
+        assert_eq!(wrong.decide(&c), Decision::Denied);
+        assert_eq!(wrong.admit(&c).await, None);
+    }
+
+    #[test]
+    fn pods_match_by_namespace_account_name_and_label() {
+        let a = access(&[entry(
+            "[[allow]]\npod_namespace = \"billing\"\npod_service_account = \"api\"\npod_label = \"tier=web\"",
+        )]);
+        let in_pod = |ns: &str, sa: &str, labels: &[(&str, &str)]| {
+            let mut p =
+                Arc::try_unwrap(process("cri-containerd-x.scope", "/kubepods", "/app")).unwrap();
+            p.cgroup.pod_uid = Some("0e5b6c3a-1d2f-4c4e-9a6b-2b1f0c8d9e7a".into());
+            let pod = Pod {
+                uid: "0e5b6c3a-1d2f-4c4e-9a6b-2b1f0c8d9e7a".into(),
+                namespace: ns.into(),
+                name: "api-7d9f".into(),
+                service_account: sa.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+                ..Default::default()
+            };
+            p.pod.set(Arc::new(pod)).unwrap();
+            caller(65532, Arc::new(p))
+        };
+        assert_eq!(
+            a.decide(&in_pod("billing", "api", &[("tier", "web")])),
+            Decision::Allowed(Granted::Entry(0))
+        );
+        assert_eq!(
+            a.decide(&in_pod("billing", "api", &[("tier", "db")])),
+            Decision::Denied
+        );
+        assert_eq!(
+            a.decide(&in_pod("billing", "default", &[("tier", "web")])),
+            Decision::Denied
+        );
+        assert_eq!(
+            a.decide(&in_pod("ops", "api", &[("tier", "web")])),
+            Decision::Denied
+        );
+        // Not in a pod at all: no lookup either.
+        let host = caller(
+            0,
+            process("billing.service", "/system.slice/billing.service", "/app"),
+        );
+        assert_eq!(a.decide(&host), Decision::Denied);
+    }
+
+    #[test]
+    fn entries_are_explained_in_one_line() {
+        let e = entry("[[allow]]\nuser = \"alice\"\nunit = \"billing.service\"\npod_name = \"x\"");
+        assert_eq!(
+            e.explain(),
+            "callers user alice, in unit billing.service, in the pod named x"
+        );
+    }
+}

@@ -17,6 +17,8 @@
 //!   parsing, in-flight markers, each endpoint's request budget.
 //! - `store`: per-client `watch` channels the gRPC handlers read without asking an actor.
 //! - `access`: who may read which client's token (peer credentials, allow-lists).
+//! - `attest`: what a caller is beyond its uid: cgroup paths (systemd unit, Kubernetes pod and
+//!   container).
 //! - `serve`: the gRPC service, call and connection limits, listeners, the metrics listeners,
 //!   the HTTP/2 `:authority` fix.
 //! - `cli`: `get`, `status`, `authorize`, `jwk` and `demo`.
@@ -29,6 +31,7 @@
 //!   what a panic said.
 
 mod access;
+mod attest;
 pub mod cli;
 mod client_name;
 pub mod config;

@@ -16,7 +16,11 @@
 //! - `oauth`: the token endpoint client: settings, client authentication, requests, reply
 //!   parsing, in-flight markers, each endpoint's request budget.
 //! - `store`: per-client `watch` channels the gRPC handlers read without asking an actor.
-//! - `access`: who may read which client's token (peer credentials, allow-lists).
+//! - `access`: who may read which client's token (peer credentials, allow-lists, `[[allow]]`
+//!   entries).
+//! - `attest`: what a caller is beyond its uid, read once per connection: its process (by
+//!   pidfd), its cgroup path (systemd unit, Kubernetes pod and container), its pod at the
+//!   kubelet, its executable's digest.
 //! - `serve`: the gRPC service, call and connection limits, listeners, the metrics listeners,
 //!   the HTTP/2 `:authority` fix.
 //! - `cli`: `get`, `status`, `authorize`, `jwk` and `demo`.

@@ -358,8 +358,7 @@ mod tests {
             cgroup: CgroupInfo {
                 path: Some(cgroup.into()),
                 unit: Some(unit.into()),
-                pod_uid: None,
-                container_id: None,
+                ..CgroupInfo::default()
             },
             pod: Default::default(),
             exe_sha256: Default::default(),
@@ -516,7 +515,6 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect::<BTreeMap<_, _>>(),
-                ..Default::default()
             };
             p.pod.set(Arc::new(pod)).unwrap();
             caller(65532, Arc::new(p))

@@ -17,6 +17,8 @@
 //!   parsing, in-flight markers, each endpoint's request budget.
 //! - `store`: per-client `watch` channels the gRPC handlers read without asking an actor.
 //! - `access`: who may read which client's token (peer credentials, allow-lists).
+//! - `attest`: who a caller is beyond its uid: the Kubernetes pod it runs in, from the kubelet's
+//!   pod list (`attest::kubelet`).
 //! - `serve`: the gRPC service, call and connection limits, listeners, the metrics listeners,
 //!   the HTTP/2 `:authority` fix.
 //! - `cli`: `get`, `status`, `authorize`, `jwk` and `demo`.
@@ -29,6 +31,7 @@
 //!   what a panic said.
 
 mod access;
+mod attest;
 pub mod cli;
 mod client_name;
 pub mod config;

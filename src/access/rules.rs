@@ -515,6 +515,8 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect::<BTreeMap<_, _>>(),
+                container_ids: Vec::new(),
+                mirror_uid: None,
             };
             p.pod.set(Arc::new(pod)).unwrap();
             caller(65532, Arc::new(p))

@@ -321,8 +321,12 @@ fn roots(ca: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
         .collect()
 }
 
-/// The certificates of a PEM file; at least one.
-fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file; at least one. Also the kubelet client's CA file
+/// (`attest::kubelet`).
+pub(crate) fn certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let text = read_public(path)?;
     let unusable = |reason: String| TlsError::Unusable {
         path: path.to_path_buf(),

@@ -493,6 +493,13 @@ fn example_config_commented_tables_parse() {
         );
     }
     assert!(config.clients.values().any(|c| c.oauth.issuer.is_some()));
+    let allow: Vec<_> = config.clients.values().flat_map(|c| &c.allow).collect();
+    assert!(
+        allow.iter().any(|e| e.unit.is_some())
+            && allow.iter().any(|e| e.executable.is_some())
+            && allow.iter().any(|e| e.pod_service_account.is_some()),
+        "{allow:?}"
+    );
     let grants: Vec<_> = config.clients.values().map(|c| c.oauth.grant).collect();
     for grant in [Grant::TokenExchange, Grant::JwtBearer] {
         assert!(

@@ -173,7 +173,11 @@ impl Rule {
                     format!("{c:?} must be an absolute cgroup path, as in /proc/PID/cgroup"),
                 ));
             }
-            Some(c) => Some(c.trim_end_matches('/').to_string()),
+            // "/" stays "/" (every cgroup); "/a/" is "/a".
+            Some(c) => Some(match c.trim_end_matches('/') {
+                "" => "/".to_string(),
+                trimmed => trimmed.to_string(),
+            }),
             None => None,
         };
         let label = match &spec.pod_label {

@@ -96,10 +96,15 @@ impl std::fmt::Display for Caller {
                         if let Some(exe) = &p.exe {
                             write!(f, " exe {}", exe.path.display())?;
                         }
-                        if let Some(pod) = p.pod.get() {
-                            write!(f, " pod {}/{}", pod.namespace, pod.name)?;
+                        match (p.pod.get(), &p.cgroup.pod_uid, &p.cgroup.container_id) {
+                            (Some(pod), _, _) => write!(f, " pod {}/{}", pod.namespace, pod.name),
+                            // Not (yet) found at the kubelet: what the cgroup path says.
+                            (None, Some(uid), _) => write!(f, " pod uid {uid}"),
+                            (None, None, Some(id)) => {
+                                write!(f, " container {}", &id[..12.min(id.len())])
+                            }
+                            (None, None, None) => Ok(()),
                         }
-                        Ok(())
                     }
                     Err(why) => write!(f, " (no attributes: {why})"),
                 }

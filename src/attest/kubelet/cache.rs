@@ -1,6 +1,7 @@
-//! The pod list as last fetched, and when to fetch it again: only for a pod the list does not
-//! have, at most once per interval, and one fetch at a time whoever asks. Callers who wait while
-//! a fetch is under way take its outcome rather than starting another.
+//! The pod list as last fetched, and when to fetch it again: for a pod the list does not have,
+//! or once the list is older than [`MAX_AGE`], at most once per interval, and one fetch at a
+//! time whoever asks. Callers who wait while a fetch is under way take its outcome rather than
+//! starting another.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +13,15 @@ use tokio::time::Instant;
 use super::KubeletError;
 use super::pod::{Pod, Pods};
 
+/// A list older than this answers no one: a pod relabelled or deleted since is seen by the next
+/// caller within this (a pod once found is remembered on its connection, so this bounds what new
+/// connections are told), and a kubelet down for longer fails its callers closed.
+pub(super) const MAX_AGE: Duration = Duration::from_secs(60);
+
 pub(super) struct Cache {
     interval: Duration,
-    /// The last list fetched; replaced whole by each successful fetch, kept through failures.
-    pods: Mutex<Arc<Pods>>,
+    /// The last list fetched and when; replaced whole by each successful fetch.
+    pods: Mutex<(Arc<Pods>, Option<Instant>)>,
     /// Held for the length of a fetch: the one place fetches are started.
     last: tokio::sync::Mutex<Last>,
     /// Fetches ended, successful or not; a caller that sees it move while it waits for `last`
@@ -34,14 +40,22 @@ impl Cache {
     pub(super) fn new(interval: Duration) -> Cache {
         Cache {
             interval,
-            pods: Mutex::new(Arc::default()),
+            pods: Mutex::new((Arc::default(), None)),
             last: tokio::sync::Mutex::new(Last::default()),
             fetches: AtomicU64::new(0),
         }
     }
 
-    fn current(&self) -> Arc<Pods> {
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The cached list if it is younger than [`MAX_AGE`].
+    fn current(&self) -> Option<Arc<Pods>> {
+        let (pods, fetched) = &*self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        fetched
+            .is_some_and(|t| t.elapsed() < MAX_AGE)
+            .then(|| pods.clone())
+    }
+
+    fn cached(&self, pod_uid: Option<&str>, container_id: Option<&str>) -> Option<Arc<Pod>> {
+        self.current()?.find(pod_uid, container_id)
     }
 
     /// The pod from the cached list, or from a list fetched with `fetch` if the cached one
@@ -61,11 +75,11 @@ impl Cache {
             return Ok(None);
         }
         let seen = self.fetches.load(Ordering::Acquire);
-        if let Some(pod) = self.current().find(pod_uid, container_id) {
+        if let Some(pod) = self.cached(pod_uid, container_id) {
             return Ok(Some(pod));
         }
         let mut last = self.last.lock().await;
-        if let Some(pod) = self.current().find(pod_uid, container_id) {
+        if let Some(pod) = self.cached(pod_uid, container_id) {
             return Ok(Some(pod));
         }
         let shared = self.fetches.load(Ordering::Acquire) != seen;
@@ -79,12 +93,13 @@ impl Cache {
         // A caller that gives up here (its request cancelled) leaves no trace: the next one
         // fetches.
         let outcome = fetch().await;
-        last.ended = Some(Instant::now());
+        let ended = Instant::now();
+        last.ended = Some(ended);
         self.fetches.fetch_add(1, Ordering::Release);
         match outcome {
             Ok(pods) => {
                 let pods = Arc::new(pods);
-                *self.pods.lock().unwrap_or_else(|e| e.into_inner()) = pods.clone();
+                *self.pods.lock().unwrap_or_else(|e| e.into_inner()) = (pods.clone(), Some(ended));
                 if last.error.take().is_some() {
                     tracing::info!(
                         pods = pods.len(),
@@ -165,7 +180,7 @@ mod tests {
         fake.set(&[("a", 1)]);
         assert_eq!(find(&cache, &fake, "a").await.unwrap().unwrap().uid, "a");
         assert_eq!(fake.count(), 1);
-        // Hits never fetch, however late.
+        // Hits do not fetch while the list is young.
         tokio::time::advance(INTERVAL * 10).await;
         assert!(
             cache
@@ -259,10 +274,14 @@ mod tests {
         assert!(err.to_string().contains("503"), "{err}");
         assert!(find(&cache, &fake, "a").await.unwrap().is_some());
         assert_eq!(fake.count(), 2);
+        // Not for ever: a list past its age answers no one while the kubelet fails.
+        tokio::time::advance(MAX_AGE).await;
+        assert!(find(&cache, &fake, "a").await.is_err());
+        assert_eq!(fake.count(), 3);
         fake.fail.store(false, Ordering::SeqCst);
         tokio::time::advance(INTERVAL).await;
         assert!(find(&cache, &fake, "b").await.unwrap().is_none());
-        assert_eq!(fake.count(), 3);
+        assert_eq!(fake.count(), 4);
         // Nothing to look for asks nothing.
         assert!(
             cache
@@ -271,6 +290,21 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert_eq!(fake.count(), 3);
+        assert_eq!(fake.count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hit_from_a_list_past_its_age_fetches_it_again() {
+        let (cache, fake) = (Cache::new(INTERVAL), Fake::default());
+        fake.set(&[("a", 1)]);
+        assert!(find(&cache, &fake, "a").await.unwrap().is_some());
+        tokio::time::advance(MAX_AGE - Duration::from_millis(1)).await;
+        assert!(find(&cache, &fake, "a").await.unwrap().is_some());
+        assert_eq!(fake.count(), 1);
+        // Deleted meanwhile: the first caller after the list's age learns it.
+        fake.set(&[]);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(find(&cache, &fake, "a").await.unwrap().is_none());
+        assert_eq!(fake.count(), 2);
     }
 }

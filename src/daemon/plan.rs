@@ -51,8 +51,14 @@ pub fn connections(server: &ServerConfig) -> connections::Settings {
     }
 }
 
-/// The slot settings of a configured client (validated config: names resolve).
-pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSettings {
+/// The slot settings of a configured client (validated config: names resolve); its pod rules
+/// ask `kubelet` (see [`kubelet`]).
+pub fn settings_of(
+    config: &Config,
+    name: &str,
+    c: &ClientConfig,
+    kubelet: Option<&Arc<Kubelet>>,
+) -> SlotSettings {
     SlotSettings {
         grant: c.oauth.grant,
         authorize_command: (c.oauth.grant == Grant::RefreshToken).then(|| {
@@ -63,7 +69,7 @@ pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSetting
             format!("tokend authorize {name} --config {path}")
         }),
         // Validated at load; should a user or group have vanished since, fail closed: root only.
-        access: Access::resolve(c.access_rules(), kubelet(config).as_ref()).unwrap_or_else(|_| {
+        access: Access::resolve(c.access_rules(), kubelet).unwrap_or_else(|_| {
             let root = ["0".to_string()];
             let rules = crate::access::Rules {
                 allowed_users: &root,
@@ -79,8 +85,8 @@ pub fn settings_of(config: &Config, name: &str, c: &ClientConfig) -> SlotSetting
 /// The kubelet that pod selectors ask, if any client has one: one client for as long as the
 /// `[kubernetes]` settings stay the same (reloads keep its pod list). A kubelet client that
 /// cannot be made (its CA file unreadable) is reported and no pod is found: pod rules fail
-/// closed until a reload.
-fn kubelet(config: &Config) -> Option<Arc<Kubelet>> {
+/// closed until a reload. Asked once per config, not per client.
+pub fn kubelet(config: &Config) -> Option<Arc<Kubelet>> {
     static CURRENT: Mutex<Option<(KubeletSettings, Option<Arc<Kubelet>>)>> = Mutex::new(None);
     if !config.names_pods() {
         return None;
@@ -109,11 +115,12 @@ pub fn client_spec(
     name: &str,
     http: &reqwest::Client,
     limiters: &mut EndpointLimiters,
+    kubelet: Option<&Arc<Kubelet>>,
 ) -> ClientSpec {
     let c = &config.clients[name];
     ClientSpec {
         name: name.to_string(),
-        settings: settings_of(config, name, c),
+        settings: settings_of(config, name, c, kubelet),
         // Validated at load, as for the access lists.
         sink: c.file_sink.as_ref().and_then(|s| s.resolve().ok()),
         source: Arc::new(HttpTokenSource::new(
@@ -136,10 +143,11 @@ pub fn client_specs(
         config.refresh.endpoint_concurrency,
         config.refresh.endpoint_spacing,
     );
+    let kubelet = kubelet(config);
     let specs = config
         .clients
         .keys()
-        .map(|name| client_spec(config, name, http, &mut limiters))
+        .map(|name| client_spec(config, name, http, &mut limiters, kubelet.as_ref()))
         .collect();
     (specs, limiters)
 }
@@ -177,10 +185,11 @@ pub async fn reconcile(
         changes.removed.push(name.clone());
     }
     let policy_changed = old.refresh != new.refresh;
+    let kubelet = kubelet(new);
     // One copy for every client the reload starts.
     let policy = Arc::new(new.refresh.clone());
     for (name, c) in &new.clients {
-        let mut spec = || client_spec(new, name, http, limiters);
+        let mut spec = || client_spec(new, name, http, limiters, kubelet.as_ref());
         match old.clients.get(name) {
             None => {
                 clients.run(spec(), &policy, false).await;
@@ -195,7 +204,9 @@ pub async fn reconcile(
                 changes.rescheduled.push(name.clone());
             }
             Some(before) => {
-                let (was, now) = (settings_of(old, name, before), settings_of(new, name, c));
+                // Compared by their rules: which kubelet answers is `kubelet_changed`'s.
+                let was = settings_of(old, name, before, None);
+                let now = settings_of(new, name, c, kubelet.as_ref());
                 let kubelet_changed =
                     old.kubernetes != new.kubernetes && c.allow.iter().any(|e| e.names_pods());
                 if was.access != now.access || was.required != now.required || kubelet_changed {

@@ -15,6 +15,11 @@ use crate::store::{ClientState, TokenStore};
 /// A STATUS= line is sent at most this often while clients churn.
 const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(500);
 
+/// While starting, changes this close together are judged together: judging reads every
+/// client, and thousands get their first tokens one after another (once per change that is
+/// quadratic in the clients). READY=1 comes at most this much later.
+const STARTING_COALESCE: Duration = Duration::from_millis(100);
+
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         debug!("sd_notify failed: {e}");
@@ -74,6 +79,8 @@ pub async fn report_status(store: std::sync::Arc<TokenStore>, startup_timeout: D
         }
         notify(&[NotifyState::Status(&format!("starting: {line}"))]);
         let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        tokio::time::sleep_until(deadline.min(Instant::now() + STARTING_COALESCE)).await;
+        changes.borrow_and_update();
     }
     let mut last = String::new();
     loop {

@@ -11,6 +11,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::cgroups::{Cgroup, get_in};
 use common::{Daemon, KillOnDrop, OidcServer, secret_file};
 
 const SECRET: &str = "attest-secret";
@@ -38,80 +39,6 @@ fn clients(idp: &OidcServer, tables: &[(&str, &str)]) -> String {
         .collect()
 }
 
-/// A cgroup v2 directory of the test's own, removed on drop (its processes are gone by then).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    /// `relative` under a fresh directory of the machine's cgroup v2 hierarchy.
-    fn new(relative: &str) -> Cgroup {
-        let root = cgroup2_mount().expect(
-            "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo): the unit selector test needs one, writable by root",
-        );
-        // A slice of the test's own (a unit is named by the cgroup below the slices).
-        let base = root.join(format!("tokend-test-{}.slice", std::process::id()));
-        let dir = base.join(relative);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
-            panic!("cannot create the cgroup {}: {e} (the test must run as root with cgroupfs writable)", dir.display())
-        });
-        Cgroup(dir)
-    }
-
-    /// The path callers in it have in /proc/PID/cgroup.
-    fn path(&self) -> String {
-        let root = cgroup2_mount().unwrap();
-        format!("/{}", self.0.strip_prefix(root).unwrap().display())
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let root = cgroup2_mount().unwrap();
-        let mut dir = self.0.clone();
-        while dir != root {
-            let _ = std::fs::remove_dir(&dir);
-            dir.pop();
-        }
-    }
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let mount_point = before.split(' ').nth(4)?;
-        (after.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-    })
-}
-
-/// Runs `tokend get CLIENT` as `program` (the tokend binary or a copy), first moved into
-/// `cgroup` if given; the exit code and the output.
-fn get_as(program: &Path, cgroup: Option<&Cgroup>, socket: &Path, client: &str) -> (i32, String) {
-    let mut command = match cgroup {
-        // The shell moves itself, then execs the caller under the same pid.
-        Some(cg) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
-                .arg(&cg.0)
-                .arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    let out = command
-        .args(["get", client, "--timeout", "10", "--socket"])
-        .arg(socket)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 fn sha256_hex(path: &Path) -> String {
     use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();
@@ -130,8 +57,10 @@ async fn callers_of_one_uid_are_told_apart_by_unit_executable_and_digest() {
     // The same program under another name, and one with other bytes.
     let copy = dir.path().join("tokend-copy");
     std::fs::copy(&tokend, &copy).unwrap();
-    let billing = Cgroup::new("billing.service");
-    let other = Cgroup::new("other.service");
+    // A slice of the test's own (a unit is named by the cgroup below the slices).
+    let slice = format!("tokend-test-{}.slice", std::process::id());
+    let billing = Cgroup::new(&slice, "billing.service");
+    let other = Cgroup::new(&slice, "other.service");
     let slice = billing
         .path()
         .trim_end_matches("/billing.service")
@@ -169,33 +98,33 @@ async fn callers_of_one_uid_are_told_apart_by_unit_executable_and_digest() {
     let daemon = Daemon::start_in(dir, &config).await;
     let s = &daemon.socket;
 
-    let (code, out) = get_as(&tokend, Some(&billing), s, "billing");
+    let (code, out) = get_in(Some(&billing), &tokend, s, "billing");
     assert_eq!(code, 0, "the billing unit may: {out}");
-    let (code, out) = get_as(&tokend, Some(&other), s, "billing");
+    let (code, out) = get_in(Some(&other), &tokend, s, "billing");
     assert_ne!(code, 0, "another unit of the same uid may not: {out}");
     assert!(out.contains("no client named \"billing\""), "{out}");
-    let (code, out) = get_as(&tokend, None, s, "billing");
+    let (code, out) = get_in(None, &tokend, s, "billing");
     assert_ne!(code, 0, "outside any unit: {out}");
 
     // Both units are below the slice; the test's own cgroup is not.
-    assert_eq!(get_as(&tokend, Some(&other), s, "slice").0, 0);
-    assert_ne!(get_as(&tokend, None, s, "slice").0, 0);
+    assert_eq!(get_in(Some(&other), &tokend, s, "slice").0, 0);
+    assert_ne!(get_in(None, &tokend, s, "slice").0, 0);
 
-    assert_eq!(get_as(&tokend, None, s, "by-exe").0, 0);
-    let (code, out) = get_as(&copy, None, s, "by-exe");
+    assert_eq!(get_in(None, &tokend, s, "by-exe").0, 0);
+    let (code, out) = get_in(None, &copy, s, "by-exe");
     assert_ne!(code, 0, "the same bytes under another path: {out}");
 
     // The copy holds the bytes the digest names; the original is pinned to a digest it lacks.
-    let (code, out) = get_as(&copy, None, s, "pinned");
+    let (code, out) = get_in(None, &copy, s, "pinned");
     assert_eq!(code, 0, "{out}");
-    assert_ne!(get_as(&tokend, None, s, "pinned").0, 0);
+    assert_ne!(get_in(None, &tokend, s, "pinned").0, 0);
     // Changed in place: its callers no longer match.
     std::fs::OpenOptions::new()
         .append(true)
         .open(&copy)
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
         .unwrap();
-    let (code, out) = get_as(&copy, None, s, "pinned");
+    let (code, out) = get_in(None, &copy, s, "pinned");
     assert_ne!(code, 0, "a changed executable: {out}");
 
     let log = daemon.log_text();

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Daemon, OidcServer, eventually, get, jwt_claims};
+use common::{Daemon, OidcServer, eventually, get, jwt_claims, openssl};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Digest;
@@ -25,23 +25,6 @@ use tonic::Code;
 
 /// The SAN the provider registers for `tls-client` (`tls_client_auth_san_dns`).
 const CLIENT_DNS: &str = "client.tokend.test";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `openssl` ({e}): install OpenSSL's command line tool (Debian: openssl)"
-            )
-        });
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A test CA in `dir`, and the certificates the tests need, made with `openssl`.
 struct Pki {

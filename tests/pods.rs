@@ -10,8 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use common::{Daemon, OidcServer, eventually, secret_file};
+use common::cgroups::{Cgroup, get_in};
+use common::{Daemon, OidcServer, eventually, openssl, secret_file};
 
 const SECRET: &str = "pods-secret";
 /// The ServiceAccount token tokend shows the kubelet.
@@ -73,21 +73,6 @@ impl Drop for Background {
 
 // ---------------------------------------------------------------------------------------------
 // Certificates.
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `openssl` ({e}): install OpenSSL's command line tool")
-        });
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA (`ca.pem`) and from it a kubelet serving certificate for 127.0.0.1 (`kubelet.pem`).
 fn pki() -> tempfile::TempDir {
@@ -363,40 +348,6 @@ impl Tap {
 // ---------------------------------------------------------------------------------------------
 // Pods: a UID, a container ID, and the cgroup the container's processes are in.
 
-/// A cgroup v2 directory of the test's own, removed on drop (with the parents it made, when
-/// empty).
-struct Cgroup {
-    root: PathBuf,
-    dir: PathBuf,
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let mount_point = before.split(' ').nth(4)?;
-        (after.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-    })
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // A process that has just exited may linger in it for a moment.
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.dir) {
-                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => break,
-            }
-        }
-        let mut dir = self.dir.clone();
-        while dir.pop() && dir != self.root {
-            let _ = std::fs::remove_dir(&dir);
-        }
-    }
-}
-
 struct TestPod {
     uid: String,
     container: String,
@@ -424,27 +375,17 @@ impl TestPod {
             &h[20..32]
         );
         let container = sha256_hex(uid.as_bytes());
-        let root = cgroup2_mount().expect(
-            "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo): the pod tests need one, writable by root",
-        );
-        let dir = root
-            .join(format!("tokend-pods-test-{}.slice", std::process::id()))
-            .join("kubepods.slice/kubepods-besteffort.slice")
-            .join(format!(
-                "kubepods-besteffort-pod{}.slice",
+        let cgroup = Cgroup::new(
+            &format!("tokend-pods-test-{}.slice", std::process::id()),
+            &format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
                 uid.replace('-', "_")
-            ))
-            .join(format!("cri-containerd-{container}.scope"));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
-            panic!(
-                "cannot create the cgroup {}: {e} (the pod tests must run as root with the cgroup v2 hierarchy writable)",
-                dir.display()
-            )
-        });
+            ),
+        );
         TestPod {
             uid,
             container,
-            cgroup: Cgroup { root, dir },
+            cgroup,
         }
     }
 
@@ -567,31 +508,8 @@ async fn setup(background: Background, pods: &[serde_json::Value], o: Options<'_
 /// Runs `tokend get CLIENT` (a new connection), first moved into `pod`'s cgroup if given: the
 /// exit code and the output.
 fn get(setup: &Setup, pod: Option<&TestPod>, client: &str) -> (i32, String) {
-    let tokend = env!("CARGO_BIN_EXE_tokend");
-    let mut command = match pod {
-        // The shell moves itself, then execs the caller under the same pid.
-        Some(pod) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
-                .arg(&pod.cgroup.dir)
-                .arg(tokend);
-            c
-        }
-        None => Command::new(tokend),
-    };
-    let out = command
-        .args(["get", client, "--timeout", "10", "--socket"])
-        .arg(&setup.daemon.socket)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let tokend = Path::new(env!("CARGO_BIN_EXE_tokend"));
+    get_in(pod.map(|p| &p.cgroup), tokend, &setup.daemon.socket, client)
 }
 
 #[track_caller]

@@ -276,16 +276,10 @@ fn form_body(
     form.finish()
 }
 
-/// reqwest's error text with its source chain, which carries the useful part ("connection
-/// refused"). No secret can be in it: credentials travel in headers and body, never the URL.
+/// reqwest's error with its source chain, and what to do about a certificate the client does
+/// not trust.
 pub(super) fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
+    let mut text = super::tls::error_chain(e);
     if let Some(hint) = super::tls::hint(e) {
         text.push_str("; ");
         text.push_str(hint);

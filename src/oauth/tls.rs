@@ -236,7 +236,7 @@ fn build(files: &Files) -> Result<reqwest::Client, TlsError> {
     }
     builder.build().map_err(|e| TlsError::Build {
         path: named,
-        reason: describe(&e),
+        reason: error_chain(&e),
     })
 }
 
@@ -293,7 +293,7 @@ fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, TlsError> {
     }
     reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| TlsError::BadKey {
         key: key.to_path_buf(),
-        reason: describe(&e),
+        reason: error_chain(&e),
     })
 }
 
@@ -315,7 +315,7 @@ fn roots(ca: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
         .map(|c| {
             reqwest::Certificate::from_der(c).map_err(|e| TlsError::Unusable {
                 path: ca.to_path_buf(),
-                reason: describe(&e),
+                reason: error_chain(&e),
             })
         })
         .collect()
@@ -379,18 +379,27 @@ fn read_public(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// A hint for a TLS failure the operator can fix here: a provider certificate from a CA the
 /// client does not trust.
 pub fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    match certificate_error(e)? {
+        rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => Some(
+            "the token endpoint's certificate is not from a CA this client trusts; for a private CA set ca_file to its PEM bundle",
+        ),
+        _ => None,
+    }
+}
+
+/// The rustls certificate error somewhere in reqwest's chain of sources.
+pub(crate) fn certificate_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::CertificateError> {
     let mut source = Some(e);
     while let Some(s) = source {
         // An io::Error's source skips the error it wraps, which may be another io::Error.
         let mut inner: &(dyn std::error::Error + 'static) = s;
         loop {
-            if let Some(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
-            )) = inner.downcast_ref::<rustls::Error>()
+            if let Some(rustls::Error::InvalidCertificate(c)) =
+                inner.downcast_ref::<rustls::Error>()
             {
-                return Some(
-                    "the token endpoint's certificate is not from a CA this client trusts; for a private CA set ca_file to its PEM bundle",
-                );
+                return Some(c);
             }
             match inner
                 .downcast_ref::<std::io::Error>()
@@ -405,8 +414,9 @@ pub fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     None
 }
 
-/// reqwest's error with its sources, which carry the useful part.
-fn describe(e: &reqwest::Error) -> String {
+/// reqwest's error text with its source chain, which carries the useful part ("connection
+/// refused"). No secret can be in it: credentials travel in headers and body, never the URL.
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

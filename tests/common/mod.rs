@@ -16,6 +16,7 @@ use tokend::proto::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
 pub mod browser;
+pub mod cgroups;
 pub mod in_process;
 pub mod minter;
 pub mod notify;
@@ -426,4 +427,22 @@ pub async fn unix_channel(socket: &Path) -> Channel {
         }))
         .await
         .unwrap()
+}
+
+/// Runs `openssl ARGS` in `dir` (the TLS tests make their certificates with it).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `openssl` ({e}): install OpenSSL's command line tool (Debian: openssl)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -14,6 +14,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use super::pod::{self, Pods};
 use super::settings::{Settings, pods_url, server_name};
 use super::{KubeletError, MAX_RESPONSE_BYTES};
+use crate::oauth::tls::{certificate_error, error_chain};
 use crate::secret::{self, ExposeSecret};
 
 /// What to do about a kubelet certificate for another name than the one checked.
@@ -58,7 +59,7 @@ impl Client {
             .build()
             .map_err(|e| KubeletError::CaUnusable {
                 path: settings.ca_file.clone(),
-                reason: describe(&e),
+                reason: error_chain(&e),
             })?;
         Ok(Client {
             http,
@@ -151,7 +152,7 @@ impl Client {
         };
         KubeletError::Connect {
             url,
-            reason: describe(e),
+            reason: error_chain(e),
             hint,
         }
     }
@@ -246,42 +247,4 @@ impl ServerCertVerifier for VerifyAs {
     fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
         self.inner.root_hint_subjects()
     }
-}
-
-/// The rustls certificate error somewhere in reqwest's chain of sources.
-fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CertificateError> {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        // An io::Error's `source` skips the error it wraps; `get_ref` does not.
-        let mut inner = s;
-        loop {
-            if let Some(rustls::Error::InvalidCertificate(c)) =
-                inner.downcast_ref::<rustls::Error>()
-            {
-                return Some(c);
-            }
-            match inner
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-            {
-                Some(wrapped) => inner = wrapped,
-                None => break,
-            }
-        }
-        source = s.source();
-    }
-    None
-}
-
-/// reqwest's error with its sources, which carry the useful part. No part of it holds the
-/// request's headers.
-fn describe(e: &reqwest::Error) -> String {
-    use std::fmt::Write as _;
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let _ = write!(text, ": {s}");
-        source = s.source();
-    }
-    text
 }

@@ -3,9 +3,7 @@
 //! config parses straight into it (a client's `oauth::ClientSettings`, `RefreshPolicy`); the
 //! rest is built here.
 
-use std::sync::Arc;
-
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::error;
 

@@ -73,6 +73,14 @@ impl Trust {
         }
     }
 
+    /// The directory of a DPoP key tokend made: as for [`Trust::state`], which it sits beside.
+    pub fn dpop_key() -> Trust {
+        Trust {
+            what: "a DPoP key's directory",
+            ..Trust::state()
+        }
+    }
+
     fn trusts(&self, uid: u32) -> bool {
         self.uids.contains(&uid)
     }
@@ -195,6 +203,15 @@ pub enum Durability {
     Durable,
     /// Surviving a crash of the process is enough (the page cache keeps it).
     ProcessCrash,
+}
+
+/// How a written temporary file takes its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// Over whatever is there (a symlink is replaced, not followed).
+    Replace,
+    /// Only if nothing is there.
+    Create,
 }
 
 /// What is at a name in a directory, without following it.
@@ -327,6 +344,26 @@ impl SafeDir {
         perms: Perms,
         durability: Durability,
     ) -> io::Result<()> {
+        self.write(name, content, perms, durability, Publish::Replace)
+            .map(drop)
+    }
+
+    /// Creates `name` with `content` unless something is there already (then `false`, and
+    /// nothing is written): for a file that must never change once made, such as a key whose
+    /// public half others have registered. Durable, and atomic as [`SafeDir::replace`] is.
+    pub fn create_new(&self, name: &OsStr, content: &[u8], perms: Perms) -> io::Result<bool> {
+        self.write(name, content, perms, Durability::Durable, Publish::Create)
+    }
+
+    /// Writes a temporary file and publishes it under `name`; whether it was published.
+    fn write(
+        &self,
+        name: &OsStr,
+        content: &[u8],
+        perms: Perms,
+        durability: Durability,
+        publish: Publish,
+    ) -> io::Result<bool> {
         let (file, tmp) = self.create_temporary(name)?;
         let written = (|| {
             let mut file = std::fs::File::from(file);
@@ -342,17 +379,46 @@ impl SafeDir {
             if durability == Durability::Durable {
                 file.sync_all()?;
             }
-            nix::fcntl::renameat(&self.fd, tmp.as_os_str(), &self.fd, name)?;
-            Ok::<_, io::Error>(())
+            match publish {
+                Publish::Replace => {
+                    nix::fcntl::renameat(&self.fd, tmp.as_os_str(), &self.fd, name)?;
+                    Ok::<_, io::Error>(true)
+                }
+                // linkat, unlike rename, fails if the name exists (renameat2's RENAME_NOREPLACE
+                // would too, but nix offers it on glibc only).
+                Publish::Create => {
+                    let linked = nix::unistd::linkat(
+                        &self.fd,
+                        tmp.as_os_str(),
+                        &self.fd,
+                        name,
+                        AtFlags::empty(),
+                    );
+                    let _ = nix::unistd::unlinkat(
+                        &self.fd,
+                        tmp.as_os_str(),
+                        UnlinkatFlags::NoRemoveDir,
+                    );
+                    match linked {
+                        Ok(()) => Ok(true),
+                        Err(Errno::EEXIST) => Ok(false),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            }
         })();
-        if let Err(e) = written {
-            let _ = nix::unistd::unlinkat(&self.fd, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(e);
-        }
-        if durability == Durability::Durable {
+        let published = match written {
+            Ok(published) => published,
+            Err(e) => {
+                let _ =
+                    nix::unistd::unlinkat(&self.fd, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(e);
+            }
+        };
+        if published && durability == Durability::Durable {
             nix::unistd::fsync(&self.fd)?;
         }
-        Ok(())
+        Ok(published)
     }
 
     /// A new file under an unpredictable name beside `name`, created by this call and no one
@@ -698,6 +764,39 @@ mod tests {
             SafeDir::open(Path::new("relative"), &Trust::sink(None)),
             Err(DirError::NotAbsolute(_))
         ));
+    }
+
+    #[test]
+    fn create_new_never_replaces_and_leaves_no_temporaries() {
+        let (top, dir) = dir(0, 0o700);
+        let safe = SafeDir::open(&dir, &Trust::dpop_key()).unwrap();
+        assert!(
+            safe.create_new(OsStr::new("k"), b"one", Perms::PRIVATE)
+                .unwrap()
+        );
+        assert!(
+            !safe
+                .create_new(OsStr::new("k"), b"two", Perms::PRIVATE)
+                .unwrap()
+        );
+        assert_eq!(std::fs::read(dir.join("k")).unwrap(), b"one");
+        let meta = std::fs::metadata(dir.join("k")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        // A name taken by a symlink stays taken; its target is not written.
+        std::fs::write(top.path().join("victim"), "x").unwrap();
+        symlink(top.path().join("victim"), dir.join("l")).unwrap();
+        assert!(
+            !safe
+                .create_new(OsStr::new("l"), b"two", Perms::PRIVATE)
+                .unwrap()
+        );
+        assert_eq!(std::fs::read(top.path().join("victim")).unwrap(), b"x");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["k", "l"]);
     }
 
     #[test]

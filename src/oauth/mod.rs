@@ -29,10 +29,11 @@ mod source;
 pub mod tls;
 mod unsaved;
 
+pub use client_auth::assertion::{jti, signing_input};
 pub use client_auth::basic::{self, BasicEncoding};
 pub use client_auth::{
-    AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, KeyError, basic_authorization,
-    key_file,
+    AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, ClientKey, KeyError,
+    basic_authorization, key_file,
 };
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;

@@ -117,11 +117,7 @@ pub fn make(
         "iat": iat,
         "exp": iat + LIFETIME_SECS,
     });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let signing_input = signing_input(&header, &claims);
     let signature = match signer {
         Signer::Key { key, .. } => key
             .sign(alg, signing_input.as_bytes())
@@ -136,8 +132,19 @@ pub fn make(
     )))
 }
 
-/// A random JWT ID: 128 bits, so that no two assertions a provider sees share one.
-fn jti() -> String {
+/// The JWS signing input of a compact JWT (RFC 7515 section 5.1): the base64url header and
+/// claims, joined by a dot.
+pub fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+/// A random JWT ID: 128 bits, so that no two JWTs a server sees share one (assertions, DPoP
+/// proofs).
+pub fn jti() -> String {
     let bytes: [u8; 16] = rand::random();
     URL_SAFE_NO_PAD.encode(bytes)
 }

@@ -69,20 +69,23 @@ impl std::fmt::Debug for ClientKey {
 impl ClientKey {
     /// Parses the first private key in `pem`, read from `path` (named in errors).
     pub fn from_pem(path: &Path, pem: &[u8]) -> Result<ClientKey, KeyError> {
-        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-            rustls_pki_types::pem::Error::NoItemsFound => KeyError::NoKey {
-                path: path.to_path_buf(),
-            },
-            _ => KeyError::Malformed {
-                path: path.to_path_buf(),
-            },
-        })?;
+        // Wiped when dropped, as the PEM text it came from is (a `SecretString`).
+        let der = PrivateKeyDer::from_pem_slice(pem)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| match e {
+                rustls_pki_types::pem::Error::NoItemsFound => KeyError::NoKey {
+                    path: path.to_path_buf(),
+                },
+                _ => KeyError::Malformed {
+                    path: path.to_path_buf(),
+                },
+            })?;
         let unsupported = |reason: String| KeyError::Unsupported {
             path: path.to_path_buf(),
             reason,
         };
         let rng = ring::rand::SystemRandom::new();
-        match der {
+        match &*der {
             PrivateKeyDer::Pkcs1(der) => signature::RsaKeyPair::from_der(der.secret_pkcs1_der())
                 .map(ClientKey::Rsa)
                 .map_err(|e| unsupported(format!("RSA key rejected: {}", rsa_reason(e)))),
@@ -220,8 +223,20 @@ impl ClientKey {
 
     /// The public key as a JWK (RFC 7517) for signatures with `alg`, named `kid` if given.
     pub fn public_jwk(&self, alg: AssertionAlg, kid: Option<&str>) -> serde_json::Value {
+        let mut jwk = self.jwk_members();
+        if let Some(kid) = kid {
+            jwk["kid"] = kid.into();
+        }
+        jwk["use"] = "sig".into();
+        jwk["alg"] = alg.as_str().into();
+        jwk
+    }
+
+    /// The public key as a JWK of its required members only (RFC 7638 section 3.2): what a
+    /// DPoP proof embeds and its thumbprint is computed over.
+    pub fn jwk_members(&self) -> serde_json::Value {
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let mut jwk = match self {
+        match self {
             ClientKey::Rsa(key) => {
                 let c: signature::RsaPublicKeyComponents<Vec<u8>> = key.public().into();
                 serde_json::json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
@@ -240,13 +255,7 @@ impl ClientKey {
             ClientKey::Ed25519(key) => {
                 serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(key.public_key().as_ref())})
             }
-        };
-        if let Some(kid) = kid {
-            jwk["kid"] = kid.into();
         }
-        jwk["use"] = "sig".into();
-        jwk["alg"] = alg.as_str().into();
-        jwk
     }
 }
 

@@ -11,7 +11,7 @@ pub mod key_file;
 pub use alg::AssertionAlg;
 pub use assertion::{AssertionAudience, AssertionSettings};
 pub use basic::basic_authorization;
-pub use key::KeyError;
+pub use key::{ClientKey, KeyError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]

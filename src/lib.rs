@@ -26,7 +26,6 @@
 //! - `cli`: `get`, `status`, `authorize`, `jwk` and `demo`.
 //! - `host`: users and groups, atomic files, file modes, offloaded file work, the wall clock.
 //! - `sink`: per-client files rewritten atomically with each new token.
-//! - `dpop`: each DPoP client's key (made once, kept mode 0600) and the proofs signed with it.
 //! - `secret`: reading secret files, redacted token types, durable writes.
 //! - `metrics`: the Prometheus registry, fed plain labels.
 //! - `logging`: text or JSON log output.
@@ -39,7 +38,6 @@ pub mod cli;
 mod client_name;
 pub mod config;
 mod daemon;
-mod dpop;
 mod durations;
 mod host;
 pub mod logging;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::access::{Access, Caller, Decision, Granted};
 use crate::metrics::METRICS;
 use crate::oauth::Grant;
+use crate::oauth::dpop::DpopKey;
 use crate::proto;
 use crate::secret::AccessToken;
 
@@ -33,6 +34,8 @@ pub struct Token {
     pub expires_wall: SystemTime,
     /// When the actor planned to refresh it; a woken or restarted actor keeps this schedule.
     pub refresh_due: Instant,
+    /// The key a DPoP token is bound to: proofs for its requests are signed with it.
+    pub dpop_key: Option<Arc<DpopKey>>,
 }
 
 impl Token {

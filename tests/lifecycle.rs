@@ -102,6 +102,7 @@ impl TokenSource for Scripted {
                         scopes: vec!["a".into(), "b".into()],
                         lifetime,
                         lifetime_source: LifetimeSource::ExpiresIn,
+                        dpop_key: None,
                     })
                 }
                 Step::Fail { error, after } => {

@@ -319,6 +319,9 @@ async fn finish(
             grant: &grant,
             with_scope: false,
             federated: federated.as_ref(),
+            // The daemon's key file is its own (its owner, its directory); the grant this
+            // command obtains is bound by the daemon's first refresh.
+            dpop: None,
         },
         config.refresh.default_lifetime,
         oauth::Redactor::default(),

@@ -139,6 +139,9 @@ pub async fn authorize(
                 grant: &[],
                 with_scope: true,
                 federated: presented.as_ref(),
+                // The daemon's key file is its own (its owner, its directory); the grant this
+                // command obtains is bound by the daemon's first refresh.
+                dpop: None,
             },
             Redactor::default(),
             &learned,
@@ -167,6 +170,9 @@ pub async fn authorize(
                         grant: &params,
                         with_scope: false,
                         federated: presented.as_ref(),
+                        // The daemon's key file is its own (its owner, its directory); the grant this
+                        // command obtains is bound by the daemon's first refresh.
+                        dpop: None,
                     },
                     config.refresh.default_lifetime,
                     Redactor::new([device_code]),

@@ -80,13 +80,14 @@ impl Config {
             )
             .build()
             .map_err(|e| from_config_error(file, e))?;
-        let config: Config = raw.try_deserialize().map_err(|e| {
+        let mut config: Config = raw.try_deserialize().map_err(|e| {
             let mut err = from_config_error(file, e);
             if from_env {
                 err.file = format!("{file} (with TOKEND_* environment overrides)");
             }
             err
         })?;
+        config.settle();
         config.validate(file)?;
         Ok(config)
     }

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_concurrent_streams: u32,
+    /// Where tokend keeps what it makes itself (DPoP keys): `$STATE_DIRECTORY` as systemd's
+    /// `StateDirectory=` sets it (the first, if it lists several), else `/var/lib/tokend`.
+    pub state_directory: PathBuf,
 }
 
 // The limits' defaults are the components' own.
@@ -127,8 +130,18 @@ impl Default for ServerConfig {
             handshake_timeout: connections.handshake_timeout,
             idle_timeout: connections.idle_timeout,
             max_concurrent_streams: connections.max_concurrent_streams,
+            state_directory: default_state_directory(),
         }
     }
+}
+
+fn default_state_directory() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            let first = dirs.to_str()?.split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/tokend"))
 }
 
 /// The Prometheus endpoint.
@@ -257,6 +270,12 @@ pub struct ClientTable {
     /// auth_method = "federated_assertion": the client assertion's file or command.
     pub client_assertion_file: Option<PathBuf>,
     pub client_assertion_command: Option<Vec<String>>,
+    /// Sender-constrained tokens (RFC 9449): tokend holds a key for the client and sends a
+    /// DPoP proof with every token request...
+    #[serde(default)]
+    pub dpop: bool,
+    /// ...kept here (default `<server.state_directory>/<client>.dpop.pem`), made at first start.
+    pub dpop_key_file: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -290,6 +309,9 @@ pub struct ClientConfig {
     pub allow_tcp: bool,
     pub required: bool,
     pub file_sink: Option<crate::sink::FileSinkConfig>,
+    pub dpop: bool,
+    /// As written; [`Config::settle`] puts the key file in `oauth.dpop_key`.
+    pub dpop_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -377,6 +399,7 @@ impl From<ClientTable> for ClientConfig {
                     audience: AssertionAudience::from_config(t.client_assertion_audience),
                 },
                 federated,
+                dpop_key: None,
             }),
             federated_keys,
             secret_keys,
@@ -394,6 +417,8 @@ impl From<ClientTable> for ClientConfig {
             allow_tcp: t.allow_tcp,
             required: t.required,
             file_sink: t.file_sink,
+            dpop: t.dpop,
+            dpop_key_file: t.dpop_key_file,
         }
     }
 }
@@ -500,6 +525,21 @@ fn default_grant() -> Grant {
 }
 
 impl Config {
+    /// Fills in what depends on more than one table: each DPoP client's key file
+    /// (`dpop_key_file`, else `<server.state_directory>/<client>.dpop.pem`).
+    pub(super) fn settle(&mut self) {
+        for (name, client) in &mut self.clients {
+            if !client.dpop {
+                continue;
+            }
+            let path = client
+                .dpop_key_file
+                .clone()
+                .unwrap_or_else(|| self.server.state_directory.join(format!("{name}.dpop.pem")));
+            Arc::make_mut(&mut Arc::make_mut(client).oauth).dpop_key = Some(path);
+        }
+    }
+
     /// The socket mode as a number; valid after [`Config::validate`].
     pub fn socket_mode(&self) -> u32 {
         crate::host::file_mode::parse(&self.server.socket_mode, "0660").unwrap_or(0o660)

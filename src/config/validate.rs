@@ -313,6 +313,7 @@ impl ClientConfig {
                 })
                 .map_err(|r| ("refresh_token_file".to_string(), r))?;
         }
+        self.validate_dpop()?;
         for (key, endpoint) in [
             ("authorize_endpoint", &self.authorize_endpoint),
             (
@@ -344,6 +345,45 @@ impl ClientConfig {
 }
 
 impl ClientConfig {
+    /// A DPoP client's key file is absolute, in a directory only root, tokend's user and its
+    /// owner can write (a key planted there would be the key tokens are bound to).
+    fn validate_dpop(&self) -> Result<(), (String, String)> {
+        if !self.dpop {
+            return match self.dpop_key_file {
+                Some(_) => Err(("dpop_key_file".into(), "only used with dpop = true".into())),
+                None => Ok(()),
+            };
+        }
+        let Some(path) = &self.oauth.dpop_key else {
+            return Ok(());
+        };
+        // The default lives in server.state_directory, which is then what to fix.
+        let (key, hint) = match self.dpop_key_file {
+            Some(_) => ("dpop_key_file", ""),
+            None => (
+                "dpop",
+                " (the key's default place, in server.state_directory: create that directory, set server.state_directory, or set dpop_key_file)",
+            ),
+        };
+        if !path.is_absolute() {
+            return Err((
+                key.into(),
+                format!("{} must be an absolute path{hint}", path.display()),
+            ));
+        }
+        crate::host::atomic_file::split(path)
+            .map_err(|e| e.to_string())
+            .and_then(|(dir, _)| {
+                crate::host::atomic_file::SafeDir::open(
+                    dir,
+                    &crate::host::atomic_file::Trust::dpop_key(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .map(|_| ())
+            .map_err(|r| (key.to_string(), format!("{r}{hint}")))
+    }
+
     /// The client secret's keys: exactly one where the auth method uses a secret, none where it
     /// does not, and a source that can be read.
     fn validate_secret(&self) -> Result<(), (String, String)> {

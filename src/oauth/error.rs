@@ -63,6 +63,8 @@ pub enum FetchError {
     BasicRefused(Box<FetchError>),
     #[error(transparent)]
     Federated(#[from] FederatedError),
+    #[error("DPoP: {0}")]
+    Dpop(super::dpop::DpopError),
     /// The provider refused the federated tokens presented; `presented` says which, with
     /// their claims, for comparison with the provider's trust policy.
     #[error("{source}; the provider refused {presented}")]
@@ -87,6 +89,11 @@ impl FetchError {
     pub fn kind(&self) -> FailureKind {
         match self {
             FetchError::BasicRefused(e) => e.kind(),
+            // The nonce retry was answered with yet another nonce request: the server's nonces
+            // are turning over, which the next attempt can meet.
+            FetchError::OAuth { error, .. } if error.error == "use_dpop_nonce" => {
+                FailureKind::Transient
+            }
             FetchError::OAuth { status, error, .. } => {
                 if OPERATOR_ERRORS.contains(&error.error.as_str()) {
                     FailureKind::NeedsOperator
@@ -111,6 +118,8 @@ impl FetchError {
             | FetchError::TooLarge
             | FetchError::Reply(_) => FailureKind::Transient,
             FetchError::Discovery(e) => e.kind(),
+            FetchError::Dpop(e) if e.is_transient() => FailureKind::Transient,
+            FetchError::Dpop(_) => FailureKind::NeedsOperator,
             FetchError::Federated(e) if e.is_transient() => FailureKind::Transient,
             FetchError::Federated(_) | FetchError::FederatedRefused { .. } => {
                 FailureKind::NeedsOperator
@@ -156,6 +165,8 @@ impl FetchError {
             FetchError::Tls(e) if e.is_transient() => "credentials_io".into(),
             FetchError::Tls(_) => "credentials".into(),
             FetchError::Discovery(_) => "discovery".into(),
+            FetchError::Dpop(e) if e.is_transient() => "credentials_io".into(),
+            FetchError::Dpop(_) => "dpop".into(),
             FetchError::Federated(e) if e.is_transient() => "credentials_io".into(),
             FetchError::Federated(_) => "federated".into(),
             FetchError::FederatedRefused { source, .. } => source.label(),

@@ -8,6 +8,8 @@
 //! - `tls`: a client's own certificate, key and CAs (mTLS, `ca_file`), and its HTTP client.
 //! - `discovery`: the issuer's metadata (RFC 8414), for clients configured by their issuer.
 //! - `federated`: tokens the platform issues, exchanged or presented instead of a secret.
+//! - `dpop`: each DPoP client's key (made once, kept mode 0600) and the proofs signed with it
+//!   (RFC 9449), sent with its token requests and signed for callers and the proxy.
 //! - `reply`: parsing and judging token endpoint replies.
 //! - `error`: what can go wrong, and how it is retried.
 //! - `retry_after`, `redact`, `inflight`, `unsaved`, `budget`: Retry-After, redaction of
@@ -17,6 +19,7 @@
 pub mod budget;
 mod client_auth;
 pub mod discovery;
+pub mod dpop;
 mod error;
 pub mod federated;
 mod inflight;

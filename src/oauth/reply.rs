@@ -45,6 +45,8 @@ pub struct TokenReply {
     pub lifetime: Duration,
     /// Where the lifetime came from, for logs.
     pub lifetime_source: LifetimeSource,
+    /// The key a DPoP token (`token_type` DPoP) is bound to.
+    pub dpop_key: Option<std::sync::Arc<super::dpop::DpopKey>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,7 @@ pub enum ReplyError {
         "refresh_token is not a string of RFC 6749 VSCHAR (printable ASCII) of at most {MAX_REFRESH_TOKEN} bytes; it was not saved"
     )]
     BadRefreshToken,
-    #[error("token_type \"{0}\" is not supported (only Bearer)")]
+    #[error("token_type \"{0}\" is not supported (Bearer; DPoP for a client with dpop = true)")]
     UnsupportedTokenType(String),
     #[error(
         "issued_token_type is {got}, not the requested_token_type {wanted} (RFC 8693 section 2.2.1)"
@@ -126,6 +128,7 @@ pub fn parse_success(
         &obj,
         requested_scope,
         None,
+        false,
         default_lifetime,
         now,
         &redactor,
@@ -171,10 +174,13 @@ pub fn refresh_token(obj: &Map<String, Value>) -> Result<Option<SecretString>, R
 /// the reply's access token is added to it here. `requested_type`: a token exchange's
 /// `requested_token_type`, which the reply's `issued_token_type` must be; a token of another
 /// type than an access token may then have `token_type` `N_A` (RFC 8693 section 2.2.1).
+/// `dpop`: the request carried a DPoP proof, so `token_type` DPoP is accepted (RFC 9449
+/// section 5; a server that does not support DPoP answers Bearer, which stays accepted).
 pub fn parse_token(
     obj: &Map<String, Value>,
     requested_scope: Option<&str>,
     requested_type: Option<&str>,
+    dpop: bool,
     default_lifetime: Duration,
     now: SystemTime,
     redactor: &Redactor,
@@ -209,6 +215,7 @@ pub fn parse_token(
         None | Some(Value::Null) => "Bearer".to_string(),
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_string(),
         Some(Value::String(t)) if t == "N_A" && not_an_access_token => "N_A".to_string(),
+        Some(Value::String(t)) if dpop && t.eq_ignore_ascii_case("dpop") => "DPoP".to_string(),
         Some(other) => {
             let shown = other
                 .as_str()
@@ -256,6 +263,7 @@ pub fn parse_token(
             scopes: scopes.kept,
             lifetime: lifetime.min(MAX_LIFETIME),
             lifetime_source,
+            dpop_key: None,
         },
         scopes.dropped,
     ))
@@ -515,7 +523,8 @@ mod tests {
             let r = Redactor::default();
             (
                 refresh_token(&obj),
-                parse_token(&obj, None, None, Duration::from_secs(60), now(), &r).map(|_| ()),
+                parse_token(&obj, None, None, false, Duration::from_secs(60), now(), &r)
+                    .map(|_| ()),
             )
         };
         let (rt, token) = p(serde_json::json!({
@@ -546,6 +555,7 @@ mod tests {
             obj.as_object().unwrap(),
             None,
             None,
+            false,
             Duration::from_secs(1),
             now(),
             &Redactor::default(),
@@ -569,6 +579,7 @@ mod tests {
                 reply.as_object().unwrap(),
                 None,
                 requested,
+                false,
                 Duration::from_secs(60),
                 now(),
                 &Redactor::default(),
@@ -615,6 +626,7 @@ mod tests {
                 obj.as_object().unwrap(),
                 None,
                 None,
+                false,
                 Duration::from_secs(1),
                 now(),
                 &secret,
@@ -644,6 +656,7 @@ mod tests {
             obj.as_object().unwrap(),
             None,
             None,
+            false,
             Duration::from_secs(1),
             now(),
             &secret,

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use super::client_auth::assertion::{self, ASSERTION_TYPE};
 use super::client_auth::{AuthMethod, basic};
+use super::dpop::{self, DpopHolder, DpopKey};
 use super::federated::{Presented, Role};
 use super::settings::{ClientSettings, SecretSource};
 use super::{FetchError, MAX_REPLY_BYTES, Redactor, TokenReply, parse_retry_after, reply};
@@ -41,6 +42,15 @@ pub struct Carried<'a> {
     /// The client's federated tokens, read for this request: the client assertion of
     /// `federated_assertion` is taken from them, and every one is redacted.
     pub federated: Option<&'a Presented>,
+    /// A DPoP client's key: every request sent carries a proof made with it.
+    pub dpop: Option<Proofs<'a>>,
+}
+
+/// A DPoP client's key and the nonces servers gave it (RFC 9449 section 5).
+#[derive(Clone, Copy)]
+pub struct Proofs<'a> {
+    pub holder: &'a DpopHolder,
+    pub key: &'a DpopKey,
 }
 
 /// Sends one token request for `c` to `endpoint` (its token endpoint, configured or
@@ -72,6 +82,7 @@ pub async fn request_token(
         &obj,
         c.scope.as_deref(),
         requested_type,
+        carried.dpop.is_some(),
         default_lifetime,
         SystemTime::now(),
         &redactor,
@@ -107,7 +118,9 @@ pub async fn post_form(
         grant,
         with_scope,
         federated,
+        dpop,
     } = carried;
+    let dpop = dpop.map(|proofs| (proofs, endpoint));
     let secret = match &c.secret {
         Some(SecretSource::File(path)) => Some(secret::read_file_async(path).await?),
         Some(SecretSource::Env(var)) => Some(secret::read_env(var)?),
@@ -161,12 +174,12 @@ pub async fn post_form(
                         .try_clone()
                         .expect("a request with a String body clones")
                         .header(reqwest::header::AUTHORIZATION, value);
-                    exchange(request, redactor)
+                    exchange(request, redactor, dpop)
                 },
             )
             .await
         }
-        _ => exchange(request, &redactor).await,
+        _ => exchange(request, &redactor, dpop).await,
     };
     match answer {
         Ok((content_type, body)) => Ok((body, content_type, redactor)),
@@ -177,12 +190,57 @@ pub async fn post_form(
     }
 }
 
-/// Sends `request` and reads the reply within the size cap: its content type and body when
-/// the status is a success, the OAuth error (redacted) or the bare status otherwise.
+/// Sends `request` (to `endpoint`, with a DPoP proof if `dpop`) and reads the reply within the
+/// size cap: its content type and body when the status is a success, the OAuth error
+/// (redacted) or the bare status otherwise. A DPoP client's request refused with
+/// `use_dpop_nonce` is sent once more with the nonce the server gave (RFC 9449 section 8), and
+/// the nonce is kept for its next requests.
 async fn exchange(
     request: reqwest::RequestBuilder,
     redactor: &Redactor,
+    dpop: Option<(Proofs<'_>, &str)>,
 ) -> Result<(String, Vec<u8>), FetchError> {
+    let Some((proofs, endpoint)) = dpop else {
+        return send(request, redactor).await.and_then(|(reply, _)| reply);
+    };
+    let server = dpop::origin(endpoint);
+    let mut nonce = proofs.holder.nonce(&server);
+    let mut retried = false;
+    loop {
+        let proof = proofs
+            .key
+            .proof("POST", endpoint, None, nonce.as_deref(), SystemTime::now())
+            .map_err(FetchError::Dpop)?;
+        let attempt = request
+            .try_clone()
+            .expect("a request with a String body clones")
+            .header("DPoP", proof);
+        let (result, headers) = send(attempt, redactor).await?;
+        let offered = dpop::nonce_from_headers(&headers);
+        if let Some(new) = &offered {
+            proofs.holder.remember_nonce(&server, new.clone());
+        }
+        match result {
+            Err(FetchError::OAuth { ref error, .. })
+                if error.error == "use_dpop_nonce"
+                    && !retried
+                    && offered.is_some()
+                    && offered != nonce =>
+            {
+                retried = true;
+                nonce = offered;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One exchange: the reply as [`exchange`] returns it, and the reply's headers. The outer
+/// error is a network failure or an oversized reply.
+async fn send(
+    request: reqwest::RequestBuilder,
+    redactor: &Redactor,
+) -> Result<(Result<(String, Vec<u8>), FetchError>, http::HeaderMap), FetchError> {
     let mut response = request
         .send()
         .await
@@ -199,6 +257,7 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let headers = std::mem::take(response.headers_mut());
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -211,7 +270,7 @@ async fn exchange(
         body.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        return Err(match reply::parse_error(&body, redactor) {
+        let error = match reply::parse_error(&body, redactor) {
             Some(error) => FetchError::OAuth {
                 status: status.as_u16(),
                 error,
@@ -221,9 +280,10 @@ async fn exchange(
                 status: status.as_u16(),
                 retry_after,
             },
-        });
+        };
+        return Ok((Err(error), headers));
     }
-    Ok((content_type, body))
+    Ok((Ok((content_type, body)), headers))
 }
 
 /// The form body: the grant's parameters, the client's credentials with `client_secret_post`

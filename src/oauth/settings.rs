@@ -129,6 +129,8 @@ pub struct ClientSettings {
     /// Tokens the platform issues, presented as the grant or the client's authentication
     /// (boxed: most clients have none, and every client's settings are held).
     pub federated: Option<Box<Federated>>,
+    /// The DPoP key file (RFC 9449): set, every token request carries a proof signed with it.
+    pub dpop_key: Option<PathBuf>,
 }
 
 impl ClientSettings {
@@ -165,6 +167,7 @@ impl ClientSettings {
             ca_file: None,
             assertion: Default::default(),
             federated: None,
+            dpop_key: None,
         }
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use super::budget::EndpointLimiter;
 use super::discovery::{self, DiscoveryError, Metadata};
+use super::dpop::DpopHolder;
 use super::federated::{self, CredentialSource, Federated, FederatedError, Presented, Role};
-use super::request::{Carried, request_token};
+use super::request::{Carried, Proofs, request_token};
 use super::settings::{ClientSettings, Grant, RequestSettings, SecretSource};
 use super::{AuthMethod, FetchError, Redactor, TokenReply, basic, inflight, unsaved};
 use crate::host::file_stamp::FileStamp;
@@ -93,6 +94,8 @@ struct Inner {
     /// (Boxed: a client keeps this slot whether or not it has federated tokens.)
     refused: std::sync::Mutex<Option<Box<Refusal>>>,
     operator_retry: Duration,
+    /// A DPoP client's key and the token endpoint's nonce.
+    dpop: Option<Box<DpopHolder>>,
 }
 
 /// Federated tokens a provider refused.
@@ -113,6 +116,10 @@ impl HttpTokenSource {
         Self {
             inner: Arc::new(Inner {
                 http: super::tls::Http::new(http, &client),
+                dpop: client
+                    .dpop_key
+                    .as_deref()
+                    .map(|path| Box::new(DpopHolder::new(path))),
                 name: name.to_string(),
                 client,
                 default_lifetime: requests.default_lifetime,
@@ -425,8 +432,13 @@ impl Inner {
 
     async fn fetch(&self, presented: Option<&Presented>) -> Result<TokenReply, FetchError> {
         let c = &self.client;
-        // Before any refresh token is marked as sent: bad TLS files send nothing.
+        // Before any refresh token is marked as sent: bad TLS files or a bad DPoP key send
+        // nothing.
         let http = self.http.get(&self.name).await?;
+        let dpop_key = match &self.dpop {
+            Some(holder) => Some(holder.key().await.map_err(FetchError::Dpop)?),
+            None => None,
+        };
         let endpoint = self.token_endpoint(&http).await?;
         let rt_file = self.refresh_token_file();
         // The newest refresh token: one held in memory because it could not be written wins
@@ -472,6 +484,11 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let redactor = Redactor::new(known.as_ref().map(AccessToken::expose));
+        let proofs = self
+            .dpop
+            .as_deref()
+            .zip(dpop_key.as_deref())
+            .map(|(holder, key)| Proofs { holder, key });
         let request = |endpoint: String| {
             let (http, grant, redactor) = (&http, &grant, redactor.clone());
             async move {
@@ -483,6 +500,7 @@ impl Inner {
                         grant,
                         with_scope: c.grant.sends_scope(),
                         federated: presented,
+                        dpop: proofs,
                     },
                     self.default_lifetime,
                     redactor,
@@ -531,13 +549,21 @@ impl Inner {
                 "ignored scope entries that are not RFC 6749 scope tokens (NQCHAR), are too long or too many, or echo a credential"
             );
         }
-        if let Ok(token) = &result.token {
+        let mut token = result.token;
+        // A DPoP token is bound to the key that proved possession of it: callers' proofs
+        // (SignDpopProof, the proxy) are signed with the same key.
+        if let Ok(token) = &mut token
+            && token.token_type == "DPoP"
+        {
+            token.dpop_key = dpop_key;
+        }
+        if let Ok(token) = &token {
             *self
                 .last_access_token
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(token.access_token.clone());
         }
-        result.token
+        token
     }
 }
 
@@ -673,6 +699,7 @@ mod tests {
             scopes: Vec::new(),
             lifetime: Duration::from_secs(60),
             lifetime_source: crate::oauth::reply::LifetimeSource::ExpiresIn,
+            dpop_key: None,
         };
         inner.judge_federated(&presented, Ok(token)).unwrap();
         assert!(inner.federated(timeout).await.is_ok());

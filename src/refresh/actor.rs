@@ -264,6 +264,7 @@ impl TokenState {
             lifetime_from = ?reply.lifetime_source,
             refresh_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
             scopes = %reply.scopes.join(" "),
+            token_type = %reply.token_type,
             "token refreshed"
         );
         self.failure = None;
@@ -280,6 +281,7 @@ impl TokenState {
                 expires_at,
                 expires_wall,
                 refresh_due,
+                dpop_key: reply.dpop_key,
             }));
             v.state = ClientState::Fresh;
             v.next_attempt = Some((refresh_due, refresh_wall));

@@ -118,6 +118,7 @@ mod tests {
                 expires_at: now + lifetime,
                 expires_wall: wall + lifetime,
                 refresh_due: now + lifetime / 2,
+                dpop_key: None,
             }));
             v.state = ClientState::Fresh;
         });

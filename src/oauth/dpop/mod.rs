@@ -1,5 +1,3 @@
-#![allow(dead_code)] // wired into token requests and SignDpopProof next
-
 //! DPoP (RFC 9449): a per-client ES256 key that never leaves tokend, and the proofs signed
 //! with it.
 //!
@@ -17,18 +15,20 @@
 //! - `key`: loading or making the key file, its public JWK and thumbprint.
 //! - `proof`: the proof JWT and the normalised `htu`.
 //! - `nonce`: what a server's `DPoP-Nonce` may be.
+//! - `holder`: a client's key, read at its first use, and the nonces servers gave it.
 
 use std::path::PathBuf;
 
 use crate::host::atomic_file::DirError;
 use crate::oauth::KeyError;
 
+mod holder;
 mod key;
 mod nonce;
 mod proof;
 
+pub use holder::{DpopHolder, origin};
 pub use key::DpopKey;
-#[allow(unused_imports)] // read from token and resource replies once wired, as the rest is
 pub use nonce::nonce_from_headers;
 
 /// What went wrong with a DPoP key or proof. Messages name files and rules, never key
@@ -62,4 +62,21 @@ pub enum DpopError {
     Nonce(&'static str),
     #[error("signing the DPoP proof failed")]
     Signing,
+    #[error("{path}: reading the DPoP key {stalled}")]
+    Stalled {
+        path: PathBuf,
+        stalled: crate::host::offload::Stalled,
+    },
+}
+
+impl DpopError {
+    /// Whether this may pass by itself: the key file could not be read for want of descriptors
+    /// or memory, or its reading stalled (see [`crate::secret::SecretError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DpopError::Key(e) => e.is_transient(),
+            DpopError::Stalled { .. } => true,
+            _ => false,
+        }
+    }
 }

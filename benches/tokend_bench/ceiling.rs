@@ -64,6 +64,13 @@ impl TokenService for Ceiling {
     ) -> Result<Response<proto::ListClientsResponse>, Status> {
         Err(Status::unimplemented("the ceiling answers GetToken only"))
     }
+
+    async fn sign_dpop_proof(
+        &self,
+        _: Request<proto::SignDpopProofRequest>,
+    ) -> Result<Response<proto::DpopProof>, Status> {
+        Err(Status::unimplemented("the ceiling answers GetToken only"))
+    }
 }
 
 /// Serves the ceiling on `socket` until the process is killed, on the same runtime tokend's

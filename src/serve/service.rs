@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use crate::access::{Caller, Granted};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
 use crate::metrics::{METRICS, WatchGuard};
+use crate::oauth::dpop::DpopError;
 use crate::proto::{self, token_service_server::TokenService};
 use crate::serve::call_limits::CallLimits;
 use crate::store::{ClientSlot, ClientState, ClientView, RefreshRequest, Token, TokenStore};
@@ -263,21 +264,49 @@ impl TokenServiceImpl {
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::Token>, Status> {
         let caller = Caller::of(&request);
+        let wait = self.wait_budget(&request);
         let req = request.get_ref();
-        let (slot, granted) = self.slot(&req.client, &caller).await?;
         let min_valid = Duration::from_secs(req.min_valid_seconds.into());
+        let (slot, token) = self.current(&req.client, &caller, min_valid, wait).await?;
+        Ok(Response::new(to_proto(&slot.name, &token)))
+    }
+
+    /// The client's token valid for `min_valid`, for a caller who may read it (audited),
+    /// waiting at most `wait` for one; GetToken's answer, and the proxy's.
+    pub async fn current(
+        &self,
+        client: &str,
+        caller: &Caller,
+        min_valid: Duration,
+        wait: Duration,
+    ) -> Result<(Arc<ClientSlot>, Arc<Token>), Status> {
+        let (slot, granted) = self.slot(client, caller).await?;
         // Nearly every call: the current token will do, and the caller's deadline does not
         // matter.
         let token = match slot.usable(Instant::now(), min_valid) {
             Some(token) => token,
-            None => {
-                let wait = self.wait_budget(&request);
-                self.token_for(&slot, &caller, min_valid, None, wait)
-                    .await?
-            }
+            None => self.token_for(&slot, caller, min_valid, None, wait).await?,
         };
-        audit(&slot.name, &caller, granted, &token);
-        Ok(Response::new(to_proto(&slot.name, &token)))
+        audit(&slot.name, caller, granted, &token);
+        Ok((slot, token))
+    }
+
+    async fn sign_dpop(
+        &self,
+        request: Request<proto::SignDpopProofRequest>,
+    ) -> Result<Response<proto::DpopProof>, Status> {
+        let caller = Caller::of(&request);
+        let wait = self.wait_budget(&request);
+        let req = request.get_ref();
+        let (slot, token) = self
+            .current(&req.client, &caller, Duration::ZERO, wait)
+            .await?;
+        let nonce = Some(req.nonce.as_str()).filter(|n| !n.is_empty());
+        let proof = dpop_proof(&slot.name, &token, &req.http_method, &req.http_uri, nonce)?;
+        Ok(Response::new(proto::DpopProof {
+            proof,
+            token: Some(to_proto(&slot.name, &token)),
+        }))
     }
 
     async fn watch(
@@ -338,20 +367,39 @@ impl TokenServiceImpl {
         let wait = self.wait_budget(&request);
         let caller = Caller::of(&request);
         let req = request.get_ref();
-        let (slot, granted) = self.slot(&req.client, &caller).await?;
         if req.rejected_access_token.is_empty() {
+            // Checked after the caller is: a caller that may not read the client learns
+            // nothing of it.
+            self.slot(&req.client, &caller).await?;
             return Err(Status::invalid_argument(
                 "rejected_access_token must be the token the API rejected",
             ));
         }
+        let (slot, token) = self
+            .replacement(&req.client, &caller, &req.rejected_access_token, wait)
+            .await?;
+        Ok(Response::new(to_proto(&slot.name, &token)))
+    }
+
+    /// For a caller whose API rejected `rejected`: a newer token if that is the current one
+    /// (reports coalesce, and are rate-limited by `refresh.min_interval`), else the current
+    /// token; RefreshToken's answer, and the proxy's after a 401.
+    pub async fn replacement(
+        &self,
+        client: &str,
+        caller: &Caller,
+        rejected: &str,
+        wait: Duration,
+    ) -> Result<(Arc<ClientSlot>, Arc<Token>), Status> {
+        let (slot, granted) = self.slot(client, caller).await?;
         let current = slot.view().token;
         // Only the current token can be refreshed away; a report about an older one means the
         // caller is behind, and the current token is its answer.
         let newer_than = current
-            .filter(|t| t.access_token.expose() == req.rejected_access_token)
+            .filter(|t| t.access_token.expose() == rejected)
             .map(|t| t.generation);
         let token = match self
-            .token_for(&slot, &caller, Duration::ZERO, newer_than, wait)
+            .token_for(&slot, caller, Duration::ZERO, newer_than, wait)
             .await
         {
             Ok(token) => token,
@@ -360,8 +408,8 @@ impl TokenServiceImpl {
             Err(NoToken::RateLimited { current, .. }) => current,
             Err(e) => return Err(e.into()),
         };
-        audit(&slot.name, &caller, granted, &token);
-        Ok(Response::new(to_proto(&slot.name, &token)))
+        audit(&slot.name, caller, granted, &token);
+        Ok((slot, token))
     }
 
     async fn list(
@@ -430,6 +478,13 @@ impl TokenService for TokenServiceImpl {
     ) -> Result<Response<proto::ListClientsResponse>, Status> {
         counted("ListClients", self.list(request).await)
     }
+
+    async fn sign_dpop_proof(
+        &self,
+        request: Request<proto::SignDpopProofRequest>,
+    ) -> Result<Response<proto::DpopProof>, Status> {
+        counted("SignDpopProof", self.sign_dpop(request).await)
+    }
 }
 
 /// Counts a finished call by method and status code.
@@ -451,6 +506,34 @@ fn audit(client: &str, caller: &Caller, granted: Granted, token: &Token) {
         fingerprint = %token.access_token.fingerprint(),
         "token handed out"
     );
+}
+
+/// A DPoP proof for a request with `method` to `uri` (and the server's `nonce`) with `token`,
+/// signed with the key it is bound to. The caller's strings are checked, never echoed.
+pub fn dpop_proof(
+    client: &str,
+    token: &Token,
+    method: &str,
+    uri: &str,
+    nonce: Option<&str>,
+) -> Result<String, Status> {
+    let Some(key) = &token.dpop_key else {
+        return Err(Status::failed_precondition(format!(
+            "client {client:?} holds a {} token, not one bound to a DPoP key: set dpop = true for it (and a provider that issues DPoP tokens), or send the token as Bearer without a proof",
+            token.token_type
+        )));
+    };
+    key.proof(
+        method,
+        uri,
+        Some(token.access_token.expose()),
+        nonce,
+        SystemTime::now(),
+    )
+    .map_err(|e| match e {
+        DpopError::Signing => Status::internal(e.to_string()),
+        e => Status::invalid_argument(e.to_string()),
+    })
 }
 
 fn to_proto(client: &str, token: &Token) -> proto::Token {

@@ -29,6 +29,22 @@
 //                                    // "reused_within_grace" in /_test/requests. 0 = strict.
 //     "tokenDelayMs": 0,             // delay before the token endpoint processes a request
 //                                    // (widens the window in which a client can die mid-request)
+//     "dpopNonce": false,            // true: the token endpoint requires a DPoP nonce (RFC 9449
+//                                    // section 8): a DPoP proof without one, or with a stale one,
+//                                    // gets 400 {"error":"use_dpop_nonce"} and a `DPoP-Nonce`
+//                                    // header to retry with. false: no nonces at all (a proof
+//                                    // carrying one is invalid_dpop_proof). DPoP itself is always
+//                                    // on: a token request with a `DPoP` proof header gets a
+//                                    // DPoP-bound access token (token_type "DPoP", `cnf.jkt` in
+//                                    // the JWT); without one, a Bearer token. oidc-provider's
+//                                    // rules: a proof without nonce needs `iat` within 300 s of
+//                                    // now; one with a valid nonce has its `iat` not checked. A
+//                                    // nonce is minted each minute and accepted for 3-4 minutes;
+//                                    // a 200 carries `DPoP-Nonce` when the proof's was not the
+//                                    // current one. A repeated proof `jti` is invalid_grant.
+//                                    // Refresh tokens are bound to the key only for public
+//                                    // clients (auth method none). The federation grants
+//                                    // below ignore DPoP (Bearer tokens).
 //     "clientCredentialsDefaultScope": false,
 //                                    // false (oidc-provider's own behaviour): a
 //                                    // client_credentials request without `scope`
@@ -121,6 +137,11 @@
 //                                         |"private_key_jwt"|"client_secret_jwt",
 //                          "assertion": {"header": {...}, "claims": {...}} (decoded, NOT
 //                                         verified; client assertions only),
+//                          "dpop": null, or when the request carried a DPoP header, its proof
+//                                  decoded (NOT verified): {"jkt": JWK SHA-256 thumbprint
+//                                  (RFC 7638) of the header's `jwk`, "nonce": str|null,
+//                                  "htu", "htm", "iat"}; {"undecodable": true} if it is not
+//                                  a JWT with a jwk,
 //                          "federation": (requests with a subject_token, actor_token, assertion
 //                                         or client_assertion only) {
 //                            "<that parameter>": {"sha256": hex of the whole token, "iss", "sub",
@@ -194,6 +215,7 @@ const resourceIndicator = cfg.resource ?? 'urn:tokend:test-api';
 const signingAlg = cfg.signingAlg ?? 'RS256';
 const deviceFlow = Boolean(cfg.deviceFlow);
 const deviceCodeTtl = posInt('deviceCodeTtl', 600);
+const dpopNonce = Boolean(cfg.dpopNonce);
 if (!['RS256', 'ES256'].includes(signingAlg)) fail('signingAlg must be RS256 or ES256');
 if (!Array.isArray(cfg.clients ?? [])) fail('clients must be an array');
 
@@ -391,7 +413,9 @@ async function jwksRoute(ctx) {
 // configured audience, with an `exp` not passed. Every token-endpoint request that carries a
 // federated token (these, or a client_assertion) records in its /_test/requests entry what
 // each token was (decoded, not trusted), and, for the two grants, the outcome.
-const { jwtVerify, createLocalJWKSet, decodeJwt } = await import('jose');
+const {
+  jwtVerify, createLocalJWKSet, decodeJwt, decodeProtectedHeader, calculateJwkThumbprint,
+} = await import('jose');
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
@@ -592,6 +616,13 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    // On by default in oidc-provider 9; spelled out because nonces need their secret
+    // (a nonce is an HMAC of the current minute). requireNonce is asked for every DPoP
+    // proof the provider checks: only the token endpoint's are meant here.
+    dPoP: {
+      enabled: true,
+      ...(dpopNonce && { nonceSecret: randomBytes(32), requireNonce: (ctx) => ctx.oidc?.route === 'token' }),
+    },
     ...(tls ? { mTLS: tls.mTLS } : {}),
     resourceIndicators: {
       enabled: true,
@@ -640,6 +671,24 @@ async function readBody(req) {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+// What a request's DPoP proof says of itself, unverified (oidc-provider verifies it).
+async function dpopSeen(proof) {
+  if (!proof) return null;
+  try {
+    const header = decodeProtectedHeader(proof);
+    const claims = decodeJwt(proof);
+    return {
+      jkt: await calculateJwkThumbprint(header.jwk),
+      nonce: claims.nonce ?? null,
+      htu: claims.htu,
+      htm: claims.htm,
+      iat: claims.iat,
+    };
+  } catch {
+    return { undecodable: true };
+  }
+}
+
 provider.use(async (ctx, next) => {
   if (ctx.path === '/_test/requests' && ctx.method === 'GET') {
     ctx.body = requests;
@@ -656,6 +705,7 @@ provider.use(async (ctx, next) => {
   const isToken = ctx.path === tokenPath;
   const entry = isToken ? {
     client_id: null, grant_type: null, at_ms: Date.now(), status: null, auth_method: 'none',
+    dpop: await dpopSeen(ctx.get('dpop')),
   } : undefined;
   let usedMethod = 'none';
   let authClientId = null;

@@ -25,6 +25,8 @@
 //!   the HTTP/2 `:authority` fix.
 //! - `cli`: `get`, `status`, `authorize`, `jwk` and `demo`.
 //! - `host`: users and groups, atomic files, file modes, offloaded file work, the wall clock.
+//! - `proxy`: `[proxy.NAME]` routes: HTTP requests sent on to an API with a client's token,
+//!   for callers that do not speak gRPC.
 //! - `sink`: per-client files rewritten atomically with each new token.
 //! - `secret`: reading secret files, redacted token types, durable writes.
 //! - `metrics`: the Prometheus registry, fed plain labels.
@@ -44,6 +46,7 @@ pub mod logging;
 mod metrics;
 mod oauth;
 mod panics;
+mod proxy;
 mod refresh;
 mod secret;
 mod serve;

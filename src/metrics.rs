@@ -66,6 +66,26 @@ pub struct GrpcLabels {
     pub code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    pub route: String,
+    /// "2xx" to "5xx": the status class the caller got.
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabels {
+    pub route: String,
+    /// Replays: "new_token" or "dpop_nonce". Refusals: "caller", "no_token", "bad_request",
+    /// "upstream_unreachable", "upstream_timeout", "connections".
+    pub reason: &'static str,
+}
+
 /// Every metric tokend exports.
 pub struct Metrics {
     registry: Registry,
@@ -86,6 +106,11 @@ pub struct Metrics {
     /// 1 while a client's newest refresh token is in memory only (see `oauth::unsaved`); no
     /// series otherwise.
     pub refresh_token_unsaved: Family<ClientLabel, Gauge>,
+    pub proxy_requests: Family<RouteStatusLabels, Counter>,
+    /// Time to the upstream's response headers.
+    pub proxy_upstream_duration: Family<RouteLabel, Histogram>,
+    pub proxy_replays: Family<RouteReasonLabels, Counter>,
+    pub proxy_refusals: Family<RouteReasonLabels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -116,6 +141,12 @@ impl Metrics {
             watch_streams: Gauge::default(),
             calls_refused: Family::default(),
             refresh_token_unsaved: Family::default(),
+            proxy_requests: Family::default(),
+            proxy_upstream_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            proxy_replays: Family::default(),
+            proxy_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,6 +200,26 @@ impl Metrics {
             "refresh_token_unsaved",
             "1 while the client's newest refresh token could not be written and is held in memory only (lost if tokend stops)",
             m.refresh_token_unsaved.clone(),
+        );
+        registry.register(
+            "proxy_requests",
+            "Requests through each proxy route, by the status class answered",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers, per proxy route",
+            m.proxy_upstream_duration.clone(),
+        );
+        registry.register(
+            "proxy_replays",
+            "Requests a proxy route sent again (after a 401: with a new token, or with the server's DPoP nonce)",
+            m.proxy_replays.clone(),
+        );
+        registry.register(
+            "proxy_refusals",
+            "Requests a proxy route answered itself, by reason",
+            m.proxy_refusals.clone(),
         );
         registry.register(
             "build",
@@ -259,6 +310,49 @@ impl Metrics {
         } else {
             self.refresh_token_unsaved.remove(&label);
         }
+    }
+
+    /// A proxy route answered its caller with `status`.
+    pub fn proxy_answered(&self, route: &str, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.proxy_requests
+            .get_or_create(&RouteStatusLabels {
+                route: route.to_string(),
+                class,
+            })
+            .inc();
+    }
+
+    pub fn proxy_upstream_took(&self, route: &str, took: Duration) {
+        self.proxy_upstream_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn proxy_replayed(&self, route: &str, reason: &'static str) {
+        self.proxy_replays
+            .get_or_create(&RouteReasonLabels {
+                route: route.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn proxy_refused(&self, route: &str, reason: &'static str) {
+        self.proxy_refusals
+            .get_or_create(&RouteReasonLabels {
+                route: route.to_string(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn request_took(&self, endpoint: &str, took: Duration) {

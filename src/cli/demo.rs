@@ -180,6 +180,7 @@ pub fn config(
         refresh: RefreshPolicy::default(),
         metrics: Default::default(),
         kubernetes: Default::default(),
+        proxy: Default::default(),
         clients,
         source_path: None,
     })

@@ -55,6 +55,9 @@ pub struct Config {
     /// Shared with the running clients (one copy per client, not one per user of it).
     #[serde(default)]
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
+    /// `[proxy.NAME]`: HTTP routes that send requests on to an API with a client's token.
+    #[serde(default)]
+    pub proxy: BTreeMap<String, crate::proxy::RouteSettings>,
     /// The file this was read from; named in messages that tell an operator what to run.
     #[serde(skip)]
     pub source_path: Option<PathBuf>,

@@ -90,6 +90,61 @@ impl Config {
                 .validate()
                 .map_err(|(k, r)| err(format!("kubernetes.{k}"), r))?;
         }
+        self.validate_proxy()
+            .map_err(|(k, r)| err(format!("proxy.{k}"), r))?;
+        Ok(())
+    }
+
+    /// Each route listens where nothing else does, for a configured client.
+    fn validate_proxy(&self) -> Result<(), (String, String)> {
+        use crate::proxy::Listen;
+        let mut taken: Vec<(Listen, String)> = vec![(
+            Listen::Unix(self.server.socket.clone()),
+            "server.socket".into(),
+        )];
+        taken.extend(
+            self.metrics
+                .socket
+                .clone()
+                .map(|s| (Listen::Unix(s), "metrics.socket".into())),
+        );
+        taken.extend(
+            self.server
+                .tcp
+                .map(|a| (Listen::Tcp(a), "server.tcp".into())),
+        );
+        taken.extend(
+            self.metrics
+                .listen
+                .map(|a| (Listen::Tcp(a), "metrics.listen".into())),
+        );
+        for (name, route) in &self.proxy {
+            if !is_client_name(name) {
+                return Err((
+                    name.clone(),
+                    format!(
+                        "route name {name:?} must be 1 to {MAX_CLIENT_NAME} letters, digits, '-', '_' and '.'"
+                    ),
+                ));
+            }
+            route
+                .validate()
+                .map_err(|(k, r)| (format!("{name}.{k}"), r))?;
+            if !self.clients.contains_key(&route.client) {
+                return Err((
+                    format!("{name}.client"),
+                    format!("no client named {:?} is configured", route.client),
+                ));
+            }
+            let listen = route.listen().expect("validated above");
+            if let Some((_, by)) = taken.iter().find(|(l, _)| *l == listen) {
+                return Err((
+                    format!("{name}.listen"),
+                    format!("is {by}'s too; each route needs a listener of its own"),
+                ));
+            }
+            taken.push((listen, format!("proxy.{name}.listen")));
+        }
         Ok(())
     }
 

@@ -40,6 +40,8 @@ pub enum RunError {
     NoRoom(#[from] NoRoom),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("{task} stopped: {why}")]
     TaskDied { task: &'static str, why: String },
 }
@@ -155,6 +157,11 @@ pub async fn run(
             "it returned".into()
         }
     });
+    let routes = crate::proxy::Routes::bind(&config.proxy, &service).await?;
+    if !routes.is_empty() {
+        let stop = stopping.clone();
+        tasks.spawn("the proxy routes", routes.serve(stop));
+    }
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {
         let incoming = crate::serve::h2_authority::fix_incoming(connections.incoming(listener));
@@ -260,6 +267,23 @@ async fn reload(
                 if new.server != running.server {
                     warn!("[server] settings changed; they take effect when tokend restarts");
                     new.server = running.server.clone();
+                }
+                if new.proxy != running.proxy {
+                    warn!("[proxy] routes changed; they take effect when tokend restarts");
+                    new.proxy = running.proxy.clone();
+                }
+                // The running routes keep their clients.
+                if let Some((route, r)) = running
+                    .proxy
+                    .iter()
+                    .find(|(_, r)| !new.clients.contains_key(&r.client))
+                {
+                    error!(
+                        "reload failed; the running configuration stays in effect: proxy.{route} sends client {:?}'s token, which the new configuration removes (change the route, then restart)",
+                        r.client
+                    );
+                    systemd::ready_again(&clients.store);
+                    return (running, limiters);
                 }
                 let changes = plan::reconcile(clients, &running, &new, http, &mut limiters).await;
                 info!(

@@ -41,7 +41,7 @@ pub use client_auth::{
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;
 pub use reply::TokenReply;
-pub use request::{Carried, Granted, post_form, request_token};
+pub use request::{Carried, Granted, describe as describe_http_error, post_form, request_token};
 pub use retry_after::parse_retry_after;
 pub use settings::{ClientSettings, Grant, RequestSettings, SecretSource};
 pub use source::{HttpTokenSource, TokenSource, http_client};

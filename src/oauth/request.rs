@@ -204,7 +204,7 @@ async fn exchange(
         return send(request, redactor).await.and_then(|(reply, _)| reply);
     };
     let server = dpop::origin(endpoint);
-    let mut nonce = proofs.holder.nonce(&server);
+    let mut nonce = proofs.holder.nonces.get(&server);
     let mut retried = false;
     loop {
         let proof = proofs
@@ -218,7 +218,7 @@ async fn exchange(
         let (result, headers) = send(attempt, redactor).await?;
         let offered = dpop::nonce_from_headers(&headers);
         if let Some(new) = &offered {
-            proofs.holder.remember_nonce(&server, new.clone());
+            proofs.holder.nonces.remember(&server, new.clone());
         }
         match result {
             Err(FetchError::OAuth { ref error, .. })
@@ -338,7 +338,7 @@ fn form_body(
 
 /// reqwest's error with its source chain, and what to do about a certificate the client does
 /// not trust.
-pub(super) fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     let mut text = super::tls::error_chain(e);
     if let Some(hint) = super::tls::hint(e) {
         text.push_str("; ");

@@ -308,8 +308,8 @@ fn pem_block(out: &mut String, label: &str, der: &[u8]) {
     let _ = writeln!(out, "-----END {label}-----");
 }
 
-/// The CAs of `ca_file`.
-fn roots(ca: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
+/// The CAs of `ca_file` (a client's, or a proxy route's).
+pub(crate) fn roots(ca: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
     certificates(ca, "CA certificate")?
         .iter()
         .map(|c| {

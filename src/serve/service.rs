@@ -73,6 +73,15 @@ impl TokenServiceImpl {
         Ok((slot, granted))
     }
 
+    /// When `client`'s next token request is due, if one is planned.
+    pub fn next_attempt(&self, client: &str) -> Option<SystemTime> {
+        self.store
+            .get(client)?
+            .view()
+            .next_attempt
+            .map(|(_, wall)| wall)
+    }
+
     /// How long a call may wait: the caller's deadline less headroom, else the default; never
     /// longer than `server.max_wait`.
     fn wait_budget<T>(&self, request: &Request<T>) -> Duration {

@@ -20,6 +20,7 @@ pub mod cgroups;
 pub mod in_process;
 pub mod minter;
 pub mod notify;
+pub mod resource;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -60,41 +61,8 @@ impl OidcServer {
         config: &serde_json::Value,
         limit: Duration,
     ) -> Result<OidcServer, String> {
-        // Its stderr goes to a file read back only if it fails to start, to say why.
-        let mut stderr = tempfile::tempfile().unwrap();
-        let mut child = Command::new("node")
-            .arg(dir.join("server.mjs"))
-            .env("OIDC_TEST_CONFIG", config.to_string())
-            .env("PORT", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr.try_clone().unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js 20+"));
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let ready = rx
-            .recv_timeout(limit)
-            .ok()
-            .and_then(|line| line.strip_prefix("READY ").map(str::to_string))
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
-        let Some(ready) = ready else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let mut text = String::new();
-            use std::io::{Read, Seek};
-            let _ = stderr.rewind();
-            let _ = stderr.read_to_string(&mut text);
-            let mut tail: Vec<&str> = text.lines().rev().take(30).collect();
-            tail.reverse();
-            return Err(tail.join("\n"));
-        };
+        let env = [("OIDC_TEST_CONFIG", config.to_string())];
+        let (child, stdin, ready) = spawn_node(&dir.join("server.mjs"), &env, limit)?;
         Ok(OidcServer {
             child,
             _stdin: stdin,
@@ -124,6 +92,52 @@ impl OidcServer {
             .filter(|r| r["client_id"] == client_id && r["status"] == 200)
             .collect()
     }
+}
+
+/// Runs `node SCRIPT` (on port 0, with `env`) and waits `limit` for its `READY {json}` line:
+/// the child, its stdin (which it exits at the end of) and the JSON. The end of its stderr
+/// when it does not get ready.
+pub fn spawn_node(
+    script: &Path,
+    env: &[(&str, String)],
+    limit: Duration,
+) -> Result<(Child, ChildStdin, serde_json::Value), String> {
+    // Its stderr goes to a file read back only if it fails to start, to say why.
+    let mut stderr = tempfile::tempfile().unwrap();
+    let mut child = Command::new("node")
+        .arg(script)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr.try_clone().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js 20+"));
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let ready = rx
+        .recv_timeout(limit)
+        .ok()
+        .and_then(|line| line.strip_prefix("READY ").map(str::to_string))
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
+    let Some(ready) = ready else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut text = String::new();
+        use std::io::{Read, Seek};
+        let _ = stderr.rewind();
+        let _ = stderr.read_to_string(&mut text);
+        let mut tail: Vec<&str> = text.lines().rev().take(30).collect();
+        tail.reverse();
+        return Err(tail.join("\n"));
+    };
+    Ok((child, stdin, ready))
 }
 
 impl Drop for OidcServer {

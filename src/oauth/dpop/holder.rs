@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{DpopError, DpopKey};
 use crate::host::offload;
 
-/// Servers whose nonce is remembered per holder: a client talks to its token endpoint and, through
+/// Servers whose nonce is remembered: a client talks to its token endpoint and, through
 /// the proxy, to a few resource servers; the oldest is forgotten first.
 const MAX_SERVERS: usize = 16;
 
@@ -16,12 +16,16 @@ const MAX_SERVERS: usize = 16;
 /// blocking thread (nor the request) for ever.
 const KEY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One client's DPoP key and the nonces servers gave it.
+/// One client's DPoP key and the nonces its token endpoint gave it.
 pub struct DpopHolder {
     path: PathBuf,
     key: tokio::sync::OnceCell<Arc<DpopKey>>,
-    nonces: Mutex<Vec<(String, String)>>,
+    pub nonces: Nonces,
 }
+
+/// The nonce each server (an origin: scheme, host, port) last asked proofs to carry.
+#[derive(Debug, Default)]
+pub struct Nonces(Mutex<Vec<(String, String)>>);
 
 impl std::fmt::Debug for DpopHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +41,7 @@ impl DpopHolder {
         DpopHolder {
             path: path.to_path_buf(),
             key: tokio::sync::OnceCell::new(),
-            nonces: Mutex::new(Vec::new()),
+            nonces: Nonces::default(),
         }
     }
 
@@ -61,10 +65,12 @@ impl DpopHolder {
             .await
             .cloned()
     }
+}
 
-    /// The nonce `server` (an origin: scheme, host, port) last asked for, if any.
-    pub fn nonce(&self, server: &str) -> Option<String> {
-        let nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+impl Nonces {
+    /// The nonce `server` last asked for, if any.
+    pub fn get(&self, server: &str) -> Option<String> {
+        let nonces = self.0.lock().unwrap_or_else(|e| e.into_inner());
         nonces
             .iter()
             .find(|(s, _)| s == server)
@@ -72,8 +78,8 @@ impl DpopHolder {
     }
 
     /// Remembers the nonce `server` sent (checked by [`super::nonce_from_headers`]).
-    pub fn remember_nonce(&self, server: &str, nonce: String) {
-        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn remember(&self, server: &str, nonce: String) {
+        let mut nonces = self.0.lock().unwrap_or_else(|e| e.into_inner());
         nonces.retain(|(s, _)| s != server);
         if nonces.len() == MAX_SERVERS {
             nonces.remove(0);
@@ -95,19 +101,19 @@ mod tests {
 
     #[test]
     fn nonces_are_kept_per_server_and_bounded() {
-        let holder = DpopHolder::new(Path::new("/nonexistent/k.pem"));
+        let nonces = Nonces::default();
         let a = origin("https://idp.example.com/token?x=1");
         assert_eq!(a, "https://idp.example.com");
         assert_eq!(origin("http://127.0.0.1:80/a"), "http://127.0.0.1");
-        holder.remember_nonce(&a, "n1".into());
-        holder.remember_nonce(&a, "n2".into());
-        assert_eq!(holder.nonce(&a).as_deref(), Some("n2"));
+        nonces.remember(&a, "n1".into());
+        nonces.remember(&a, "n2".into());
+        assert_eq!(nonces.get(&a).as_deref(), Some("n2"));
         for i in 0..MAX_SERVERS {
-            holder.remember_nonce(&format!("https://rs{i}.example"), format!("m{i}"));
+            nonces.remember(&format!("https://rs{i}.example"), format!("m{i}"));
         }
-        assert_eq!(holder.nonce(&a), None, "the oldest server is forgotten");
-        assert_eq!(holder.nonce("https://rs15.example").as_deref(), Some("m15"));
-        assert_eq!(holder.nonces.lock().unwrap().len(), MAX_SERVERS);
+        assert_eq!(nonces.get(&a), None, "the oldest server is forgotten");
+        assert_eq!(nonces.get("https://rs15.example").as_deref(), Some("m15"));
+        assert_eq!(nonces.0.lock().unwrap().len(), MAX_SERVERS);
     }
 
     #[tokio::test]

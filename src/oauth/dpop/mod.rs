@@ -27,7 +27,7 @@ mod key;
 mod nonce;
 mod proof;
 
-pub use holder::{DpopHolder, origin};
+pub use holder::{DpopHolder, Nonces, origin};
 pub use key::DpopKey;
 pub use nonce::nonce_from_headers;
 

@@ -14,16 +14,16 @@ pub enum Peer {
 
 /// Which cap a refused connection hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refused {
+pub enum Refused {
     Total,
     Peer,
 }
 
 /// Open connections, in total and per peer; shared by every listener.
 #[derive(Debug)]
-pub(super) struct Limits {
-    pub(super) max_total: usize,
-    pub(super) max_per_peer: usize,
+pub struct Limits {
+    pub max_total: usize,
+    pub max_per_peer: usize,
     counts: Mutex<Counts>,
 }
 
@@ -35,7 +35,7 @@ struct Counts {
 }
 
 impl Limits {
-    pub(super) fn new(max_total: usize, max_per_peer: usize) -> Limits {
+    pub fn new(max_total: usize, max_per_peer: usize) -> Limits {
         Limits {
             max_total,
             max_per_peer,
@@ -43,7 +43,7 @@ impl Limits {
         }
     }
 
-    pub(super) fn admit(self: &Arc<Self>, peer: Peer) -> Result<Slot, Refused> {
+    pub fn admit(self: &Arc<Self>, peer: Peer) -> Result<Slot, Refused> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if counts.total >= self.max_total {
             return Err(Refused::Total);
@@ -73,7 +73,7 @@ impl Limits {
 
 /// One admitted connection's place under the caps; given back when dropped.
 #[derive(Debug)]
-pub(super) struct Slot {
+pub struct Slot {
     limits: Arc<Limits>,
     peer: Peer,
 }

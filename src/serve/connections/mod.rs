@@ -27,10 +27,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 pub use accept::{Incoming, Listen};
+pub use limits::{Limits, Peer};
 pub use requests::TrackRequests;
 
 use conn::Timeouts;
-use limits::Limits;
 
 /// The largest request message tokend decodes. Its biggest legitimate request is a
 /// RefreshToken carrying the access token a resource server rejected: JWTs with many claims

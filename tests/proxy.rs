@@ -100,7 +100,8 @@ fn curl(socket: &Path, path: &str, args: &[&str]) -> Answer {
     curl_as(&[], socket, path, args)
 }
 
-/// The client `api` (its token endpoint `idp`), `client_extra` TOML lines in its table, and
+/// The client `api` (its token endpoint `idp`), `client_extra` TOML lines in its table (and
+/// any tables after), and
 /// routes `api` (Unix socket `{dir}/api.sock`, mode 0666) and `api-tcp` (loopback `port`) to
 /// the resource server.
 async fn daemon(
@@ -118,7 +119,6 @@ token_endpoint = "{ep}"
 client_id = "api-client"
 client_secret_file = "{{dir}}/api.secret"
 scope = "api:read"
-allow_tcp = true
 {client_extra}
 
 [proxy.api]
@@ -152,7 +152,7 @@ async fn stock_http_callers_reach_the_api_with_the_clients_token_and_nothing_of_
     let rs = ResourceServer::start(&idp, false);
     let port = free_port();
     let metrics_port = free_port();
-    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"");
+    let metrics = format!("allow_tcp = true\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"");
     let d = daemon(tempfile::tempdir().unwrap(), &idp, &rs, port, &metrics).await;
     let socket = d.dir.path().join("api.sock");
     assert_eq!(
@@ -310,4 +310,368 @@ async fn scrape(port: u16) -> String {
         .text()
         .await
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_token_is_replaced_once_and_the_request_sent_again_if_its_body_was_held() {
+    let idp = provider(serde_json::json!({}));
+    let rs = ResourceServer::start(&idp, false);
+    let d = daemon(
+        tempfile::tempdir().unwrap(),
+        &idp,
+        &rs,
+        free_port(),
+        "[refresh]\nmin_interval = \"1s\"",
+    )
+    .await;
+    let socket = d.dir.path().join("api.sock");
+    let first = curl(&socket, "/one", &[]).json();
+    let first_jti = first["token"]["jti"].as_str().unwrap().to_string();
+
+    // The API stops accepting the token: the proxy reports it, gets a new one, and the
+    // caller sees only the answer to the request sent again (with its held body).
+    assert_eq!(rs.supersede().await, first_jti);
+    let replayed = curl(&socket, "/two", &["--data-binary", "small body"]);
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    let echo = replayed.json();
+    assert_ne!(echo["token"]["jti"], first_jti.as_str());
+    assert_eq!(echo["body_length"], 10);
+    let two: Vec<_> = rs
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/two")
+        .map(|r| (r["status"].as_u64().unwrap(), r["token_jti"].clone()))
+        .collect();
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert_eq!(two[0], (401, first_jti.clone().into()));
+    assert_eq!(two[1].0, 200);
+    assert!(d.log_text().contains(
+        "the upstream rejected the token (401); sending the request again with a new one"
+    ));
+
+    // A body larger than max_replay_body is streamed once: the 401 goes back as it came.
+    rs.supersede().await;
+    let big = "b".repeat(10_000);
+    let streamed = curl(&socket, "/three", &["--data-binary", &big]);
+    assert_eq!(streamed.status, 401);
+    assert!(
+        streamed
+            .header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token"),
+        "{:?}",
+        streamed.headers
+    );
+    // An API that refuses every token is asked twice, never more.
+    let bare = curl(&socket, "/bare401", &[]);
+    assert_eq!(bare.status, 401);
+    let tries = rs
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/bare401")
+        .count();
+    assert_eq!(tries, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_valid_token_the_proxy_answers_503_and_never_sends_an_expired_one() {
+    let idp = provider(serde_json::json!({"accessTokenTtl": 4}));
+    let rs = ResourceServer::start(&idp, false);
+    let d = daemon(
+        tempfile::tempdir().unwrap(),
+        &idp,
+        &rs,
+        free_port(),
+        "[refresh]\nbackoff_min = \"30s\"\nbackoff_max = \"60s\"",
+    )
+    .await;
+    let socket = d.dir.path().join("api.sock");
+    assert_eq!(curl(&socket, "/before", &[]).status, 200);
+    // The provider goes away; once the token expires, callers are told why and when.
+    drop(idp);
+    let refused = eventually(
+        Duration::from_secs(10),
+        "a 503 once the token expired",
+        || {
+            let got = curl(&socket, "/during", &[]);
+            async move { (got.status == 503).then_some(got) }
+        },
+    )
+    .await;
+    let body = refused.json();
+    assert_eq!(body["error"], "no_token");
+    assert_eq!(body["client"], "api");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no valid token") && reason.contains("next attempt at"),
+        "{reason}"
+    );
+    assert!(body["next_attempt_at"].is_string(), "{body}");
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // No request with an expired token reached the API (which allows no clock skew): the
+    // proxy stops sending a token before its last seconds.
+    let statuses: Vec<_> = rs
+        .requests()
+        .await
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_the_client_does_not_allow_are_refused_403_and_audited() {
+    let idp = provider(serde_json::json!({}));
+    let rs = ResourceServer::start(&idp, false);
+    let dir = tempfile::tempdir().unwrap();
+    // Others may reach the socket (mode 0666) through the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let port = free_port();
+    let d = daemon(dir, &idp, &rs, port, "allowed_users = [\"root\"]").await;
+    let socket = d.dir.path().join("api.sock");
+    assert_eq!(curl(&socket, "/root", &[]).status, 200);
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let refused = curl_as(&nobody, &socket, "/nobody", &[]);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let body = refused.json();
+    assert_eq!(body["error"], "caller");
+    assert!(
+        body["reason"].as_str().unwrap().contains("uid 65534"),
+        "{body}"
+    );
+    let log = d.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("proxy request refused")
+            && l.contains("uid 65534")
+            && l.contains("route=api")),
+        "{log}"
+    );
+    // TCP callers cannot be identified: a client is served there only with allow_tcp.
+    let tcp = tokend::testing::http_client()
+        .get(format!("http://127.0.0.1:{port}/tcp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tcp.status(), 403);
+    let paths: Vec<_> = rs
+        .requests()
+        .await
+        .iter()
+        .map(|r| r["path"].clone())
+        .collect();
+    assert_eq!(paths, ["/root"]);
+}
+
+/// A daemon whose client `api` has `dpop = true`, its key in `keys`.
+async fn dpop_daemon(idp: &OidcServer, rs: &ResourceServer, keys: &Path) -> Daemon {
+    let extra = format!(
+        "dpop = true\ndpop_key_file = \"{}/api.dpop.pem\"",
+        keys.display()
+    );
+    daemon(tempfile::tempdir().unwrap(), idp, rs, free_port(), &extra).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dpop_tokens_are_bound_to_a_key_that_stays_in_tokend_and_proofs_meet_nonces() {
+    // Both servers want nonces: the token endpoint (oidc-provider) and the API.
+    let idp = provider(serde_json::json!({"dpopNonce": true}));
+    let rs = ResourceServer::start(&idp, true);
+    let keys = tempfile::tempdir().unwrap();
+    let mut d = dpop_daemon(&idp, &rs, keys.path()).await;
+    let socket = d.dir.path().join("api.sock");
+
+    // The key was made by the first token request, mode 0600, and the token is bound to it.
+    let mut rpc = d.client().await;
+    let token = rpc
+        .get_token(common::get("api"))
+        .await
+        .unwrap()
+        .into_inner();
+    let key_file = keys.path().join("api.dpop.pem");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(token.token_type, "DPoP");
+    let jkt = jwt_claims(&token.access_token)["cnf"]["jkt"]
+        .as_str()
+        .expect("a DPoP-bound token")
+        .to_string();
+    // The token request was sent again with the nonce oidc-provider asked for.
+    let asked: Vec<_> = idp
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["client_id"] == "api-client")
+        .map(|r| {
+            (
+                r["status"].clone(),
+                r["dpop"]["nonce"].is_string(),
+                r["dpop"]["jkt"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(asked[0].0, 400, "{asked:?}");
+    assert!(!asked[0].1);
+    assert_eq!(asked[1].0, 200);
+    assert!(asked[1].1);
+    assert_eq!(asked[1].2, jkt.as_str());
+
+    // Through the proxy: `Authorization: DPoP` with a proof, the API's nonce met by one replay.
+    let got = curl(&socket, "/dpop?q=1", &["-X", "POST", "--data-binary", "{}"]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let echo = got.json();
+    assert_eq!(echo["token"]["jkt"], jkt.as_str());
+    assert!(echo["dpop"]["nonce"].is_string(), "{echo}");
+    assert!(
+        echo["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("DPoP ")
+    );
+    let seen: Vec<_> = rs
+        .requests()
+        .await
+        .into_iter()
+        .map(|r| (r["status"].clone(), r["error"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (401.into(), "use_dpop_nonce".into()),
+            (200.into(), serde_json::Value::Null)
+        ]
+    );
+    // The nonce is remembered: the next request needs no replay.
+    assert_eq!(curl(&socket, "/again", &[]).status, 200);
+    assert_eq!(rs.requests().await.len(), 3);
+
+    // SignDpopProof, for a caller that sends the token itself: first without the API's nonce,
+    // which the API then gives, then with it.
+    let http = tokend::testing::http_client();
+    let url = format!("{}/direct?page=2", rs.url);
+    let sign = |nonce: &str| SignDpopProofRequest {
+        client: "api".into(),
+        http_method: "GET".into(),
+        http_uri: url.clone(),
+        nonce: nonce.into(),
+    };
+    let signed = rpc.sign_dpop_proof(sign("")).await.unwrap().into_inner();
+    let bound = signed.token.unwrap();
+    assert_eq!(bound.token_type, "DPoP");
+    let claims = jwt_claims(&signed.proof);
+    assert_eq!(claims["htm"], "GET");
+    assert_eq!(
+        claims["htu"],
+        format!("{}/direct", rs.url),
+        "no query in htu"
+    );
+    let send = |proof: String, token: String| {
+        http.get(&url)
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+    };
+    let first = send(signed.proof, bound.access_token.clone())
+        .await
+        .unwrap();
+    // The proxy met the nonce before; a direct caller may hold an older one, or none.
+    let nonce = match first.status().as_u16() {
+        200 => None,
+        401 => Some(first.headers()["dpop-nonce"].to_str().unwrap().to_string()),
+        other => panic!("direct call answered {other}"),
+    };
+    if let Some(nonce) = nonce {
+        let signed = rpc
+            .sign_dpop_proof(sign(&nonce))
+            .await
+            .unwrap()
+            .into_inner();
+        let token = signed.token.unwrap().access_token;
+        assert_eq!(send(signed.proof, token).await.unwrap().status(), 200);
+    }
+    // Bad input names what is wrong, never echoing it.
+    for (request, what) in [
+        (
+            SignDpopProofRequest {
+                http_method: "G ET".into(),
+                ..sign("")
+            },
+            "http_method",
+        ),
+        (
+            SignDpopProofRequest {
+                http_uri: "ftp://x/secret-path".into(),
+                ..sign("")
+            },
+            "http_uri",
+        ),
+        (
+            SignDpopProofRequest {
+                http_uri: "https://u:pw@x/".into(),
+                ..sign("")
+            },
+            "http_uri",
+        ),
+        (
+            SignDpopProofRequest {
+                nonce: "a b".into(),
+                ..sign("")
+            },
+            "nonce",
+        ),
+    ] {
+        let status = rpc.sign_dpop_proof(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(what), "{status:?}");
+        assert!(!status.message().contains("secret-path") && !status.message().contains("pw"));
+    }
+    let unknown = rpc
+        .sign_dpop_proof(SignDpopProofRequest {
+            client: "nope".into(),
+            ..sign("")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // The same key after a restart: tokens stay bound to the same thumbprint.
+    d.stop();
+    let d = dpop_daemon(&idp, &rs, keys.path()).await;
+    let mut rpc = d.client().await;
+    let again = rpc
+        .get_token(common::get("api"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt_claims(&again.access_token)["cnf"]["jkt"], jkt.as_str());
+    // The key is nowhere in the log.
+    let pem = std::fs::read_to_string(&key_file).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!d.log_text().contains(&body[..40]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_dpop_proof_refuses_a_bearer_client() {
+    let idp = provider(serde_json::json!({}));
+    let rs = ResourceServer::start(&idp, false);
+    let d = daemon(tempfile::tempdir().unwrap(), &idp, &rs, free_port(), "").await;
+    let mut rpc = d.client().await;
+    let status = rpc
+        .sign_dpop_proof(SignDpopProofRequest {
+            client: "api".into(),
+            http_method: "GET".into(),
+            http_uri: format!("{}/x", rs.url),
+            nonce: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("dpop = true"), "{status:?}");
 }

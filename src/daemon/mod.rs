@@ -112,6 +112,8 @@ pub async fn run(
         }
     }
 
+    let routes = crate::proxy::Routes::bind(&config.proxy).await?;
+
     let mut tasks = Tasks::default();
     let metrics = crate::serve::metrics_http::bind(
         config.metrics.listen,
@@ -157,10 +159,11 @@ pub async fn run(
             "it returned".into()
         }
     });
-    let routes = crate::proxy::Routes::bind(&config.proxy, &service).await?;
     if !routes.is_empty() {
-        let stop = stopping.clone();
-        tasks.spawn("the proxy routes", routes.serve(stop));
+        tasks.spawn(
+            "the proxy routes",
+            routes.serve(service.clone(), stopping.clone()),
+        );
     }
     let mut servers: Vec<Server> = Vec::new();
     for listener in unix {

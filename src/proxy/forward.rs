@@ -18,6 +18,11 @@ use crate::oauth::dpop::{self, Nonces};
 use crate::serve::service::{TokenServiceImpl, dpop_proof, rfc3339};
 use crate::store::Token;
 
+/// A token is not sent in its last seconds: it could expire on the way, or by the upstream's
+/// clock (tokend counts a lifetime from when the reply arrived, a JWT's `exp` from when it
+/// was issued, and neither clock is the upstream's).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
+
 /// What callers get: the proxy's own answer, or the upstream's streamed.
 pub type Body = Either<Full<Bytes>, reqwest::Body>;
 
@@ -86,7 +91,7 @@ impl Route {
         };
         let mut token = match self
             .tokens
-            .current(&self.client, caller, Duration::ZERO, self.timeout)
+            .current(&self.client, caller, EXPIRY_MARGIN, self.timeout)
             .await
         {
             Ok((_, token)) => token,

@@ -46,17 +46,23 @@ pub enum ProxyError {
 
 /// Bound routes, ready to serve.
 pub struct Routes {
-    routes: Vec<(Arc<forward::Route>, listen::Listener, Arc<Limits>)>,
+    routes: Vec<Bound>,
     /// Removed when the routes are dropped.
     _sockets: Vec<SocketFile>,
 }
 
+/// A route's listener and HTTP client, made before anything is fetched (a route that cannot
+/// listen stops the daemon at start, as the gRPC socket does).
+struct Bound {
+    name: String,
+    settings: RouteSettings,
+    listener: listen::Listener,
+    http: reqwest::Client,
+}
+
 impl Routes {
     /// Binds every route's listener and makes its HTTP client; nothing is served yet.
-    pub async fn bind(
-        settings: &BTreeMap<String, RouteSettings>,
-        tokens: &TokenServiceImpl,
-    ) -> Result<Routes, ProxyError> {
+    pub async fn bind(settings: &BTreeMap<String, RouteSettings>) -> Result<Routes, ProxyError> {
         let mut routes = Vec::new();
         let mut sockets = Vec::new();
         for (name, s) in settings {
@@ -76,18 +82,12 @@ impl Routes {
                     listen::Listener::Tcp(bind_tcp(addr).await.map_err(listen_err)?)
                 }
             };
-            let route = forward::Route {
+            routes.push(Bound {
                 name: name.clone(),
-                client: s.client.clone(),
-                upstream: s.upstream().expect("validated"),
                 http: http_client(name, s.ca_file.as_ref(), s.timeout)?,
-                timeout: s.timeout,
-                max_replay_body: s.max_replay_body,
-                tokens: tokens.clone(),
-                nonces: Nonces::default(),
-            };
-            let limits = Arc::new(Limits::new(s.max_connections, s.max_connections_per_uid));
-            routes.push((Arc::new(route), listener, limits));
+                settings: s.clone(),
+                listener,
+            });
         }
         Ok(Routes {
             routes,
@@ -99,11 +99,29 @@ impl Routes {
         self.routes.is_empty()
     }
 
-    /// Serves every route until `stopping` is cancelled; ends (with why) if one stops.
-    pub async fn serve(self, stopping: CancellationToken) -> String {
+    /// Serves every route with the tokens `tokens` hands out until `stopping` is cancelled;
+    /// ends (with why) if one stops.
+    pub async fn serve(self, tokens: TokenServiceImpl, stopping: CancellationToken) -> String {
         let _sockets = self._sockets;
-        let served = self.routes.into_iter().map(|(route, listener, limits)| {
-            Box::pin(listen::serve(route, listener, limits, stopping.clone()))
+        let served = self.routes.into_iter().map(|bound| {
+            let s = bound.settings;
+            let route = forward::Route {
+                client: s.client.clone(),
+                upstream: s.upstream().expect("validated"),
+                http: bound.http,
+                timeout: s.timeout,
+                max_replay_body: s.max_replay_body,
+                tokens: tokens.clone(),
+                nonces: Nonces::default(),
+                name: bound.name,
+            };
+            let limits = Arc::new(Limits::new(s.max_connections, s.max_connections_per_uid));
+            Box::pin(listen::serve(
+                Arc::new(route),
+                bound.listener,
+                limits,
+                stopping.clone(),
+            ))
         });
         let (why, _, _) = futures_util::future::select_all(served).await;
         why

@@ -440,7 +440,7 @@ fn uncommented_examples(text: &str) -> String {
     let mut out = String::new();
     let mut in_table = false;
     for line in text.lines() {
-        if line.starts_with("# [clients.") {
+        if line.starts_with("# [clients.") || line.starts_with("# [proxy.") {
             in_table = true;
         } else if !(in_table && line.starts_with("# ") && !line.starts_with("# #")) {
             in_table &= line.starts_with("# #");
@@ -500,6 +500,10 @@ fn example_config_commented_tables_parse() {
             && allow.iter().any(|e| e.pod_service_account.is_some()),
         "{allow:?}"
     );
+    assert!(config.clients.values().any(|c| c.dpop));
+    let route = &config.proxy["ledger"];
+    assert!(route.validate().is_ok(), "{route:?}");
+    assert!(config.clients.contains_key(&route.client));
     let grants: Vec<_> = config.clients.values().map(|c| c.oauth.grant).collect();
     for grant in [Grant::TokenExchange, Grant::JwtBearer] {
         assert!(
@@ -521,4 +525,89 @@ fn a_client_key_on_a_method_without_one_is_refused() {
             .contains("only used with auth_method = \"private_key_jwt\""),
         "{err}"
     );
+}
+
+#[test]
+fn a_dpop_key_lives_in_a_safe_directory_named_by_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let server = format!("[server]\nstate_directory = \"{}\"\n", state.display());
+    let c = load(&format!("{server}{}", client_toml(&s, "dpop = true")), &[]).unwrap();
+    assert_eq!(
+        c.clients["billing"].oauth.dpop_key.as_deref(),
+        Some(state.join("billing.dpop.pem").as_path())
+    );
+    // systemd's StateDirectory= (the first of several).
+    let c = load(
+        &client_toml(&s, "dpop = true"),
+        &[("TOKEND_SERVER__STATE_DIRECTORY", state.to_str().unwrap())],
+    )
+    .unwrap();
+    assert!(c.clients["billing"].oauth.dpop_key.is_some());
+    let own = dir.path().join("own.pem");
+    let text = client_toml(
+        &s,
+        &format!("dpop = true\ndpop_key_file = \"{}\"", own.display()),
+    );
+    assert_eq!(
+        load(&text, &[]).unwrap().clients["billing"].oauth.dpop_key,
+        Some(own)
+    );
+    // Refused: a key file without dpop, a missing directory (named with what to do), one
+    // that others can write, a relative path.
+    let refused = |text: &str| load(text, &[]).unwrap_err();
+    let err = refused(&client_toml(&s, "dpop_key_file = \"/k.pem\""));
+    assert_eq!(err.key, "clients.billing.dpop_key_file");
+    assert!(err.reason.contains("only used with dpop = true"), "{err}");
+    let missing = format!(
+        "[server]\nstate_directory = \"{}/nope\"\n",
+        dir.path().display()
+    );
+    let err = refused(&format!("{missing}{}", client_toml(&s, "dpop = true")));
+    assert_eq!(err.key, "clients.billing.dpop");
+    assert!(err.reason.contains("server.state_directory"), "{err}");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let text = client_toml(
+        &s,
+        &format!("dpop = true\ndpop_key_file = \"{}/k.pem\"", open.display()),
+    );
+    let err = refused(&text);
+    assert_eq!(err.key, "clients.billing.dpop_key_file");
+    let err = refused(&client_toml(&s, "dpop = true\ndpop_key_file = \"k.pem\""));
+    assert!(err.reason.contains("absolute"), "{err}");
+}
+
+#[test]
+fn proxy_routes_need_a_client_and_a_listener_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(&dir);
+    let route = |name: &str, listen: &str, client: &str| {
+        format!(
+            "[proxy.{name}]\nlisten = \"{listen}\"\nupstream = \"https://api.example.com\"\nclient = \"{client}\"\n"
+        )
+    };
+    let with = |routes: &str| load(&format!("{}{routes}", client_toml(&s, "")), &[]);
+    let c = with(&route("api", "unix:/run/tokend/api.sock", "billing")).unwrap();
+    assert_eq!(c.proxy["api"].max_replay_body, 1024 * 1024);
+    assert_eq!(c.proxy["api"].timeout, Duration::from_secs(30));
+    let err = with(&route("api", "unix:/run/tokend/api.sock", "nobody")).unwrap_err();
+    assert_eq!(err.key, "proxy.api.client");
+    assert!(err.reason.contains("no client named \"nobody\""), "{err}");
+    let err = with(&route("api", "unix:/run/tokend/tokend.sock", "billing")).unwrap_err();
+    assert_eq!(err.key, "proxy.api.listen");
+    assert!(err.reason.contains("server.socket"), "{err}");
+    let twice = route("a", "127.0.0.1:8080", "billing") + &route("b", "127.0.0.1:8080", "billing");
+    let err = with(&twice).unwrap_err();
+    assert_eq!(err.key, "proxy.b.listen");
+    let err = with(&route("api", "0.0.0.0:8080", "billing")).unwrap_err();
+    assert_eq!(err.key, "proxy.api.listen");
+    let err = with(&route("\"a b\"", "127.0.0.1:8080", "billing")).unwrap_err();
+    assert!(err.reason.contains("route name"), "{err}");
+    let unknown = format!("{}bogus = 1\n", route("api", "127.0.0.1:8080", "billing"));
+    let err = with(&unknown).unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
 }

@@ -548,3 +548,84 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
         "the last valid token is still served"
     );
 }
+
+/// The claims of a DPoP proof as the fault endpoint saw it.
+fn proof_claims(seen: &fault::Seen) -> serde_json::Value {
+    common::jwt_claims(seen.dpop.as_deref().expect("a DPoP proof"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dpop_client_meets_a_nonce_once_per_request_and_remembers_the_newest() {
+    let endpoint = FaultEndpoint::start(Reply::token("unused", 300)).await;
+    let nonce_please = |nonce: &str| {
+        Reply::json(400, serde_json::json!({"error": "use_dpop_nonce"})).header("DPoP-Nonce", nonce)
+    };
+    let dpop_token = Reply::json(
+        200,
+        serde_json::json!({"access_token": "bound", "token_type": "DPoP", "expires_in": 300}),
+    )
+    .header("DPoP-Nonce", "n-3");
+    endpoint.then([
+        // An attempt: the nonce asked for, then another one asked for: the attempt fails
+        // rather than loop.
+        nonce_please("n-1"),
+        nonce_please("n-2"),
+        // The next attempt starts with the newest nonce; one that is not a nonce is ignored.
+        nonce_please("not a nonce"),
+        nonce_please("n-2b"),
+        dpop_token,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = common::secret_file(dir.path(), "secret", "s3cret");
+    let toml = format!(
+        "[refresh]\nbackoff_min = \"1s\"\nbackoff_max = \"2s\"\n{}dpop = true\ndpop_key_file = \"{}/c.dpop.pem\"\n",
+        common::in_process::client_table("c", &endpoint.url, &secret),
+        dir.path().display()
+    );
+    let config = common::in_process::load_config(dir.path(), &toml);
+    let h = InProcess::from_config(&config).await;
+    let token = h.get("c", 0).await.unwrap();
+    assert_eq!(
+        (token.access_token.as_str(), token.token_type.as_str()),
+        ("bound", "DPoP")
+    );
+    let seen = endpoint.seen();
+    let nonces: Vec<_> = seen
+        .iter()
+        .map(|s| proof_claims(s)["nonce"].clone())
+        .collect();
+    assert_eq!(
+        nonces,
+        [
+            serde_json::Value::Null,
+            "n-1".into(),
+            "n-2".into(),
+            "n-2".into(),
+            "n-2b".into()
+        ]
+    );
+    // One key, a fresh jti per proof, and the token request's method and URI.
+    let headers: Vec<_> = seen
+        .iter()
+        .map(|s| common::jwt_header(s.dpop.as_deref().unwrap()))
+        .collect();
+    assert!(
+        headers
+            .iter()
+            .all(|h| h["jwk"] == headers[0]["jwk"] && h["typ"] == "dpop+jwt")
+    );
+    let jtis: std::collections::HashSet<_> = seen
+        .iter()
+        .map(|s| proof_claims(s)["jti"].to_string())
+        .collect();
+    assert_eq!(jtis.len(), seen.len());
+    let claims = proof_claims(&seen[0]);
+    assert_eq!(claims["htm"], "POST");
+    assert_eq!(claims["htu"], endpoint.url.as_str());
+    assert!(
+        claims.get("ath").is_none(),
+        "no access token at the token endpoint"
+    );
+    let status = h.status("c").await;
+    assert_eq!(status.consecutive_failures, 0);
+}

@@ -4,6 +4,7 @@
 //! fetch. Also SignDpopProof for callers that send the token themselves.
 
 mod common;
+mod fault;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use common::resource::ResourceServer;
 use common::{Daemon, OidcServer, eventually, free_port, jwt_claims, repo_root, secret_file};
+use fault::{FaultEndpoint, Reply};
 use tokend::proto::SignDpopProofRequest;
 use tonic::Code;
 
@@ -674,4 +676,94 @@ async fn sign_dpop_proof_refuses_a_bearer_client() {
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("dpop = true"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_upstream_or_caller_costs_one_request_or_one_connection() {
+    let idp = provider(serde_json::json!({}));
+    let upstream = FaultEndpoint::start(Reply::raw(200, "text/plain", b"ok")).await;
+    let base = upstream.url.trim_end_matches("/token");
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), "api.secret", SECRET);
+    let config = format!(
+        r#"
+[clients.api]
+token_endpoint = "{ep}"
+client_id = "api-client"
+client_secret_file = "{{dir}}/api.secret"
+
+[proxy.hostile]
+listen = "unix:{{dir}}/hostile.sock"
+upstream = "{base}"
+client = "api"
+timeout = "1s"
+max_connections_per_uid = 3
+"#,
+        ep = idp.token_endpoint
+    );
+    let d = Daemon::start_in(dir, &config).await;
+    let socket = d.dir.path().join("hostile.sock");
+
+    // An upstream that does not answer in time, or hangs up, is the caller's 504 or 502.
+    upstream.then([
+        Reply::raw(200, "text/plain", b"late").after(Duration::from_secs(5)),
+        Reply::Drop,
+        Reply::Stall {
+            body: b"half of a body".to_vec(),
+        },
+    ]);
+    let late = curl(&socket, "/late", &[]);
+    assert_eq!(late.status, 504, "{}", late.body);
+    assert_eq!(late.json()["error"], "upstream_timeout");
+    let dropped = curl(&socket, "/dropped", &[]);
+    assert_eq!(dropped.status, 502, "{}", dropped.body);
+    assert_eq!(dropped.json()["error"], "upstream_unreachable");
+    // One that stops sending mid-body: the caller's transfer ends in an error, within the
+    // route's timeout, and nothing else is held.
+    let stalled = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--unix-socket"])
+        .arg(&socket)
+        .arg("http://proxy/stalled")
+        .output()
+        .unwrap();
+    assert!(
+        !stalled.status.success(),
+        "a truncated answer must not look complete"
+    );
+    assert!(
+        !String::from_utf8_lossy(&stalled.stderr).contains("Operation timed out"),
+        "the proxy, not curl's own limit, ends it: {}",
+        String::from_utf8_lossy(&stalled.stderr)
+    );
+    // The token went to the upstream, which is the route's own, and nowhere else.
+    let seen = upstream.seen();
+    assert!(seen.iter().all(|s| {
+        s.authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Bearer "))
+    }));
+
+    // h2c callers are served as HTTP/1.1 ones are.
+    let h2 = curl(&socket, "/h2", &["--http2-prior-knowledge"]);
+    assert_eq!((h2.status, h2.body.as_str()), (200, "ok"));
+
+    // Connections past max_connections_per_uid are closed at once; the held ones count.
+    use std::io::Read;
+    let held: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut over = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(over.read(&mut byte).unwrap(), 0, "closed without an answer");
+    drop(held);
+    let again = eventually(
+        Duration::from_secs(5),
+        "a connection once others closed",
+        || {
+            let got = curl(&socket, "/again", &[]);
+            async move { (got.status == 200).then_some(()) }
+        },
+    );
+    again.await;
 }

@@ -73,7 +73,7 @@ impl Route {
     async fn answer(&self, caller: &Caller, request: Request<Incoming>) -> Response<Body> {
         let target = match (
             request.method(),
-            headers::target(&self.upstream, request.uri()),
+            headers::target(&self.upstream, request.uri(), request.version()),
         ) {
             (&Method::CONNECT, _) => {
                 return self.refuse(
@@ -228,7 +228,9 @@ impl Route {
         METRICS.proxy_upstream_took(&self.name, started.elapsed());
         let response = match result {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
+            // The caller's path and query may hold what it would not see logged.
+            Ok(Err(e)) if !e.is_timeout() => {
+                let e = e.without_url();
                 return Err(self.refuse(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
@@ -239,7 +241,7 @@ impl Route {
                     None,
                 ));
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 return Err(self.refuse(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",

@@ -61,9 +61,16 @@ pub enum TargetError {
 
 /// The upstream URL for a request to `uri` on a route to `base`: the base path, then the
 /// caller's path and query as sent. Dot segments are refused rather than resolved: resolved,
-/// `/../admin` would leave the base path.
-pub fn target(base: &url::Url, uri: &http::Uri) -> Result<url::Url, TargetError> {
-    if uri.scheme().is_some() || uri.authority().is_some() {
+/// `/../admin` would leave the base path. An HTTP/1 request in absolute-form is refused: it
+/// comes from a caller that took the route for a forward proxy (`HTTP_PROXY`), whose requests
+/// for other hosts must not reach the upstream. HTTP/2 requests always name a scheme and an
+/// authority (the proxy's own, as `Host` is), which are not looked at.
+pub fn target(
+    base: &url::Url,
+    uri: &http::Uri,
+    version: http::Version,
+) -> Result<url::Url, TargetError> {
+    if version < http::Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
         return Err(TargetError::NotOriginForm);
     }
     let path = uri.path();
@@ -188,7 +195,8 @@ mod tests {
     #[test]
     fn the_target_is_the_base_path_and_the_callers_path() {
         let base = url::Url::parse("https://api.example.com/v1/").unwrap();
-        let t = |uri: &str| target(&base, &uri.parse().unwrap()).map(String::from);
+        let h1 = http::Version::HTTP_11;
+        let t = |uri: &str| target(&base, &uri.parse().unwrap(), h1).map(String::from);
         assert_eq!(
             t("/users?id=7").unwrap(),
             "https://api.example.com/v1/users?id=7"
@@ -196,7 +204,9 @@ mod tests {
         assert_eq!(t("/").unwrap(), "https://api.example.com/v1/");
         let root = url::Url::parse("http://127.0.0.1:9000").unwrap();
         assert_eq!(
-            target(&root, &"/a/b".parse().unwrap()).unwrap().as_str(),
+            target(&root, &"/a/b".parse().unwrap(), h1)
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:9000/a/b"
         );
         for bad in ["/../admin", "/a/%2e%2E/x", "/./a", "/a/.."] {
@@ -204,6 +214,13 @@ mod tests {
         }
         assert_eq!(t("http://evil.example/x"), Err(TargetError::NotOriginForm));
         assert_eq!(t("evil.example:443"), Err(TargetError::NotOriginForm));
+        // HTTP/2's :scheme and :authority are the proxy's own.
+        let h2 = target(
+            &base,
+            &"http://proxy/x?y".parse().unwrap(),
+            http::Version::HTTP_2,
+        );
+        assert_eq!(h2.unwrap().as_str(), "https://api.example.com/v1/x?y");
         // A dot inside a segment is a name, not a dot segment.
         assert!(t("/a/.well-known/x..y").is_ok());
     }

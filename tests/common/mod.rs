@@ -419,10 +419,19 @@ pub fn free_port() -> u16 {
 
 /// The claims of a JWT, without verification.
 pub fn jwt_claims(token: &str) -> serde_json::Value {
+    jws_part(token, 1)
+}
+
+/// The protected header of a JWS in compact form (not verified).
+pub fn jwt_header(token: &str) -> serde_json::Value {
+    jws_part(token, 0)
+}
+
+fn jws_part(token: &str, index: usize) -> serde_json::Value {
     use base64::Engine;
-    let payload = token.split('.').nth(1).expect("a JWS compact token");
+    let part = token.split('.').nth(index).expect("a JWS compact token");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
+        .decode(part)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }

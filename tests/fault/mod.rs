@@ -84,6 +84,8 @@ pub struct Seen {
     pub at: Instant,
     pub body: String,
     pub authorization: Option<String>,
+    /// The DPoP proof, for a DPoP client's requests.
+    pub dpop: Option<String>,
     /// How many requests were being handled at that moment, this one included.
     pub concurrent: usize,
 }
@@ -153,13 +155,13 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let Some((head, body)) = read_request(&mut stream).await else {
         return;
     };
-    let authorization = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("authorization: ")
-                .or_else(|| l.strip_prefix("Authorization: "))
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(": ")?;
+            n.eq_ignore_ascii_case(name).then(|| v.to_string())
         })
-        .map(str::to_string);
+    };
+    let (authorization, dpop) = (field("authorization"), field("dpop"));
     let reply = {
         let mut s = state.lock().unwrap();
         s.active += 1;
@@ -168,6 +170,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             at: Instant::now(),
             body,
             authorization,
+            dpop,
             concurrent,
         });
         let next = s.script.pop_front();

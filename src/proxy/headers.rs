@@ -181,14 +181,17 @@ mod tests {
             h.append(k, v.parse().unwrap());
         }
         let mut response = h.clone();
+        let names = |h: &HeaderMap| {
+            let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+            names.sort();
+            names
+        };
         forwardable(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-end-to-end", "accept"]);
+        assert_eq!(names(&h), ["accept", "x-end-to-end"]);
         remove_hop_by_hop(&mut response);
-        let left: Vec<_> = response.keys().map(|k| k.as_str()).collect();
         assert_eq!(
-            left,
-            ["host", "authorization", "dpop", "x-end-to-end", "accept"]
+            names(&response),
+            ["accept", "authorization", "dpop", "host", "x-end-to-end"]
         );
     }
 

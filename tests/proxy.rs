@@ -767,3 +767,45 @@ max_connections_per_uid = 3
     );
     again.await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_change_at_restart_and_a_reload_cannot_take_a_routes_client_away() {
+    let idp = provider(serde_json::json!({}));
+    let rs = ResourceServer::start(&idp, false);
+    let d = daemon(tempfile::tempdir().unwrap(), &idp, &rs, free_port(), "").await;
+    let socket = d.dir.path().join("api.sock");
+    let check = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check", "--config"])
+        .arg(d.config_path())
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let out = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        out.contains(&format!(
+            "proxy.api: unix:{} -> {} with client \"api\"'s token",
+            socket.display(),
+            rs.url
+        )),
+        "{out}"
+    );
+    // The client renamed, the routes following it: valid, but the running routes would lose
+    // their client, so the reload is refused and they keep working.
+    let config = std::fs::read_to_string(d.config_path()).unwrap();
+    let renamed = config
+        .replace("[clients.api]", "[clients.renamed]")
+        .replace("client = \"api\"", "client = \"renamed\"");
+    std::fs::write(d.config_path(), renamed).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    eventually(Duration::from_secs(10), "the reload refused", || async {
+        d.log_text()
+            .contains("proxy.api sends client \"api\"'s token, which the new configuration removes")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(curl(&socket, "/still", &[]).status, 200);
+}

@@ -610,14 +610,20 @@ impl Config {
     /// What works but an operator should know, for `tokend check`: `clients.NAME.KEY: note`.
     /// Each client's `[[allow]]` entries, one line each, for `tokend check`.
     pub fn explain_access(&self) -> Vec<String> {
-        self.clients
-            .iter()
-            .flat_map(|(name, c)| {
-                c.allow.iter().enumerate().map(move |(i, entry)| {
-                    format!("clients.{name}.allow[{i}]: {}", entry.explain())
-                })
-            })
-            .collect()
+        let entries = self.clients.iter().flat_map(|(name, c)| {
+            c.allow
+                .iter()
+                .enumerate()
+                .map(move |(i, entry)| format!("clients.{name}.allow[{i}]: {}", entry.explain()))
+        });
+        // Who may use a route is who may read its client's token: said so, with where it goes.
+        let routes = self.proxy.iter().map(|(name, route)| {
+            format!(
+                "proxy.{name}: {} -> {} with client {:?}'s token, for the callers that client admits",
+                route.listen, route.upstream, route.client
+            )
+        });
+        entries.chain(routes).collect()
     }
 
     pub fn notes(&self) -> Vec<String> {

@@ -118,7 +118,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// The methods whose calls are counted; each (method, status code) pair's counter is looked up
 /// once and then kept, because every call counts and a lookup (label string, hash, lock) would
 /// be a good part of what a GetToken call costs.
-const GRPC_METHODS: [&str; 4] = ["GetToken", "WatchToken", "RefreshToken", "ListClients"];
+const GRPC_METHODS: [&str; 5] = [
+    "GetToken",
+    "WatchToken",
+    "RefreshToken",
+    "ListClients",
+    "SignDpopProof",
+];
 /// gRPC status codes are 0 to 16.
 const GRPC_CODES: usize = 17;
 

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::forward::Route;
 use crate::access::Caller;
-use crate::attest::process::{Process, Unattested, boot_time_now};
+use crate::attest::process::{Process, boot_time_now};
 use crate::metrics::METRICS;
 use crate::serve::connections::{Limits, Peer};
 
@@ -114,7 +114,7 @@ async fn accept(listener: &Listener) -> std::io::Result<(Io, Caller, Peer)> {
                 uid: cred.uid(),
                 gid: cred.gid(),
                 pid: cred.pid(),
-                process: process.map_err(|e: Unattested| e),
+                process,
             };
             let io: Box<dyn ReadWrite> = Box::new(stream);
             Ok((TokioIo::new(io), caller, Peer::Uid(cred.uid())))

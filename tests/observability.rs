@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, secret_file};
+use common::{Daemon, KillOnDrop, OidcServer, eventually, free_port, sample, scrape, secret_file};
 use tokend::proto::{GetTokenRequest, WatchTokenRequest};
 
 fn provider(ttl: u64) -> OidcServer {
@@ -24,25 +24,6 @@ fn client(name: &str, endpoint: &str, secret: &str, extra: &str) -> String {
     format!(
         "[clients.{name}]\ntoken_endpoint = \"{endpoint}\"\nclient_id = \"good\"\nclient_secret_file = \"{{dir}}/{secret}\"\nscope = \"api:read\"\n{extra}\n"
     )
-}
-
-/// The value of the first sample line starting with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn scrape(port: u16) -> String {
-    tokend::testing::http_client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::resource::ResourceServer;
-use common::{Daemon, OidcServer, eventually, free_port, jwt_claims, repo_root, secret_file};
+use common::{
+    Daemon, OidcServer, eventually, free_port, jwt_claims, repo_root, sample, scrape, secret_file,
+};
 use fault::{FaultEndpoint, Reply};
 use tokend::proto::SignDpopProofRequest;
 use tonic::Code;
@@ -294,24 +296,6 @@ async fn stock_http_callers_reach_the_api_with_the_clients_token_and_nothing_of_
         Some(3.0)
     );
     assert!(metrics.contains(r#"tokend_proxy_upstream_duration_seconds_count{route="api"}"#));
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn scrape(port: u16) -> String {
-    tokend::testing::http_client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

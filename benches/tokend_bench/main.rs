@@ -241,17 +241,7 @@ async fn get_token(
             sizes.0, sizes.1
         ));
     }
-    let generator = args.load.unwrap_or_else(|| {
-        let found = std::process::Command::new("h2load")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if found {
-            load::Generator::H2load
-        } else {
-            load::Generator::Tonic
-        }
-    });
+    let generator = load::Generator::pick(args.load);
     let who = generator.describe();
     table.note(match pinned {
         Some(_) => format!(
@@ -263,10 +253,7 @@ async fn get_token(
              generator competes with the server."
         ),
     });
-    let timing = load::Timing {
-        warmup: Duration::from_secs_f64((args.seconds / 4.0).min(0.5)),
-        measure: Duration::from_secs_f64(args.seconds),
-    };
+    let timing = timing(args);
     table.note(format!(
         "GetToken: {} alternated round(s) of {} s per server after {} s of warm-up; N streams \
          over min(N, {}) connections; both answers are {} bytes; throughput is the median of \
@@ -297,6 +284,14 @@ async fn get_token(
     tokend.stop();
     ceiling.stop();
     Ok(())
+}
+
+/// Warm-up and measured window of each round.
+fn timing(args: &Args) -> load::Timing {
+    load::Timing {
+        warmup: Duration::from_secs_f64((args.seconds / 4.0).min(0.5)),
+        measure: Duration::from_secs_f64(args.seconds),
+    }
 }
 
 /// The machine, the build, and the date.

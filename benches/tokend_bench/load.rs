@@ -49,7 +49,7 @@ impl Side {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -71,7 +71,8 @@ pub enum Generator {
     /// nghttp2's h2load (Debian: nghttp2-client): far cheaper per call than any server, so the
     /// server is the bottleneck.
     H2load,
-    /// tonic clients in the benchmark process: about as costly per call as the server.
+    /// tonic clients in the benchmark process: about as costly per call as the server. For the
+    /// proxy part, hyper HTTP/1.1 clients in the benchmark process.
     Tonic,
 }
 
@@ -94,6 +95,14 @@ impl Generator {
         match self {
             Generator::H2load => "h2load (nghttp2)",
             Generator::Tonic => "tonic clients in the benchmark process",
+        }
+    }
+
+    /// The same for the proxy part's HTTP/1.1 requests.
+    pub fn describe_http(self) -> &'static str {
+        match self {
+            Generator::H2load => "h2load --h1 (nghttp2)",
+            Generator::Tonic => "hyper HTTP/1.1 clients in the benchmark process",
         }
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::herd::Herd;
 use crate::load::Side;
+use crate::proxy::Sides;
 use crate::scale::Scale;
 
 /// GetToken throughput must reach this fraction of the ceiling at every concurrency.
@@ -95,6 +96,59 @@ impl Table {
                     "{:.2}",
                     ceiling.cpu() / ceiling.rate() / (tokend.cpu() / tokend.rate())
                 ),
+                "",
+            ],
+            None,
+        );
+    }
+
+    /// Through the proxy (the tokend column) and straight to the upstream (the ceiling
+    /// column). No target: what the proxy costs is reported, not judged.
+    pub fn proxy(&mut self, streams: usize, sides: &mut Sides) {
+        let (proxy, direct) = (&mut sides.proxy, &mut sides.direct);
+        let label = format!(
+            "proxy, {streams} stream{}",
+            if streams == 1 { "" } else { "s" }
+        );
+        self.row(
+            [
+                &format!("{label}: requests/s"),
+                &thousands(proxy.rate()),
+                &thousands(direct.rate()),
+                &format!("{:.2}", proxy.rate() / direct.rate()),
+                "",
+            ],
+            None,
+        );
+        let latency =
+            |s: &mut Side| format!("{:.0} / {:.0} µs", s.latency_us(0.5), s.latency_us(0.99));
+        self.row(
+            [
+                &format!("{label}: p50 / p99 latency"),
+                &latency(proxy),
+                &latency(direct),
+                "",
+                "",
+            ],
+            None,
+        );
+        let per_request = |cores: f64, rate: f64| cores / rate * 1e6;
+        let upstream = crate::load::median(&sides.upstream_in_proxy);
+        self.row(
+            [
+                &format!("{label}: CPU"),
+                &format!(
+                    "tokend {:.2} cores, {:.1} µs/request (upstream {:.1})",
+                    proxy.cpu(),
+                    per_request(proxy.cpu(), proxy.rate()),
+                    per_request(upstream, proxy.rate()),
+                ),
+                &format!(
+                    "upstream {:.2} cores, {:.1} µs/request",
+                    direct.cpu(),
+                    per_request(direct.cpu(), direct.rate()),
+                ),
+                "",
                 "",
             ],
             None,

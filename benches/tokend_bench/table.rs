@@ -18,6 +18,8 @@ pub struct Table {
     rows: Vec<[String; 6]>,
     notes: Vec<String>,
     missed: Vec<String>,
+    /// Rows held against a target.
+    targets: usize,
     /// A `--tiny` run: too short and too small for its figures to be held against targets.
     tiny: bool,
 }
@@ -29,6 +31,7 @@ impl Table {
             rows: Vec::new(),
             notes: Vec::new(),
             missed: Vec::new(),
+            targets: 0,
             tiny,
         }
     }
@@ -38,6 +41,7 @@ impl Table {
     }
 
     fn row(&mut self, cells: [&str; 5], met: Option<bool>) {
+        self.targets += usize::from(met.is_some());
         let verdict = match met {
             Some(true) => "yes",
             Some(false) => {
@@ -270,6 +274,8 @@ impl fmt::Display for Table {
                 f,
                 "\nA --tiny run: it shows that everything works; its figures mean nothing."
             )
+        } else if self.targets == 0 {
+            write!(f, "\nNo target applies to these parts.")
         } else if self.missed.is_empty() {
             write!(f, "\nEvery target met.")
         } else {

@@ -4,7 +4,7 @@
 //! herds of callers (one token request each). Prints one table with the machine it ran on.
 //!
 //! ```sh
-//! cargo bench --bench tokend_bench                 # the full run, about 5 minutes
+//! cargo bench --bench tokend_bench                 # the full run, about 6 minutes
 //! cargo bench --bench tokend_bench -- --tiny       # a few seconds: does everything work?
 //! cargo bench --bench tokend_bench -- --help       # sections, durations, budget, pinning
 //! ```

@@ -49,7 +49,7 @@ impl Side {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -71,15 +71,38 @@ pub enum Generator {
     /// nghttp2's h2load (Debian: nghttp2-client): far cheaper per call than any server, so the
     /// server is the bottleneck.
     H2load,
-    /// tonic clients in the benchmark process: about as costly per call as the server.
+    /// tonic clients in the benchmark process: about as costly per call as the server. For the
+    /// proxy part, hyper HTTP/1.1 clients in the benchmark process.
     Tonic,
 }
 
 impl Generator {
+    /// `chosen`, else h2load if it is installed, else the benchmark's own clients.
+    pub fn pick(chosen: Option<Generator>) -> Generator {
+        chosen.unwrap_or_else(|| {
+            let found = std::process::Command::new("h2load")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            match found {
+                true => Generator::H2load,
+                false => Generator::Tonic,
+            }
+        })
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Generator::H2load => "h2load (nghttp2)",
             Generator::Tonic => "tonic clients in the benchmark process",
+        }
+    }
+
+    /// The same for the proxy part's HTTP/1.1 requests.
+    pub fn describe_http(self) -> &'static str {
+        match self {
+            Generator::H2load => "h2load --h1 (nghttp2)",
+            Generator::Tonic => "hyper HTTP/1.1 clients in the benchmark process",
         }
     }
 }
@@ -187,7 +210,6 @@ async fn h2load(
     std::fs::write(&body, framed).map_err(|e| e.to_string())?;
     let connections = connections(streams);
     let base = format!("unix:{}", server.socket.display());
-    let started = Instant::now();
     let mut command = std::process::Command::new("h2load");
     command
         .args([
@@ -198,20 +220,59 @@ async fn h2load(
         .arg("-d")
         .arg(&body)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .args(["-t", "1", "-c", &connections.to_string()])
-        .args(["-m", &streams.div_ceil(connections).to_string()])
+        .args(["-c", &connections.to_string()])
+        .args(["-m", &streams.div_ceil(connections).to_string()]);
+    let run = run_h2load(command, &log, timing, || server.sample()).await?;
+    side.latencies.extend(run.latencies);
+    let secs = timing.measure.as_secs_f64();
+    side.rates.push(run.calls as f64 / secs);
+    side.cpu
+        .push(cpu_secs(&run.before, &run.after, ticks_per_sec) / secs);
+    Ok(())
+}
+
+/// What one run of a load generator measured.
+pub struct Measured<S> {
+    /// Requests answered in the measured window.
+    pub calls: u64,
+    /// Their latencies, in nanoseconds.
+    pub latencies: Vec<u64>,
+    /// `sample` at the start and at the end of the measured window.
+    pub before: S,
+    pub after: S,
+}
+
+/// Runs `command` (h2load with its target and load) on one thread for `timing`, its log in
+/// `log`, and takes `sample` as its measured window starts and ends. Every request must succeed
+/// with 200.
+pub async fn run_h2load<S>(
+    mut command: std::process::Command,
+    log: &Path,
+    timing: &Timing,
+    sample: impl Fn() -> Result<S, String>,
+) -> Result<Measured<S>, String> {
+    // h2load appends to a log file that is there.
+    match std::fs::remove_file(log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: {e}", log.display()));
+        }
+        _ => {}
+    }
+    let started = Instant::now();
+    command
+        .args(["-t", "1"])
         .arg(format!("--warm-up-time={}ms", timing.warmup.as_millis()))
         .arg(format!("--duration={}ms", timing.measure.as_millis()))
         .arg("--log-file")
-        .arg(&log)
+        .arg(log)
         .stdin(std::process::Stdio::null());
     let child = tokio::task::spawn_blocking(move || command.output());
     let (sampled, output) = tokio::join!(
         async {
             tokio::time::sleep_until(started + timing.warmup).await;
-            let before = server.sample();
+            let before = sample();
             tokio::time::sleep_until(started + timing.warmup + timing.measure).await;
-            (before, server.sample())
+            (before, sample())
         },
         child
     );
@@ -236,8 +297,9 @@ async fn h2load(
     if count(" failed") + count(" errored") + count(" timeout") > 0 || count(" succeeded") == 0 {
         return Err(format!("h2load: calls failed: {counts}"));
     }
-    let log = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+    let log = std::fs::read_to_string(log).map_err(|e| e.to_string())?;
     let mut calls = 0;
+    let mut latencies = Vec::new();
     for line in log.lines() {
         let mut columns = line.split('\t');
         // Status 0 is h2load's, not the server's: it records `:status` only for headers that
@@ -250,18 +312,17 @@ async fn h2load(
             return Err(format!("h2load: unexpected log line {line:?}"));
         };
         calls += 1;
-        side.latencies
-            .push(us.parse::<u64>().map_err(|e| e.to_string())? * 1000);
+        latencies.push(us.parse::<u64>().map_err(|e| e.to_string())? * 1000);
     }
-    let secs = timing.measure.as_secs_f64();
-    side.rates.push(calls as f64 / secs);
-    let (before, after) = (sampled.0?, sampled.1?);
-    side.cpu
-        .push(cpu_secs(&before, &after, ticks_per_sec) / secs);
-    Ok(())
+    Ok(Measured {
+        calls,
+        latencies,
+        before: sampled.0?,
+        after: sampled.1?,
+    })
 }
 
-fn cpu_secs(before: &Sample, after: &Sample, ticks_per_sec: u64) -> f64 {
+pub fn cpu_secs(before: &Sample, after: &Sample, ticks_per_sec: u64) -> f64 {
     after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks_per_sec as f64
 }
 
@@ -278,7 +339,7 @@ pub async fn connect(
 
 /// The encoded size of one GetToken answer, to check that both servers answer alike.
 pub async fn answer_size(server: &Server, client: &str) -> Result<usize, String> {
-    let token = connect(&server.socket)
+    let mut token = connect(&server.socket)
         .await?
         .get_token(GetTokenRequest {
             client: client.to_string(),
@@ -287,5 +348,13 @@ pub async fn answer_size(server: &Server, client: &str) -> Result<usize, String>
         .await
         .map_err(|s| format!("GetToken failed: {s}"))?
         .into_inner();
+    // A timestamp's nanoseconds take 1 to 5 bytes by their value, which is the clock's when
+    // the token was stamped: counted at their longest, the sizes compare fields, not moments.
+    for stamp in [&mut token.expires_at, &mut token.issued_at]
+        .into_iter()
+        .flatten()
+    {
+        stamp.nanos = 999_999_999;
+    }
     Ok(prost::Message::encoded_len(&token))
 }

@@ -1,9 +1,10 @@
 //! tokend's benchmark: GetToken throughput and latency over the Unix socket next to a bare tonic
-//! server (the ceiling), thousands of clients (memory, idle CPU, start-up, the endpoint budget),
-//! and herds of callers (one token request each). Prints one table with the machine it ran on.
+//! server (the ceiling), HTTP requests through the proxy next to the same requests sent straight
+//! to its upstream, thousands of clients (memory, idle CPU, start-up, the endpoint budget), and
+//! herds of callers (one token request each). Prints one table with the machine it ran on.
 //!
 //! ```sh
-//! cargo bench --bench tokend_bench                 # the full run, about 5 minutes
+//! cargo bench --bench tokend_bench                 # the full run, about 6 minutes
 //! cargo bench --bench tokend_bench -- --tiny       # a few seconds: does everything work?
 //! cargo bench --bench tokend_bench -- --help       # sections, durations, budget, pinning
 //! ```
@@ -16,8 +17,10 @@ mod endpoint;
 mod herd;
 mod load;
 mod process;
+mod proxy;
 mod scale;
 mod table;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +32,10 @@ use crate::process::{Cpus, Server, client_name};
 use crate::table::Table;
 
 #[derive(Parser)]
-#[command(about = "Benchmarks tokend: GetToken next to a bare tonic server, scale, herds")]
+#[command(
+    about = "Benchmarks tokend: GetToken next to a bare tonic server, the proxy next to direct \
+             requests, scale, herds"
+)]
 struct Args {
     /// A run of a few seconds with small numbers: shows that everything works, measures nothing.
     #[arg(long)]
@@ -39,13 +45,14 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "get-token,scale,herd"
+        default_value = "get-token,proxy,scale,herd"
     )]
     only: Vec<Part>,
-    /// Concurrent GetToken streams, one measurement each.
+    /// Concurrent GetToken streams (for the proxy: keep-alive connections), one measurement each.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     streams: Vec<usize>,
-    /// Alternated rounds per concurrency (each measures the ceiling and tokend once).
+    /// Alternated rounds per concurrency (each measures the ceiling and tokend once; the proxy
+    /// and direct requests once).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds measured per server and round.
@@ -70,10 +77,11 @@ struct Args {
     /// Callers in each herd.
     #[arg(long, default_value_t = 1000)]
     herd: usize,
-    /// The GetToken load generator: h2load when it is installed, else tonic clients.
+    /// The load generator: h2load when it is installed, else tonic clients (for the proxy:
+    /// hyper clients).
     #[arg(long, value_enum)]
     load: Option<load::Generator>,
-    /// Do not pin the GetToken servers and the load generator to separate CPUs.
+    /// Do not pin the GetToken and proxy servers and the load generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
     /// The tokend binary to measure (another build, to compare).
@@ -90,6 +98,7 @@ struct Args {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     GetToken,
+    Proxy,
     Scale,
     Herd,
 }
@@ -112,7 +121,7 @@ fn main() -> ExitCode {
     // starts, every thread inherits it.
     let pin = !args.no_pin
         && cpus >= 2
-        && args.only.contains(&Part::GetToken)
+        && (args.only.contains(&Part::GetToken) || args.only.contains(&Part::Proxy))
         && has_taskset()
         && pin_self(1..cpus)
             .inspect_err(|e| eprintln!("cannot pin the load generator ({e}); running unpinned"))
@@ -164,6 +173,23 @@ async fn run(args: &Args, pin: bool, cpus: usize) -> Result<Table, String> {
     };
     if args.only.contains(&Part::GetToken) {
         get_token(args, &load_cpus, cpus, ticks, &mut table).await?;
+    }
+    if args.only.contains(&Part::Proxy) {
+        // tokend gets CPU 0 as in GetToken; the upstream the last CPU, which it shares with the
+        // load generator on two CPUs.
+        let upstream_cpus: Cpus = pin.then(|| (cpus - 1).to_string());
+        let settings = proxy::Settings {
+            tokend: &args.tokend,
+            streams: &args.streams,
+            rounds: args.rounds,
+            timing: &timing(args),
+            generator: load::Generator::pick(args.load),
+            proxy_cpus: &load_cpus,
+            upstream_cpus: &upstream_cpus,
+            cpus,
+            ticks_per_sec: ticks,
+        };
+        proxy::run(&settings, &mut table).await?;
     }
     if args.only.contains(&Part::Scale) {
         let settings = scale::Settings {
@@ -241,17 +267,7 @@ async fn get_token(
             sizes.0, sizes.1
         ));
     }
-    let generator = args.load.unwrap_or_else(|| {
-        let found = std::process::Command::new("h2load")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if found {
-            load::Generator::H2load
-        } else {
-            load::Generator::Tonic
-        }
-    });
+    let generator = load::Generator::pick(args.load);
     let who = generator.describe();
     table.note(match pinned {
         Some(_) => format!(
@@ -263,10 +279,7 @@ async fn get_token(
              generator competes with the server."
         ),
     });
-    let timing = load::Timing {
-        warmup: Duration::from_secs_f64((args.seconds / 4.0).min(0.5)),
-        measure: Duration::from_secs_f64(args.seconds),
-    };
+    let timing = timing(args);
     table.note(format!(
         "GetToken: {} alternated round(s) of {} s per server after {} s of warm-up; N streams \
          over min(N, {}) connections; both answers are {} bytes; throughput is the median of \
@@ -297,6 +310,14 @@ async fn get_token(
     tokend.stop();
     ceiling.stop();
     Ok(())
+}
+
+/// Warm-up and measured window of each round of GetToken and the proxy.
+fn timing(args: &Args) -> load::Timing {
+    load::Timing {
+        warmup: Duration::from_secs_f64((args.seconds / 4.0).min(0.5)),
+        measure: Duration::from_secs_f64(args.seconds),
+    }
 }
 
 /// The machine, the build, and the date.

@@ -20,6 +20,23 @@ pub struct Server {
 /// Which CPUs a server may run on (`taskset -c`), if any are chosen.
 pub type Cpus = Option<String>;
 
+/// The CPUs a `taskset -c` list names ("0", "1-3", "0,2-3"), for servers pinned thread by thread
+/// in this process.
+pub fn cpu_list(list: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("{list:?} is not a CPU list");
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (from, to) = part.split_once('-').unwrap_or((part, part));
+        let from: usize = from.trim().parse().map_err(|_| bad())?;
+        let to: usize = to.trim().parse().map_err(|_| bad())?;
+        if from > to {
+            return Err(bad());
+        }
+        cpus.extend(from..=to);
+    }
+    Ok(cpus)
+}
+
 impl Server {
     /// Starts `program args` (under `taskset` when `cpus` is set), stderr to `log`.
     pub fn spawn(
@@ -132,17 +149,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn of(pid: u32) -> std::io::Result<Sample> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let cpu_ticks = tick(11) + tick(12);
+        let cpu_ticks = stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib = |key: &str| status_field(&status, key).unwrap_or(0);
         let mut switches = 0;
@@ -160,6 +167,35 @@ impl Sample {
             switches,
         })
     }
+}
+
+/// User plus system CPU time in a `stat` file of /proc, in clock ticks.
+fn stat_cpu_ticks(stat: &str) -> u64 {
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tick(11) + tick(12)
+}
+
+/// The CPU time of one thread of this process (`/proc/self/task/TID`: `/proc/TID/stat` would
+/// count the whole process), in clock ticks.
+pub fn thread_cpu_ticks(tid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
+    Ok(stat_cpu_ticks(&stat))
+}
+
+/// The calling thread's id, from `/proc/thread-self` (a link to `PID/task/TID`).
+pub fn thread_id() -> std::io::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self")?;
+    link.file_name()
+        .and_then(|n| n.to_str()?.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("/proc/thread-self is {}", link.display())))
 }
 
 fn status_field(status: &str, key: &str) -> Option<u64> {
@@ -180,13 +216,21 @@ pub fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// Config beyond the clients: lines in every client's table, and tables after them.
+#[derive(Default)]
+pub struct Extra {
+    pub client: String,
+    pub tables: String,
+}
+
 /// The daemon's config: `clients` clients named `c00000`... against `endpoint`, sharing one
-/// secret file, with the given request budget.
+/// secret file, with the given request budget, and `extra`.
 pub fn write_config(
     dir: &Path,
     endpoint: &str,
     clients: usize,
     budget: (usize, Duration),
+    extra: &Extra,
 ) -> Result<(PathBuf, PathBuf), String> {
     let socket = dir.join("tokend.sock");
     let secret = dir.join("client.secret");
@@ -207,11 +251,13 @@ pub fn write_config(
         let _ = write!(
             text,
             "\n[clients.{}]\ntoken_endpoint = \"{endpoint}\"\nclient_id = \"{0}\"\n\
-             client_secret_file = \"{}\"\n",
+             client_secret_file = \"{}\"\n{}",
             client_name(i),
             secret.display(),
+            extra.client,
         );
     }
+    text.push_str(&extra.tables);
     std::fs::write(&config, text).map_err(io)?;
     Ok((config, socket))
 }
@@ -229,7 +275,21 @@ pub async fn start_tokend(
     budget: (usize, Duration),
     cpus: &Cpus,
 ) -> Result<Server, String> {
-    let (config, socket) = write_config(dir, endpoint, clients, budget)?;
+    let extra = Extra::default();
+    start_tokend_with(tokend, dir, endpoint, clients, budget, cpus, &extra).await
+}
+
+/// [`start_tokend`] with `extra` in its config.
+pub async fn start_tokend_with(
+    tokend: &Path,
+    dir: &Path,
+    endpoint: &str,
+    clients: usize,
+    budget: (usize, Duration),
+    cpus: &Cpus,
+    extra: &Extra,
+) -> Result<Server, String> {
+    let (config, socket) = write_config(dir, endpoint, clients, budget, extra)?;
     let args = ["serve".as_ref(), "--config".as_ref(), config.as_os_str()];
     let mut server = Server::spawn(tokend, &args, cpus, socket, dir.join("tokend.log"))?;
     server.ready(Duration::from_secs(60)).await?;

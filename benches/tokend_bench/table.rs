@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::herd::Herd;
 use crate::load::Side;
+use crate::proxy::Sides;
 use crate::scale::Scale;
 
 /// GetToken throughput must reach this fraction of the ceiling at every concurrency.
@@ -17,6 +18,8 @@ pub struct Table {
     rows: Vec<[String; 6]>,
     notes: Vec<String>,
     missed: Vec<String>,
+    /// Rows held against a target.
+    targets: usize,
     /// A `--tiny` run: too short and too small for its figures to be held against targets.
     tiny: bool,
 }
@@ -28,6 +31,7 @@ impl Table {
             rows: Vec::new(),
             notes: Vec::new(),
             missed: Vec::new(),
+            targets: 0,
             tiny,
         }
     }
@@ -37,6 +41,7 @@ impl Table {
     }
 
     fn row(&mut self, cells: [&str; 5], met: Option<bool>) {
+        self.targets += usize::from(met.is_some());
         let verdict = match met {
             Some(true) => "yes",
             Some(false) => {
@@ -95,6 +100,59 @@ impl Table {
                     "{:.2}",
                     ceiling.cpu() / ceiling.rate() / (tokend.cpu() / tokend.rate())
                 ),
+                "",
+            ],
+            None,
+        );
+    }
+
+    /// Through the proxy (the tokend column) and straight to the upstream (the ceiling
+    /// column). No target: what the proxy costs is reported, not judged.
+    pub fn proxy(&mut self, streams: usize, sides: &mut Sides) {
+        let (proxy, direct) = (&mut sides.proxy, &mut sides.direct);
+        let label = format!(
+            "proxy, {streams} stream{}",
+            if streams == 1 { "" } else { "s" }
+        );
+        self.row(
+            [
+                &format!("{label}: requests/s"),
+                &thousands(proxy.rate()),
+                &thousands(direct.rate()),
+                &format!("{:.2}", proxy.rate() / direct.rate()),
+                "",
+            ],
+            None,
+        );
+        let latency =
+            |s: &mut Side| format!("{:.0} / {:.0} µs", s.latency_us(0.5), s.latency_us(0.99));
+        self.row(
+            [
+                &format!("{label}: p50 / p99 latency"),
+                &latency(proxy),
+                &latency(direct),
+                "",
+                "",
+            ],
+            None,
+        );
+        let per_request = |cores: f64, rate: f64| cores / rate * 1e6;
+        let upstream = crate::load::median(&sides.upstream_in_proxy);
+        self.row(
+            [
+                &format!("{label}: CPU"),
+                &format!(
+                    "tokend {:.2} cores, {:.1} µs/request (upstream {:.1})",
+                    proxy.cpu(),
+                    per_request(proxy.cpu(), proxy.rate()),
+                    per_request(upstream, proxy.rate()),
+                ),
+                &format!(
+                    "upstream {:.2} cores, {:.1} µs/request",
+                    direct.cpu(),
+                    per_request(direct.cpu(), direct.rate()),
+                ),
+                "",
                 "",
             ],
             None,
@@ -216,6 +274,8 @@ impl fmt::Display for Table {
                 f,
                 "\nA --tiny run: it shows that everything works; its figures mean nothing."
             )
+        } else if self.targets == 0 {
+            write!(f, "\nNo target applies to these parts.")
         } else if self.missed.is_empty() {
             write!(f, "\nEvery target met.")
         } else {

@@ -318,29 +318,24 @@ impl Metrics {
         }
     }
 
-    /// A proxy route answered its caller with `status`.
-    pub fn proxy_answered(&self, route: &str, status: u16) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.proxy_requests
-            .get_or_create(&RouteStatusLabels {
-                route: route.to_string(),
-                class,
-            })
-            .inc();
-    }
-
-    pub fn proxy_upstream_took(&self, route: &str, took: Duration) {
-        self.proxy_upstream_duration
+    /// A proxy route's per-request series, looked up once: a lookup (label string, hash, lock)
+    /// on every request would cost more than the count.
+    pub fn proxy_route(&self, route: &str) -> RouteMetrics {
+        let answered = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            self.proxy_requests
+                .get_or_create(&RouteStatusLabels {
+                    route: route.to_string(),
+                    class,
+                })
+                .clone()
+        });
+        let upstream = self
+            .proxy_upstream_duration
             .get_or_create(&RouteLabel {
                 route: route.to_string(),
             })
-            .observe(took.as_secs_f64());
+            .clone();
+        RouteMetrics { answered, upstream }
     }
 
     pub fn proxy_replayed(&self, route: &str, reason: &'static str) {
@@ -395,6 +390,24 @@ impl Metrics {
         self.token_expiry.remove(&ClientLabel {
             client: client.to_string(),
         });
+    }
+}
+
+/// One proxy route's request counters by status class and its upstream latency.
+pub struct RouteMetrics {
+    answered: [Counter; 5],
+    upstream: Histogram,
+}
+
+impl RouteMetrics {
+    /// The route answered its caller with `status`.
+    pub fn answered(&self, status: u16) {
+        let class = usize::from(status.clamp(100, 599) / 100 - 1);
+        self.answered[class].inc();
+    }
+
+    pub fn upstream_took(&self, took: Duration) {
+        self.upstream.observe(took.as_secs_f64());
     }
 }
 

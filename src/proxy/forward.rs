@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::headers::{self, Challenge};
 use crate::access::Caller;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, RouteMetrics};
 use crate::oauth::dpop::{self, Nonces};
 use crate::serve::service::{TokenServiceImpl, dpop_proof, rfc3339};
 use crate::store::Token;
@@ -37,6 +37,7 @@ pub struct Route {
     pub tokens: TokenServiceImpl,
     /// The nonces resource servers asked DPoP proofs to carry.
     pub nonces: Nonces,
+    pub metrics: RouteMetrics,
 }
 
 /// The request body: held (and so sendable again), or streamed once.
@@ -66,7 +67,7 @@ impl Route {
         request: Request<Incoming>,
     ) -> Response<Body> {
         let response = self.answer(&caller, request).await;
-        METRICS.proxy_answered(&self.name, response.status().as_u16());
+        self.metrics.answered(response.status().as_u16());
         response
     }
 
@@ -225,7 +226,7 @@ impl Route {
         }
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, request.send()).await;
-        METRICS.proxy_upstream_took(&self.name, started.elapsed());
+        self.metrics.upstream_took(started.elapsed());
         let response = match result {
             Ok(Ok(response)) => response,
             // The caller's path and query may hold what it would not see logged.

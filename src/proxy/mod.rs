@@ -113,6 +113,7 @@ impl Routes {
                 max_replay_body: s.max_replay_body,
                 tokens: tokens.clone(),
                 nonces: Nonces::default(),
+                metrics: crate::metrics::METRICS.proxy_route(&bound.name),
                 name: bound.name,
             };
             let limits = Arc::new(Limits::new(s.max_connections, s.max_connections_per_uid));

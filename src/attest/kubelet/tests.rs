@@ -6,10 +6,10 @@
 //! would fire reqwest's timeouts); the interval rules are tested on the paused clock in
 //! `cache.rs`, and here only with intervals no test can outlast (zero or an hour).
 
+use crate::testing::openssl;
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,23 +28,6 @@ use super::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.first-token-body.sig";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `openssl` ({e}): install OpenSSL's command line tool (Debian: openssl)"
-            )
-        });
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Two CAs, and from the first a certificate for 127.0.0.1 (`ip.pem`) and one for the node's
 /// name only (`node.pem`), as a kubelet's serving certificate usually is.

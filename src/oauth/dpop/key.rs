@@ -117,7 +117,6 @@ fn generate_pem() -> Result<Zeroizing<String>, DpopError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::process::Command;
 
     /// RFC 9449's example key (section 4.1, figure 2) and its thumbprint (section 6.1, figure 9).
     const RFC_X: &str = "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs";
@@ -128,23 +127,7 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `openssl` ({e}): install OpenSSL's command line tool (Debian: openssl)"
-                )
-            });
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
+    use crate::testing::openssl;
 
     /// The uncompressed point openssl reads from the key file: the last 65 bytes of its DER
     /// SubjectPublicKeyInfo.

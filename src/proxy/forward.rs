@@ -131,10 +131,11 @@ impl Route {
                 }
                 Challenge::InvalidToken if !new_token_tried => {
                     new_token_tried = true;
-                    let rejected = token.access_token.expose().to_string();
+                    let rejected = token.clone();
+                    let reported = rejected.access_token.expose();
                     match self
                         .tokens
-                        .replacement(&self.client, caller, &rejected, self.timeout)
+                        .replacement(&self.client, caller, reported, self.timeout)
                         .await
                     {
                         Ok((_, new)) if new.generation != token.generation => {

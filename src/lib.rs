@@ -52,6 +52,8 @@ mod secret;
 mod serve;
 mod sink;
 mod store;
+#[cfg(test)]
+mod test_tools;
 #[doc(hidden)]
 pub mod testing;
 

@@ -6,7 +6,7 @@
 //! would fire reqwest's timeouts); the interval rules are tested on the paused clock in
 //! `cache.rs`, and here only with intervals no test can outlast (zero or an hour).
 
-use crate::testing::openssl;
+use crate::test_tools::openssl;
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -127,7 +127,7 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    use crate::testing::openssl;
+    use crate::test_tools::openssl;
 
     /// The uncompressed point openssl reads from the key file: the last 65 bytes of its DER
     /// SubjectPublicKeyInfo.

@@ -2,7 +2,7 @@
 //! of clients), fed with plain labels so that every part can report without this module
 //! knowing any of them. [`crate::serve::metrics_http`] serves it.
 
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabel {
-    pub client: String,
+    pub client: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,7 +26,7 @@ pub struct EndpointLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefreshLabels {
-    pub client: String,
+    pub client: Arc<str>,
     /// "success" or "failure".
     pub result: &'static str,
 }
@@ -43,7 +43,7 @@ pub struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    pub client: String,
+    pub client: Arc<str>,
     pub state: &'static str,
 }
 
@@ -251,7 +251,8 @@ impl Metrics {
     }
 
     /// A client moved from state `from` (`None`: it is new) to `to` (the states' names).
-    pub fn set_state(&self, client: &str, from: Option<&'static str>, to: &'static str) {
+    /// Labelled with the slot's own name (`client`), so that the series share its one copy.
+    pub fn set_state(&self, client: &Arc<str>, from: Option<&'static str>, to: &'static str) {
         if from == Some(to) {
             return;
         }
@@ -260,29 +261,29 @@ impl Metrics {
         }
         self.client_state
             .get_or_create(&StateLabels {
-                client: client.to_string(),
+                client: client.clone(),
                 state: to,
             })
             .set(1);
         self.clients.get_or_create(&StateOnly { state: to }).inc();
     }
 
-    fn leave_state(&self, client: &str, state: &'static str) {
+    fn leave_state(&self, client: &Arc<str>, state: &'static str) {
         self.client_state.remove(&StateLabels {
-            client: client.to_string(),
+            client: client.clone(),
             state,
         });
         self.clients.get_or_create(&StateOnly { state }).dec();
     }
 
-    pub fn token_received(&self, client: &str, expires_unix: f64) {
+    pub fn token_received(&self, client: &Arc<str>, expires_unix: f64) {
         let label = ClientLabel {
-            client: client.to_string(),
+            client: client.clone(),
         };
         self.token_expiry.get_or_create(&label).set(expires_unix);
         self.refreshes
             .get_or_create(&RefreshLabels {
-                client: client.to_string(),
+                client: client.clone(),
                 result: "success",
             })
             .inc();
@@ -293,7 +294,7 @@ impl Metrics {
     pub fn token_failed(&self, client: &str, kind: &'static str, error: String) {
         self.refreshes
             .get_or_create(&RefreshLabels {
-                client: client.to_string(),
+                client: client.into(),
                 result: "failure",
             })
             .inc();
@@ -309,7 +310,7 @@ impl Metrics {
     /// Whether `client`'s newest refresh token is in memory only.
     pub fn refresh_token_unsaved(&self, client: &str, unsaved: bool) {
         let label = ClientLabel {
-            client: client.to_string(),
+            client: client.into(),
         };
         if unsaved {
             self.refresh_token_unsaved.get_or_create(&label).set(1);
@@ -385,10 +386,10 @@ impl Metrics {
 
     /// Drops the gauges of a client that was removed in `state` (its counters stay until
     /// restart).
-    pub fn forget(&self, client: &str, state: &'static str) {
+    pub fn forget(&self, client: &Arc<str>, state: &'static str) {
         self.leave_state(client, state);
         self.token_expiry.remove(&ClientLabel {
-            client: client.to_string(),
+            client: client.clone(),
         });
     }
 }
@@ -457,10 +458,11 @@ mod tests {
     #[test]
     fn a_client_has_one_state_series_and_the_totals_follow_it() {
         let metrics = Metrics::new();
-        metrics.set_state("a", None, "starting");
-        metrics.set_state("b", None, "starting");
-        metrics.set_state("a", Some("starting"), "fresh");
-        metrics.set_state("a", Some("fresh"), "fresh");
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        metrics.set_state(&a, None, "starting");
+        metrics.set_state(&b, None, "starting");
+        metrics.set_state(&a, Some("starting"), "fresh");
+        metrics.set_state(&a, Some("fresh"), "fresh");
         let text = metrics.encode();
         let lines: Vec<&str> = text
             .lines()
@@ -475,7 +477,7 @@ mod tests {
             assert!(lines.contains(&line), "{line} missing from:\n{text}");
         }
         assert_eq!(lines.len(), 4, "{lines:?}");
-        metrics.forget("a", "fresh");
+        metrics.forget(&a, "fresh");
         let text = metrics.encode();
         assert!(!text.contains(r#"client="a""#), "{text}");
         assert!(

@@ -202,9 +202,10 @@ impl ClientSlot {
             last_error: None,
             retry_after_capped: false,
         });
+        let name: Arc<str> = name.into();
         METRICS.set_state(&name, None, ClientState::Starting.as_str());
         Self {
-            name: name.into(),
+            name,
             settings: RwLock::new(Arc::new(settings)),
             view,
             refresher,

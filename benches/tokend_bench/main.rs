@@ -67,9 +67,9 @@ struct Args {
     /// `[refresh] endpoint_concurrency` for the scale part (tokend's default).
     #[arg(long, default_value_t = 4)]
     endpoint_concurrency: usize,
-    /// `[refresh] endpoint_spacing` for the scale part, in milliseconds (tokend's default is 10,
-    /// which makes 10,000 clients take 100 s by design).
-    #[arg(long, default_value_t = 1)]
+    /// `[refresh] endpoint_spacing` for the scale part, in milliseconds: tokend's default, which
+    /// makes 10,000 clients take 100 s by design.
+    #[arg(long, default_value_t = 10)]
     endpoint_spacing_ms: u64,
     /// How long the benchmark's token endpoint takes to answer, in milliseconds.
     #[arg(long, default_value_t = 5)]

@@ -21,6 +21,8 @@ pub struct Scale {
     pub idle_requests: u64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// Resident memory at the end of the idle window.
+    pub idle_rss_kib: u64,
     pub idle: Duration,
     pub idle_cpu: Duration,
     pub idle_switches: u64,
@@ -95,6 +97,7 @@ pub async fn run(clients: usize, s: &Settings<'_>) -> Result<Scale, String> {
         idle_requests,
         rss_kib: settled.rss_kib,
         hwm_kib: settled.hwm_kib,
+        idle_rss_kib: idle_end.rss_kib,
         idle: s.idle,
         idle_cpu: Duration::from_secs_f64(
             idle_end.cpu_ticks.saturating_sub(settled.cpu_ticks) as f64 / s.ticks_per_sec as f64,

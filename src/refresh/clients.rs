@@ -148,7 +148,7 @@ impl Clients {
             sink.abort();
         }
         if let Some(slot) = self.store.remove(name) {
-            crate::metrics::METRICS.forget(name, slot.view().state.as_str());
+            crate::metrics::METRICS.forget(&slot.name, slot.view().state.as_str());
         }
     }
 

@@ -67,7 +67,14 @@ fn start_authorize(config: &Path, client: &str) -> (Child, String) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("http"), "authorize printed {line:?}");
+    if !line.starts_with("http") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "authorize printed {line:?}, then on stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     (child, line.trim().to_string())
 }
 

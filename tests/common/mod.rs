@@ -397,8 +397,6 @@ where
     }
 }
 
-/// A loopback port that was free a moment ago (for a listener the test must name in advance,
-/// such as a redirect URI registered with the OAuth server).
 /// A GetToken request for `client`, any validity left, that gives up after 10 s.
 pub fn get(client: &str) -> tonic::Request<tokend::proto::GetTokenRequest> {
     let mut r = tonic::Request::new(tokend::proto::GetTokenRequest {
@@ -409,12 +407,21 @@ pub fn get(client: &str) -> tonic::Request<tokend::proto::GetTokenRequest> {
     r
 }
 
+/// A loopback port that was free a moment ago (for a listener the test must name in advance,
+/// such as a redirect URI registered with the OAuth server).
+///
+/// Taken below Linux's ephemeral range (32768-60999 by default): a port from `bind(:0)` is
+/// also what the kernel hands out as the local port of outgoing connections, so in the seconds
+/// before the test listens on it, any test's connection could take it. Below the range only
+/// another test's pick can collide, and the random start makes that rare.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    let start = rand::random_range(0..COUNT);
+    (0..COUNT)
+        .map(|i| FIRST + (start + i) % COUNT)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("no free loopback port in 20000-31999")
 }
 
 /// The claims of a JWT, without verification.

@@ -6,6 +6,8 @@
 mod common;
 mod fault;
 
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use common::in_process::InProcess;
@@ -19,6 +21,7 @@ use tonic::{Code, Request};
 
 /// Starts `clients` (all on the fault endpoint) with extra `[refresh]` settings.
 async fn start(endpoint: &FaultEndpoint, clients: &[&str], refresh: &str) -> InProcess {
+    route_logs();
     InProcess::start(
         &endpoint.url,
         clients,
@@ -265,21 +268,51 @@ async fn a_failed_request_is_logged_with_its_reason_once() {
     );
 }
 
-/// Collects log output of the current thread (the paused-clock runtime runs every task there).
+/// Log output of the current thread (the paused-clock runtime runs every task there).
+///
+/// Why one process-wide subscriber and not `tracing::subscriber::set_default` per test:
+/// tracing caches each call site's interest process-wide, and a site first reached by another
+/// test's thread while this thread's subscriber was being registered can stay cached as
+/// "never", so this test's events vanish (seen once in CI). The global subscriber is in place
+/// before any test reaches the daemon's code (`route_logs` in `start`), and its writer hands
+/// each event to the buffer of the thread that logged it, if that thread is capturing.
 #[derive(Clone, Default)]
-struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+thread_local! {
+    static CAPTURING: RefCell<Option<LogCapture>> = const { RefCell::new(None) };
+}
+
+/// Installs the process-wide subscriber, once; every test calls this before starting tokend.
+fn route_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_writer(|| ThreadWriter)
+                .with_ansi(false)
+                .finish(),
+        )
+        .expect("nothing else in this test binary installs a subscriber");
+    });
+}
+
+/// Stops this thread's capture when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
 
 impl LogCapture {
     /// Captures this thread's log output until the guard is dropped.
-    fn install() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+    fn install() -> (LogCapture, Capturing) {
+        route_logs();
         let log = LogCapture::default();
-        let guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(log.clone())
-                .with_ansi(false)
-                .finish(),
-        );
-        (log, guard)
+        CAPTURING.with(|c| *c.borrow_mut() = Some(log.clone()));
+        (log, Capturing)
     }
 
     fn text(&self) -> String {
@@ -287,20 +320,20 @@ impl LogCapture {
     }
 }
 
-impl std::io::Write for LogCapture {
+/// Appends to the current thread's capture; output of threads not capturing is dropped.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURING.with(|c| {
+            if let Some(log) = c.borrow().as_ref() {
+                log.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
-    type Writer = LogCapture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }
 
@@ -583,6 +616,7 @@ async fn a_dpop_client_meets_a_nonce_once_per_request_and_remembers_the_newest()
         dir.path().display()
     );
     let config = common::in_process::load_config(dir.path(), &toml);
+    route_logs();
     let h = InProcess::from_config(&config).await;
     let token = h.get("c", 0).await.unwrap();
     assert_eq!(

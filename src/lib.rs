@@ -47,6 +47,7 @@ mod metrics;
 mod oauth;
 mod panics;
 mod proxy;
+mod published;
 mod refresh;
 mod secret;
 mod serve;

@@ -1,5 +1,5 @@
 //! The token store: what each client's actor last published, readable by gRPC handlers without a
-//! round trip through the actor's mailbox. One `watch` channel per client carries the current
+//! round trip through the actor's mailbox. One [`Publisher`] per client carries the current
 //! view; readers borrow it (the hot path) or wait on it (first fetch, rotation streams).
 //! A caller's request for a newer token leaves through the slot's [`Refresher`], a channel
 //! whose receiving end belongs to whoever runs the clients: the store holds data, and knows no
@@ -17,6 +17,7 @@ use crate::metrics::METRICS;
 use crate::oauth::Grant;
 use crate::oauth::dpop::DpopKey;
 use crate::proto;
+use crate::published::{Publisher, Subscriber};
 use crate::secret::AccessToken;
 
 /// A token as handed to callers, with both clocks: the monotonic one decides validity (immune
@@ -179,7 +180,7 @@ pub struct ClientSlot {
     /// Shared with the refresh requests that carry it.
     pub name: Arc<str>,
     settings: RwLock<Arc<SlotSettings>>,
-    view: watch::Sender<ClientView>,
+    view: Publisher<ClientView>,
     refresher: Refresher,
     gate: Arc<Mutex<RefreshGate>>,
     /// Shared by every slot of a store: counts every change (systemd status, health).
@@ -194,7 +195,7 @@ impl ClientSlot {
         refresher: Refresher,
         changed: Changes,
     ) -> Self {
-        let (view, _) = watch::channel(ClientView {
+        let view = Publisher::new(ClientView {
             token: None,
             state: ClientState::Starting,
             next_attempt: None,
@@ -271,13 +272,13 @@ impl ClientSlot {
         self.view.borrow().usable(now, min_valid).cloned()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<ClientView> {
+    pub fn subscribe(&self) -> Subscriber<ClientView> {
         self.view.subscribe()
     }
 
     /// Applies a change and wakes every waiter.
     pub fn publish(&self, change: impl FnOnce(&mut ClientView)) {
-        self.view.send_modify(|v| {
+        self.view.modify(|v| {
             let before = v.state;
             change(v);
             // Under the view's lock, so that concurrent changes reach the metrics in order.

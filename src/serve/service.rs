@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -330,7 +330,7 @@ impl TokenServiceImpl {
         // Weak: a client removed by a reload drops its slot, which ends the stream.
         let weak = Arc::downgrade(&slot);
         let open = WatchGuard::open();
-        let changes = WatchStream::new(slot.subscribe());
+        let changes = slot.subscribe().into_stream();
         drop(slot);
         // Every view change wakes the stream; only a new token generation is sent, and only
         // while the caller may still read it (a reload can take that away). Asked again at

@@ -5,10 +5,12 @@
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -89,14 +91,10 @@ pub struct RouteReasonLabels {
 /// Every metric tokend exports.
 pub struct Metrics {
     registry: Registry,
-    pub token_expiry: Family<ClientLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub refreshes: Family<RefreshLabels, Counter>,
     /// By endpoint, not by client: latency is the provider's, and a histogram per client would
     /// cost each client 16 series and half a kilobyte.
     pub request_duration: Family<EndpointLabel, Histogram>,
     pub endpoint_errors: Family<ErrorLabels, Counter>,
-    pub client_state: Family<StateLabels, Gauge>,
-    pub clients: Family<StateOnly, Gauge>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     /// Counters of `grpc_requests` already created, by method and code (clones share the
     /// count).
@@ -132,16 +130,12 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tokend");
         let m = Metrics {
-            token_expiry: Family::default(),
-            refreshes: Family::default(),
             // 5 ms to about 40 s: loopback providers answer in milliseconds, remote ones in
             // tenths of a second, and a stalled one runs into the request timeout.
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
             endpoint_errors: Family::default(),
-            client_state: Family::default(),
-            clients: Family::default(),
             grpc_requests: Family::default(),
             grpc_counters: std::array::from_fn(|_| OnceLock::new()),
             watch_streams: Gauge::default(),
@@ -156,16 +150,6 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register(
-            "token_expiry_timestamp_seconds",
-            "When the client's current token expires (Unix time)",
-            m.token_expiry.clone(),
-        );
-        registry.register(
-            "token_refreshes",
-            "Token requests by result",
-            m.refreshes.clone(),
-        );
-        registry.register(
             "token_request_duration_seconds",
             "Duration of token requests to the token endpoint",
             m.request_duration.clone(),
@@ -174,18 +158,6 @@ impl Metrics {
             "token_endpoint_errors",
             "Failed token requests by kind and OAuth error code",
             m.endpoint_errors.clone(),
-        );
-        // One series per client, for the state it is in: seven one-hot series per client
-        // would be most of tokend's memory per client, and of a host's series in Prometheus.
-        registry.register(
-            "client_state",
-            "1 for the state each client is in (no series for the states it is not in)",
-            m.client_state.clone(),
-        );
-        registry.register(
-            "clients",
-            "Configured clients in each state",
-            m.clients.clone(),
         );
         registry.register(
             "grpc_requests",
@@ -235,10 +207,19 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text exposition: this registry's metrics, then the per-client series
+    /// of `clients` (every client's state, token expiry and token requests), and the totals by
+    /// state, with a line for each of `states` even when no client is in it.
+    pub fn encode(&self, clients: Vec<ClientSample>, states: &[&'static str]) -> String {
+        let mut per_client = Registry::with_prefix("tokend");
+        per_client.register_collector(Box::new(ClientCollector {
+            clients,
+            states: states.to_vec(),
+        }));
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &per_client))
+            .and_then(|()| text::encode_eof(&mut out))
             .expect("writing to a String cannot fail");
         out
     }
@@ -250,54 +231,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A client moved from state `from` (`None`: it is new) to `to` (the states' names).
-    /// Labelled with the slot's own name (`client`), so that the series share its one copy.
-    pub fn set_state(&self, client: &Arc<str>, from: Option<&'static str>, to: &'static str) {
-        if from == Some(to) {
-            return;
-        }
-        if let Some(from) = from {
-            self.leave_state(client, from);
-        }
-        self.client_state
-            .get_or_create(&StateLabels {
-                client: client.clone(),
-                state: to,
-            })
-            .set(1);
-        self.clients.get_or_create(&StateOnly { state: to }).inc();
-    }
-
-    fn leave_state(&self, client: &Arc<str>, state: &'static str) {
-        self.client_state.remove(&StateLabels {
-            client: client.clone(),
-            state,
-        });
-        self.clients.get_or_create(&StateOnly { state }).dec();
-    }
-
-    pub fn token_received(&self, client: &Arc<str>, expires_unix: f64) {
-        let label = ClientLabel {
-            client: client.clone(),
-        };
-        self.token_expiry.get_or_create(&label).set(expires_unix);
-        self.refreshes
-            .get_or_create(&RefreshLabels {
-                client: client.clone(),
-                result: "success",
-            })
-            .inc();
-    }
-
     /// A token request failed; `error` is the failure's short label (an OAuth error code,
     /// `http_NNN`, or a kind such as `network`).
     pub fn token_failed(&self, client: &str, kind: &'static str, error: String) {
-        self.refreshes
-            .get_or_create(&RefreshLabels {
-                client: client.into(),
-                result: "failure",
-            })
-            .inc();
         self.endpoint_errors
             .get_or_create(&ErrorLabels {
                 client: client.to_string(),
@@ -383,14 +319,87 @@ impl Metrics {
             None => create().inc(),
         };
     }
+}
 
-    /// Drops the gauges of a client that was removed in `state` (its counters stay until
-    /// restart).
-    pub fn forget(&self, client: &Arc<str>, state: &'static str) {
-        self.leave_state(client, state);
-        self.token_expiry.remove(&ClientLabel {
-            client: client.clone(),
-        });
+/// One client's series, read from the clients at each scrape rather than kept here: a label
+/// map entry and a shared counter per series cost 10,000 clients about 3 MB, while the values
+/// are already held by each client (its state and token) or cost it two counters.
+#[derive(Debug)]
+pub struct ClientSample {
+    pub client: Arc<str>,
+    pub state: &'static str,
+    /// When its current token expires (Unix time); no series while it has none.
+    pub expires_unix: Option<f64>,
+    /// Token requests answered with a token, and failed ones, since the client was added.
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// Encodes one scrape's client samples.
+#[derive(Debug)]
+struct ClientCollector {
+    clients: Vec<ClientSample>,
+    states: Vec<&'static str>,
+}
+
+impl Collector for ClientCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        // One series per client, for the state it is in: seven one-hot series per client
+        // would be most of a host's series in Prometheus.
+        let mut family = encoder.encode_descriptor(
+            "client_state",
+            "1 for the state each client is in (no series for the states it is not in)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &self.clients {
+            let labels = StateLabels {
+                client: c.client.clone(),
+                state: c.state,
+            };
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "clients",
+            "Configured clients in each state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for &state in &self.states {
+            let n = self.clients.iter().filter(|c| c.state == state).count();
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(family.encode_family(&StateOnly { state })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "token_expiry_timestamp_seconds",
+            "When the client's current token expires (Unix time)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &self.clients {
+            if let Some(at) = c.expires_unix {
+                let labels = ClientLabel {
+                    client: c.client.clone(),
+                };
+                ConstGauge::new(at).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "token_refreshes",
+            "Token requests by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in &self.clients {
+            for (result, n) in [("success", c.succeeded), ("failure", c.failed)] {
+                let labels = RefreshLabels {
+                    client: c.client.clone(),
+                    result,
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -440,7 +449,7 @@ mod tests {
         metrics.grpc("GetToken", tonic::Code::NotFound);
         metrics.grpc("ListClients", tonic::Code::Unauthenticated);
         metrics.grpc("Unlisted", tonic::Code::Ok);
-        let text = metrics.encode();
+        let text = metrics.encode(Vec::new(), &[]);
         for line in [
             r#"tokend_grpc_requests_total{method="GetToken",code="Ok"} 2"#,
             r#"tokend_grpc_requests_total{method="GetToken",code="NotFound"} 1"#,
@@ -455,34 +464,44 @@ mod tests {
         assert_eq!(text.matches("tokend_grpc_requests_total{").count(), 4);
     }
 
+    fn sample(client: &str, state: &'static str, expires_unix: Option<f64>) -> ClientSample {
+        ClientSample {
+            client: client.into(),
+            state,
+            expires_unix,
+            succeeded: 3,
+            failed: 1,
+        }
+    }
+
     #[test]
-    fn a_client_has_one_state_series_and_the_totals_follow_it() {
+    fn each_client_has_its_state_expiry_and_requests_and_the_totals_count_every_state() {
         let metrics = Metrics::new();
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        metrics.set_state(&a, None, "starting");
-        metrics.set_state(&b, None, "starting");
-        metrics.set_state(&a, Some("starting"), "fresh");
-        metrics.set_state(&a, Some("fresh"), "fresh");
-        let text = metrics.encode();
+        let clients = vec![
+            sample("a", "fresh", Some(1_700_000_000.5)),
+            sample("b", "starting", None),
+        ];
+        let text = metrics.encode(clients, &["starting", "fresh", "failed"]);
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| l.starts_with("tokend_client"))
+            .filter(|l| l.starts_with("tokend_client") || l.starts_with("tokend_token_"))
             .collect();
-        for line in [
+        let expected = [
             r#"tokend_client_state{client="a",state="fresh"} 1"#,
             r#"tokend_client_state{client="b",state="starting"} 1"#,
-            r#"tokend_clients{state="fresh"} 1"#,
             r#"tokend_clients{state="starting"} 1"#,
-        ] {
-            assert!(lines.contains(&line), "{line} missing from:\n{text}");
-        }
-        assert_eq!(lines.len(), 4, "{lines:?}");
-        metrics.forget(&a, "fresh");
-        let text = metrics.encode();
-        assert!(!text.contains(r#"client="a""#), "{text}");
-        assert!(
-            text.contains(r#"tokend_clients{state="fresh"} 0"#),
-            "{text}"
-        );
+            r#"tokend_clients{state="fresh"} 1"#,
+            r#"tokend_clients{state="failed"} 0"#,
+            r#"tokend_token_expiry_timestamp_seconds{client="a"} 1700000000.5"#,
+            r#"tokend_token_refreshes_total{client="a",result="success"} 3"#,
+            r#"tokend_token_refreshes_total{client="a",result="failure"} 1"#,
+            r#"tokend_token_refreshes_total{client="b",result="success"} 3"#,
+            r#"tokend_token_refreshes_total{client="b",result="failure"} 1"#,
+        ];
+        assert_eq!(lines, expected, "{text}");
+        // One exposition: the registry's metrics and the clients' end with a single EOF.
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("tokend_build_info"), "{text}");
     }
 }

@@ -6,6 +6,7 @@
 //! actor.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::access::{Access, Caller, Decision, Granted};
-use crate::metrics::METRICS;
+use crate::host::unix_time::since_epoch;
+use crate::metrics::ClientSample;
 use crate::oauth::Grant;
 use crate::oauth::dpop::DpopKey;
 use crate::proto;
@@ -63,6 +65,16 @@ pub enum ClientState {
 }
 
 impl ClientState {
+    pub const ALL: [ClientState; 7] = [
+        ClientState::Starting,
+        ClientState::Fresh,
+        ClientState::Refreshing,
+        ClientState::BackingOff,
+        ClientState::NeedsOperator,
+        ClientState::ReauthorizationRequired,
+        ClientState::Failed,
+    ];
+
     /// The state's name in metrics and logs: the proto's, so that every place spells it alike.
     pub fn as_str(self) -> &'static str {
         proto::ClientState::from(self).name()
@@ -185,6 +197,9 @@ pub struct ClientSlot {
     gate: Arc<Mutex<RefreshGate>>,
     /// Shared by every slot of a store: counts every change (systemd status, health).
     changed: Changes,
+    /// Token requests answered with a token, and failed ones (metrics).
+    succeeded: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl ClientSlot {
@@ -203,15 +218,15 @@ impl ClientSlot {
             last_error: None,
             retry_after_capped: false,
         });
-        let name: Arc<str> = name.into();
-        METRICS.set_state(&name, None, ClientState::Starting.as_str());
         Self {
-            name,
+            name: name.into(),
             settings: RwLock::new(Arc::new(settings)),
             view,
             refresher,
             gate: Arc::default(),
             changed,
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -278,13 +293,33 @@ impl ClientSlot {
 
     /// Applies a change and wakes every waiter.
     pub fn publish(&self, change: impl FnOnce(&mut ClientView)) {
-        self.view.modify(|v| {
-            let before = v.state;
-            change(v);
-            // Under the view's lock, so that concurrent changes reach the metrics in order.
-            METRICS.set_state(&self.name, Some(before.as_str()), v.state.as_str());
-        });
+        self.view.modify(change);
         bump(&self.changed);
+    }
+
+    /// Counts a token request that ended, for metrics.
+    pub fn count_request(&self, succeeded: bool) {
+        let count = if succeeded {
+            &self.succeeded
+        } else {
+            &self.failed
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client's series for a metrics scrape.
+    fn sample(&self) -> ClientSample {
+        let view = self.view.borrow();
+        ClientSample {
+            client: self.name.clone(),
+            state: view.state.as_str(),
+            expires_unix: view
+                .token
+                .as_ref()
+                .map(|t| since_epoch(t.expires_wall).as_secs_f64()),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Asks for a refresh if `generation` is still the current, fresh token. Callers that saw
@@ -389,6 +424,11 @@ impl TokenStore {
             .remove(name);
         bump(&self.changed);
         removed
+    }
+
+    /// Every client's series for a metrics scrape, in name order.
+    pub fn samples(&self) -> Vec<ClientSample> {
+        self.read().values().map(|slot| slot.sample()).collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, Arc<ClientSlot>>> {

@@ -3,7 +3,6 @@
 //! parsers they feed hostile input. Not an API: it changes with the code it names.
 
 pub use crate::daemon::plan::{call_limits, client_specs, reconcile};
-pub use crate::metrics::METRICS;
 pub use crate::oauth::budget::EndpointLimiters;
 pub use crate::oauth::redact::Redactor;
 pub use crate::oauth::reply::{self, LifetimeSource, OAuthError};
@@ -17,5 +16,6 @@ pub use crate::refresh::supervisor::{
 };
 pub use crate::secret::AccessToken;
 pub use crate::serve::h2_authority::AuthorityFix;
+pub use crate::serve::metrics_http::exposition as metrics_exposition;
 pub use crate::serve::service::TokenServiceImpl;
 pub use crate::store::SlotSettings;

@@ -121,18 +121,19 @@ pub async fn run(
         config.metrics.socket_mode(),
     )
     .await?;
+
+    let http = http_client();
+    let (specs, limiters) = plan::client_specs(&config, &http);
+    let clients = Clients::start(specs, &config.refresh).await?;
     if !metrics.is_empty() {
+        let store = clients.store.clone();
         tasks.spawn("the metrics listener", async move {
-            match crate::serve::metrics_http::serve(metrics).await {
+            match crate::serve::metrics_http::serve(metrics, store).await {
                 Ok(()) => "it stopped serving".into(),
                 Err(e) => e.to_string(),
             }
         });
     }
-
-    let http = http_client();
-    let (specs, limiters) = plan::client_specs(&config, &http);
-    let clients = Clients::start(specs, &config.refresh).await?;
     info!(
         socket = %config.server.socket.display(),
         socket_activated = _socket_file.is_none(),

@@ -19,7 +19,6 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::host::unix_time::since_epoch;
 use crate::metrics::METRICS;
 use crate::oauth::{FailureKind, FetchError, Grant, TokenReply, TokenSource};
 use crate::refresh::{RefreshPolicy, schedule};
@@ -255,8 +254,7 @@ impl TokenState {
             schedule::after(now, delay),
             schedule::wall_after(wall, delay),
         );
-        let expires_unix = since_epoch(expires_wall).as_secs_f64();
-        METRICS.token_received(&slot.name, expires_unix);
+        slot.count_request(true);
         info!(
             client = %slot.name,
             fingerprint = %reply.access_token.fingerprint(),
@@ -332,6 +330,7 @@ impl TokenState {
             FailureKind::NeedsOperator => ClientState::NeedsOperator,
         };
         let name = &slot.name;
+        slot.count_request(false);
         METRICS.token_failed(
             name,
             match kind {

@@ -147,9 +147,7 @@ impl Clients {
         {
             sink.abort();
         }
-        if let Some(slot) = self.store.remove(name) {
-            crate::metrics::METRICS.forget(&slot.name, slot.view().state.as_str());
-        }
+        self.store.remove(name);
     }
 
     /// Whether the supervisor serves its mailbox and its timer wheel turns: the ping goes

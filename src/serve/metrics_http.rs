@@ -3,8 +3,11 @@
 //! scrape).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::listen::{self, ListenError, SocketFile};
+use crate::metrics::METRICS;
+use crate::store::{ClientState, TokenStore};
 
 /// A listener metrics are served on.
 pub enum Listener {
@@ -32,18 +35,23 @@ pub async fn bind(
     Ok(listeners)
 }
 
-/// Serves `GET /metrics` on every listener until the task is aborted (a Unix socket's file is
-/// removed then), or until one of them fails.
-pub async fn serve(listeners: Vec<Listener>) -> std::io::Result<()> {
+/// Every metric, with the series of `store`'s clients: what a scrape gets.
+pub fn exposition(store: &TokenStore) -> String {
+    METRICS.encode(store.samples(), &ClientState::ALL.map(ClientState::as_str))
+}
+
+/// Serves `GET /metrics`, with the series of `store`'s clients, on every listener until the
+/// task is aborted (a Unix socket's file is removed then), or until one of them fails.
+pub async fn serve(listeners: Vec<Listener>, store: Arc<TokenStore>) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(|| async {
+        axum::routing::get(move || async move {
             (
                 [(
                     axum::http::header::CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                crate::metrics::METRICS.encode(),
+                exposition(&store),
             )
         }),
     );

@@ -206,9 +206,8 @@ impl Drop for Immutable {
     }
 }
 
-fn unsaved_gauge(name: &str) -> bool {
-    tokend::testing::METRICS
-        .encode()
+fn unsaved_gauge(h: &Harness, name: &str) -> bool {
+    tokend::testing::metrics_exposition(&h.app.clients.store)
         .lines()
         .any(|l| l == format!("tokend_refresh_token_unsaved{{client=\"{name}\"}} 1"))
 }
@@ -245,7 +244,7 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
         status.last_error.contains("refresh token is not saved"),
         "{status:?}"
     );
-    assert!(unsaved_gauge(name));
+    assert!(unsaved_gauge(&h, name));
     assert_eq!(h.file(), "rt-0");
 
     // The next refresh sends the token held in memory, and the one after it too, through a
@@ -269,13 +268,13 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(h.sent_refresh_tokens(), ["rt-0", "rt-1", "rt-2"]);
     assert_eq!(h.file(), "rt-0");
-    assert!(unsaved_gauge(name));
+    assert!(unsaved_gauge(&h, name));
 
     // Writable again: the retry (at most backoff_max later) saves the newest token.
     drop(lock);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(h.file(), "rt-3");
-    assert!(!unsaved_gauge(name));
+    assert!(!unsaved_gauge(&h, name));
     let status = h.status().await;
     assert_eq!(status.last_error, "", "{status:?}");
     assert_eq!(h.get().await.unwrap().access_token, "at-3");

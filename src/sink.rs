@@ -93,7 +93,7 @@ impl FileSink {
                 let mut text = serde_json::json!({
                     "access_token": token.access_token.expose(),
                     "token_type": token.token_type,
-                    "scopes": token.scopes,
+                    "scopes": token.scopes().collect::<Vec<_>>(),
                     "expires_at": crate::serve::service::rfc3339(token.expires_wall),
                     "expires_at_unix": expires,
                 })

@@ -30,7 +30,9 @@ pub struct Token {
     pub generation: u64,
     pub access_token: AccessToken,
     pub token_type: String,
-    pub scopes: Vec<String>,
+    /// The granted scopes, space-separated as OAuth writes them (scope tokens hold no spaces):
+    /// one allocation rather than one per scope and a vector.
+    pub scope: Box<str>,
     pub received_at: Instant,
     pub received_wall: SystemTime,
     pub expires_at: Instant,
@@ -42,6 +44,10 @@ pub struct Token {
 }
 
 impl Token {
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split(' ').filter(|s| !s.is_empty())
+    }
+
     /// How long the token stays valid from `now`; zero once expired.
     pub fn remaining(&self, now: Instant) -> Duration {
         self.expires_at.saturating_duration_since(now)

@@ -250,6 +250,7 @@ impl TokenState {
         // Parsed lifetimes are capped, but a token source is not obliged to cap them.
         let expires_at = schedule::after(now, reply.lifetime);
         let expires_wall = schedule::wall_after(wall, reply.lifetime);
+        let scope = reply.scopes.join(" ");
         let (refresh_due, refresh_wall) = (
             schedule::after(now, delay),
             schedule::wall_after(wall, delay),
@@ -261,7 +262,7 @@ impl TokenState {
             expires_in = %humantime::format_duration(Duration::from_secs(reply.lifetime.as_secs())),
             lifetime_from = ?reply.lifetime_source,
             refresh_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-            scopes = %reply.scopes.join(" "),
+            scopes = %scope,
             token_type = %reply.token_type,
             "token refreshed"
         );
@@ -273,7 +274,7 @@ impl TokenState {
                 generation,
                 access_token: reply.access_token,
                 token_type: reply.token_type,
-                scopes: reply.scopes,
+                scope: scope.into(),
                 received_at: now,
                 received_wall: wall,
                 expires_at,

@@ -112,7 +112,7 @@ mod tests {
                 generation: 1,
                 access_token: AccessToken::new("at".into()),
                 token_type: "Bearer".into(),
-                scopes: Vec::new(),
+                scope: "".into(),
                 received_at: now,
                 received_wall: wall,
                 expires_at: now + lifetime,

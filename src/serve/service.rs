@@ -442,7 +442,7 @@ impl TokenServiceImpl {
                 proto::ClientStatus {
                     client: slot.name.to_string(),
                     state: proto::ClientState::from(view.state) as i32,
-                    scopes: token.map(|t| t.scopes.clone()).unwrap_or_default(),
+                    scopes: token.map(|t| scope_list(t)).unwrap_or_default(),
                     expires_at: token.map(|t| t.expires_wall.into()),
                     next_refresh_at: view.next_attempt.map(|(_, wall)| wall.into()),
                     consecutive_failures: view.consecutive_failures,
@@ -545,12 +545,16 @@ pub fn dpop_proof(
     })
 }
 
+fn scope_list(token: &Token) -> Vec<String> {
+    token.scopes().map(str::to_string).collect()
+}
+
 fn to_proto(client: &str, token: &Token) -> proto::Token {
     proto::Token {
         client: client.to_string(),
         access_token: token.access_token.expose().to_string(),
         token_type: token.token_type.clone(),
-        scopes: token.scopes.clone(),
+        scopes: scope_list(token),
         expires_at: Some(token.expires_wall.into()),
         issued_at: Some(token.received_wall.into()),
     }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -200,7 +200,8 @@ pub struct ClientSlot {
     settings: RwLock<Arc<SlotSettings>>,
     view: Publisher<ClientView>,
     refresher: Refresher,
-    gate: Arc<Mutex<RefreshGate>>,
+    /// Made at the first caller-driven request: most clients never see one.
+    gate: OnceLock<Arc<Mutex<RefreshGate>>>,
     /// Shared by every slot of a store: counts every change (systemd status, health).
     changed: Changes,
     /// Token requests answered with a token, and failed ones (metrics).
@@ -229,7 +230,7 @@ impl ClientSlot {
             settings: RwLock::new(Arc::new(settings)),
             view,
             refresher,
-            gate: Arc::default(),
+            gate: OnceLock::new(),
             changed,
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -343,7 +344,8 @@ impl ClientSlot {
             .unwrap_or_else(|e| e.into_inner())
             .min_interval;
         let now = Instant::now();
-        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let shared_gate = self.gate.get_or_init(Arc::default);
+        let mut gate = shared_gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, newest)) = gate.deferred.as_mut()
             && *at > now
         {
@@ -358,7 +360,7 @@ impl ClientSlot {
             }
             let at = sent + min_interval;
             gate.deferred = Some((at, generation));
-            let gate = self.gate.clone();
+            let gate = shared_gate.clone();
             let view = self.view.subscribe();
             let client = self.name.clone();
             let refresher = self.refresher.clone();

@@ -53,8 +53,9 @@ const CREDENTIALS_POLL: Duration = Duration::from_millis(500);
 /// restarted actor finds the error again.
 const UNSAVED_SEP: &str = "; and: ";
 
-/// Everything a token actor needs; also what the supervisor keeps to start it again.
-#[derive(Clone)]
+/// Everything a token actor needs: the supervisor's [`ClientArgs`] of the client and its policy.
+///
+/// [`ClientArgs`]: crate::refresh::supervisor::ClientArgs
 pub struct TokenArgs {
     pub slot: Arc<ClientSlot>,
     pub source: Arc<dyn TokenSource>,

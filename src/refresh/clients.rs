@@ -10,8 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::oauth::TokenSource;
 use crate::refresh::RefreshPolicy;
-use crate::refresh::actor::TokenArgs;
-use crate::refresh::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::refresh::supervisor::{ClientArgs, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::sink::{self, FileSink};
 use crate::store::{ClientSlot, Refresher, SlotSettings, TokenStore};
 
@@ -46,10 +45,9 @@ impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, StartError> {
         let store = Arc::new(TokenStore::default());
         let (refresher, requests) = Refresher::channel();
-        let policy = Arc::new(policy.clone());
         let sources = specs.iter().map(|s| s.source.clone()).collect();
         let mut sinks = HashMap::new();
-        let args = specs
+        let clients = specs
             .into_iter()
             .map(|spec| {
                 let slot = Arc::new(ClientSlot::new(
@@ -62,15 +60,15 @@ impl Clients {
                 if let Some(sink) = spec.sink {
                     sinks.insert(slot.name.clone(), sink::spawn(&slot, sink));
                 }
-                TokenArgs {
+                ClientArgs {
                     slot,
                     source: spec.source,
-                    policy: policy.clone(),
                 }
             })
             .collect();
         let args = SupervisorArgs {
-            clients: args,
+            clients,
+            policy: Arc::new(policy.clone()),
             requests,
         };
         let (supervisor, task) = Actor::spawn(None, Supervisor, args)
@@ -128,12 +126,16 @@ impl Clients {
                 sinks.insert(slot.name.clone(), sink::spawn(&slot, sink));
             }
         }
-        let args = TokenArgs {
+        let client = ClientArgs {
             slot,
             source: spec.source,
-            policy: policy.clone(),
         };
-        let _ = ractor::call!(self.supervisor, SupervisorMsg::Start, args);
+        let _ = ractor::call!(
+            self.supervisor,
+            SupervisorMsg::Start,
+            client,
+            policy.clone()
+        );
     }
 
     /// Stops a client and removes it: callers get NOT_FOUND, its streams end.

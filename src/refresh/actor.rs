@@ -198,7 +198,7 @@ impl Actor for TokenActor {
             }
             TokenMsg::CheckCredentials => state.check_credentials(&myself),
             TokenMsg::SaveRefreshToken => {
-                let save = state.args.source.save_unsaved();
+                let save = state.args.source.clone().save_unsaved();
                 let myself = myself.clone();
                 tokio::spawn(async move {
                     save.await;
@@ -225,7 +225,7 @@ impl TokenState {
             };
             v.next_attempt = None;
         });
-        let request = self.args.source.fetch();
+        let request = self.args.source.clone().fetch();
         let myself = myself.clone();
         tokio::spawn(async move {
             // The request runs in a task of its own so that a panic in it (a bug, not a reply)

@@ -15,8 +15,12 @@
 //! 10,000 clients starting together wait as 10,000 queue entries, not as 10,000 actors with
 //! their mailboxes, all queued on the same endpoint budget.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -158,7 +162,10 @@ struct Children {
     by_id: Vec<Option<Child>>,
     /// The places of removed clients, for the next ones added.
     free: Vec<ClientId>,
-    ids: HashMap<Arc<str>, ClientId>,
+    /// The ids by name: a table of ids alone, hashed by the names in `by_id` (a map would hold
+    /// another handle on every name: 25 B a bucket where this takes 5).
+    ids: HashTable<ClientId>,
+    hasher: RandomState,
 }
 
 impl Children {
@@ -166,7 +173,8 @@ impl Children {
         Self {
             by_id: Vec::with_capacity(clients),
             free: Vec::new(),
-            ids: HashMap::with_capacity(clients),
+            ids: HashTable::with_capacity(clients),
+            hasher: RandomState::new(),
         }
     }
 
@@ -176,7 +184,10 @@ impl Children {
     }
 
     fn id(&self, name: &str) -> Option<ClientId> {
-        self.ids.get(name).copied()
+        let hash = self.hasher.hash_one(name);
+        self.ids
+            .find(hash, |&id| name_of(&self.by_id, id) == name)
+            .copied()
     }
 
     fn get_mut(&mut self, id: ClientId) -> Option<&mut Child> {
@@ -192,7 +203,7 @@ impl Children {
 
     /// Adds a client whose name is not taken (one of that name is removed first).
     fn insert(&mut self, child: Child) -> ClientId {
-        let name = child.args.slot.name.clone();
+        let hash = self.hasher.hash_one(&*child.args.slot.name);
         let id = match self.free.pop() {
             Some(id) => {
                 self.by_id[id.index()] = Some(child);
@@ -205,16 +216,32 @@ impl Children {
                 id
             }
         };
-        self.ids.insert(name, id);
+        let (by_id, hasher) = (&self.by_id, &self.hasher);
+        self.ids
+            .insert_unique(hash, id, |&id| hasher.hash_one(name_of(by_id, id)));
         id
     }
 
     fn remove(&mut self, id: ClientId) {
-        if let Some(child) = self.by_id.get_mut(id.index()).and_then(Option::take) {
-            self.ids.remove(&child.args.slot.name);
-            self.free.push(id);
+        let Some(child) = self.by_id.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(&*child.args.slot.name);
+        if let Ok(entry) = self.ids.find_entry(hash, |&i| i == id) {
+            entry.remove();
         }
+        self.free.push(id);
     }
+}
+
+/// The name of a client in `by_id`, which the id table holds only ids of.
+fn name_of(by_id: &[Option<Child>], id: ClientId) -> &str {
+    let child = by_id[id.index()].as_ref();
+    &child
+        .expect("the id table holds present clients")
+        .args
+        .slot
+        .name
 }
 
 /// The condition a client is in, each holding only what that condition needs (a queued client

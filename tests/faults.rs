@@ -498,6 +498,63 @@ async fn clients_waiting_for_their_endpoint_wait_without_an_actor() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reload_that_moves_a_waiting_client_to_another_endpoint_keeps_both_turns() {
+    route_logs();
+    let reply = || Reply::token("t", 300).after(secs(1));
+    let (x, y) = (
+        FaultEndpoint::start(reply()).await,
+        FaultEndpoint::start(reply()).await,
+    );
+    let names: Vec<String> = ["x", "y"]
+        .iter()
+        .flat_map(|e| (0..6).map(move |i| format!("{e}{i}")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = common::secret_file(dir.path(), "secret", "s3cret");
+    // Each endpoint starts two clients at a time; `moved` is on y instead of x.
+    let config = |moved: &str| {
+        let mut toml =
+            "[refresh]\nrequest_timeout = \"5s\"\nendpoint_concurrency = 1\n".to_string();
+        for name in &names {
+            let endpoint = if name.starts_with('x') && name != moved {
+                &x.url
+            } else {
+                &y.url
+            };
+            toml.push_str(&common::in_process::client_table(name, endpoint, &secret));
+        }
+        common::in_process::load_config(dir.path(), &toml)
+    };
+    let old = config("");
+    let h = InProcess::from_config(&old).await;
+    // x5 waits in x's queue while y's starts are taken too, so the reload queues it at y: its
+    // entry at x must not give it x's start (which it would then hand back to y).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new = config("x5");
+    let changes = tokend::testing::reconcile(
+        &h.clients,
+        &old,
+        &new,
+        &tokend::testing::http_client(),
+        &mut tokend::testing::EndpointLimiters::new(1, Duration::ZERO),
+    )
+    .await;
+    assert_eq!(changes.refetched, ["x5"]);
+    for name in &names {
+        h.get(name, 0).await.unwrap();
+    }
+    assert_eq!((x.count(), y.count()), (5, 7));
+    // The refreshes a few minutes on take their turns as the first fetches did.
+    tokio::time::sleep(secs(280)).await;
+    assert_eq!((x.count(), y.count()), (10, 14));
+    assert!(h.clients.responsive(secs(1)).await);
+    assert!(
+        h.clients.supervisor().get_cell().get_children().is_empty(),
+        "all asleep"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn schedules_follow_the_monotonic_clock_not_the_wall_clock() {
     // On the paused clock the monotonic clock runs on while the wall clock stands still: the
     // sharpest possible disagreement between the two. Refreshes still come once per token,

@@ -73,7 +73,7 @@ impl TokenSource for Scripted {
     }
 
     fn fetch(
-        &self,
+        self: Arc<Self>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TokenReply, FetchError>> + Send>>
     {
         self.started.lock().unwrap().push(Instant::now());

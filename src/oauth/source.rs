@@ -21,7 +21,11 @@ use crate::secret::{self, AccessToken, ExposeSecret, SecretError};
 /// Where tokens come from. The daemon uses [`HttpTokenSource`]; tests drive the token actor's
 /// schedule on a paused clock with a scripted source.
 pub trait TokenSource: Send + Sync + 'static {
-    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>>;
+    /// Requests a token. The request holds the source until it is done: a source that only its
+    /// keeper holds has nothing in flight.
+    fn fetch(
+        self: Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>>;
 
     /// A value that changes when the credential files change, so a client stuck on rejected
     /// credentials can retry as soon as an operator replaces them. `None`: nothing to watch.
@@ -48,7 +52,7 @@ pub trait TokenSource: Send + Sync + 'static {
     }
 
     /// Tries again to write a refresh token held in memory only; resolves when tried.
-    fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn save_unsaved(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(std::future::ready(()))
     }
 
@@ -63,14 +67,10 @@ pub trait TokenSource: Send + Sync + 'static {
 
 /// Fetches tokens for one configured client from its token endpoint.
 pub struct HttpTokenSource {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
     /// The shared client, or this client's own for its TLS files ([`super::tls`]).
     http: super::tls::Http,
-    /// The client's name in the config, for logs.
-    name: String,
+    /// The client's name in the config, for logs (one copy, shared with `basic`).
+    name: Arc<str>,
     client: Arc<ClientSettings>,
     default_lifetime: Duration,
     timeout: Duration,
@@ -113,44 +113,44 @@ impl HttpTokenSource {
         requests: RequestSettings,
         limiter: Arc<EndpointLimiter>,
     ) -> Self {
+        let name: Arc<str> = name.into();
         Self {
-            inner: Arc::new(Inner {
-                http: super::tls::Http::new(http, &client),
-                dpop: client
-                    .dpop_key
-                    .as_deref()
-                    .map(|path| Box::new(DpopHolder::new(path))),
-                name: name.to_string(),
-                client,
-                default_lifetime: requests.default_lifetime,
-                timeout: requests.timeout,
-                limiter,
-                in_flight: tokio::sync::Mutex::new(()),
-                last_access_token: std::sync::Mutex::new(None),
-                metadata: std::sync::Mutex::new(None),
-                warned_auth_method: std::sync::atomic::AtomicBool::new(false),
-                basic: basic::Learned::new(name),
-                refused: std::sync::Mutex::new(None),
-                operator_retry: requests.operator_retry,
-            }),
+            http: super::tls::Http::new(http, &client),
+            dpop: client
+                .dpop_key
+                .as_deref()
+                .map(|path| Box::new(DpopHolder::new(path))),
+            basic: basic::Learned::new(name.clone()),
+            name,
+            client,
+            default_lifetime: requests.default_lifetime,
+            timeout: requests.timeout,
+            limiter,
+            in_flight: tokio::sync::Mutex::new(()),
+            last_access_token: std::sync::Mutex::new(None),
+            metadata: std::sync::Mutex::new(None),
+            warned_auth_method: std::sync::atomic::AtomicBool::new(false),
+            refused: std::sync::Mutex::new(None),
+            operator_retry: requests.operator_retry,
         }
     }
 }
 
 impl TokenSource for HttpTokenSource {
-    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
-        let inner = self.inner.clone();
+    fn fetch(
+        self: Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
         Box::pin(async move {
-            let _in_flight = inner.in_flight.lock().await;
+            let _in_flight = self.in_flight.lock().await;
             if let (Grant::RefreshToken, Some(path)) =
-                (inner.client.grant, &inner.client.refresh_token_file)
+                (self.client.grant, &self.client.refresh_token_file)
             {
-                let wait = inflight::wait_before_use(path, inner.timeout)
+                let wait = inflight::wait_before_use(path, self.timeout)
                     .map_err(FetchError::NoRefreshToken)?
-                    .max(unsaved::wait_before_use(path, inner.timeout));
+                    .max(unsaved::wait_before_use(path, self.timeout));
                 if !wait.is_zero() {
                     tracing::info!(
-                        client = %inner.name,
+                        client = %self.name,
                         wait = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
                         "an earlier refresh request may still be in flight; waiting until it is settled before reusing the refresh token"
                     );
@@ -158,27 +158,26 @@ impl TokenSource for HttpTokenSource {
                 }
             }
             // Waiting for the endpoint's budget is not part of the request's timeout.
-            let _permit = inner.limiter.acquire().await;
-            let timeout = inner.timeout;
+            let _permit = self.limiter.acquire().await;
+            let timeout = self.timeout;
             // Read under the permit, so that the endpoint's concurrency bounds the commands run
             // at once too; bounded by their own limits, not the request's.
-            let presented = inner.federated(timeout).await?;
+            let presented = self.federated(timeout).await?;
             let started = tokio::time::Instant::now();
-            let result = match tokio::time::timeout(timeout, inner.fetch(presented.as_ref())).await
-            {
+            let result = match tokio::time::timeout(timeout, self.send(presented.as_ref())).await {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout(timeout)),
             };
-            METRICS.request_took(&inner.endpoint_label(), started.elapsed());
+            METRICS.request_took(&self.endpoint_label(), started.elapsed());
             match &presented {
-                Some(presented) => inner.judge_federated(presented, result),
+                Some(presented) => self.judge_federated(presented, result),
                 None => result,
             }
         })
     }
 
     fn credentials_from_commands(&self) -> bool {
-        self.inner.client.federated.as_deref().is_some_and(|f| {
+        self.client.federated.as_deref().is_some_and(|f| {
             f.sources()
                 .any(|(_, s)| matches!(s, CredentialSource::Command(_)))
         })
@@ -186,7 +185,7 @@ impl TokenSource for HttpTokenSource {
 
     fn credentials_stamp(&self) -> Option<u64> {
         use std::hash::{Hash, Hasher};
-        let c = &self.inner.client;
+        let c = &self.client;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let secret_file = match &c.secret {
             Some(SecretSource::File(path)) => Some(path),
@@ -218,35 +217,34 @@ impl TokenSource for HttpTokenSource {
     }
 
     fn endpoint(&self) -> &str {
-        self.inner.client.endpoint_key()
+        self.client.endpoint_key()
     }
 
     fn idle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            let _in_flight = self.inner.in_flight.lock().await;
+            let _in_flight = self.in_flight.lock().await;
             // A last attempt before the process takes the unsaved token with it.
-            if let Some(path) = self.inner.refresh_token_file()
+            if let Some(path) = self.refresh_token_file()
                 && unsaved::current(path).is_some()
             {
                 tracing::error!(
-                    client = %self.inner.name,
+                    client = %self.name,
                     "tokend stops while the newest refresh token is not saved: the grant is likely lost (the file holds a spent one); if so, run `tokend authorize {}` once the refresh token file can be written",
-                    self.inner.name
+                    self.name
                 );
             }
         })
     }
 
     fn unsaved(&self) -> Option<String> {
-        unsaved::warning(self.inner.refresh_token_file()?)
+        unsaved::warning(self.refresh_token_file()?)
     }
 
-    fn save_unsaved(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let inner = self.inner.clone();
+    fn save_unsaved(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             // After any request in flight, which may have rotated the token again.
-            let _in_flight = inner.in_flight.lock().await;
-            if let Some(path) = inner.refresh_token_file() {
+            let _in_flight = self.in_flight.lock().await;
+            if let Some(path) = self.refresh_token_file() {
                 unsaved::current(path);
             }
         })
@@ -273,7 +271,7 @@ pub(super) fn http_client_builder() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
 }
 
-impl Inner {
+impl HttpTokenSource {
     /// The endpoint as metrics name it: without credentials, query or fragment, which may
     /// carry secrets and would split one provider's series.
     fn endpoint_label(&self) -> String {
@@ -430,7 +428,9 @@ impl Inner {
         }
     }
 
-    async fn fetch(&self, presented: Option<&Presented>) -> Result<TokenReply, FetchError> {
+    /// Sends the token request, and once more to where the issuer's metadata moved the
+    /// endpoint if it answered 404.
+    async fn send(&self, presented: Option<&Presented>) -> Result<TokenReply, FetchError> {
         let c = &self.client;
         // Before any refresh token is marked as sent: bad TLS files or a bad DPoP key send
         // nothing.
@@ -642,11 +642,10 @@ mod tests {
             })),
             ..ClientSettings::for_tests("https://sts.example.com/token", "a", AuthMethod::None)
         });
-        let inner = &source.inner;
         let timeout = Duration::from_secs(30);
-        let presented = inner.federated(timeout).await.unwrap().unwrap();
+        let presented = source.federated(timeout).await.unwrap().unwrap();
         let params: Vec<_> =
-            federated_params(&presented, inner.client.federated.as_deref().unwrap()).collect();
+            federated_params(&presented, source.client.federated.as_deref().unwrap()).collect();
         assert_eq!(
             params,
             [
@@ -656,13 +655,13 @@ mod tests {
         );
         // Errors that do not blame the subject token leave it sendable.
         for code in ["invalid_scope", "invalid_client", "server_error"] {
-            let e = inner
+            let e = source
                 .judge_federated(&presented, Err(oauth_error(code)))
                 .unwrap_err();
             assert!(matches!(e, FetchError::OAuth { .. }), "{code}: {e}");
         }
-        assert!(inner.federated(timeout).await.is_ok());
-        let refused = inner
+        assert!(source.federated(timeout).await.is_ok());
+        let refused = source
             .judge_federated(&presented, Err(oauth_error("invalid_request")))
             .unwrap_err();
         assert!(matches!(refused, FetchError::FederatedRefused { .. }));
@@ -673,7 +672,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("subject-1"), "{text}");
-        let again = inner.federated(timeout).await.unwrap_err();
+        let again = source.federated(timeout).await.unwrap_err();
         assert!(
             matches!(
                 again,
@@ -684,13 +683,13 @@ mod tests {
         assert!(again.to_string().contains("invalid_request"), "{again}");
         // A rotated token is sent; so is the same one once operator_retry has passed.
         write("subject-2");
-        assert!(inner.federated(timeout).await.is_ok());
+        assert!(source.federated(timeout).await.is_ok());
         write("subject-1");
-        assert!(inner.federated(timeout).await.is_err());
+        assert!(source.federated(timeout).await.is_err());
         tokio::time::advance(Duration::from_secs(301)).await;
-        let presented = inner.federated(timeout).await.unwrap().unwrap();
+        let presented = source.federated(timeout).await.unwrap().unwrap();
         // A token clears the refusal.
-        inner
+        source
             .judge_federated(&presented, Err(oauth_error("invalid_request")))
             .unwrap_err();
         let token = TokenReply {
@@ -701,8 +700,8 @@ mod tests {
             lifetime_source: crate::oauth::reply::LifetimeSource::ExpiresIn,
             dpop_key: None,
         };
-        inner.judge_federated(&presented, Ok(token)).unwrap();
-        assert!(inner.federated(timeout).await.is_ok());
+        source.judge_federated(&presented, Ok(token)).unwrap();
+        assert!(source.federated(timeout).await.is_ok());
     }
 
     #[test]
@@ -717,7 +716,7 @@ mod tests {
         };
         let source = source_of(c);
         assert_eq!(
-            source.inner.endpoint_label(),
+            source.endpoint_label(),
             "https://idp.example.com/oauth/token"
         );
     }

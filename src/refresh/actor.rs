@@ -52,8 +52,9 @@ const CREDENTIALS_POLL: Duration = Duration::from_millis(500);
 /// restarted actor finds the error again.
 const UNSAVED_SEP: &str = "; and: ";
 
-/// Everything a token actor needs; also what the supervisor keeps to start it again.
-#[derive(Clone)]
+/// Everything a token actor needs: the supervisor's [`ClientArgs`] of the client and its policy.
+///
+/// [`ClientArgs`]: crate::refresh::supervisor::ClientArgs
 pub struct TokenArgs {
     pub slot: Arc<ClientSlot>,
     pub source: Arc<dyn TokenSource>,
@@ -196,7 +197,7 @@ impl Actor for TokenActor {
             }
             TokenMsg::CheckCredentials => state.check_credentials(&myself),
             TokenMsg::SaveRefreshToken => {
-                let save = state.args.source.save_unsaved();
+                let save = state.args.source.clone().save_unsaved();
                 let myself = myself.clone();
                 tokio::spawn(async move {
                     save.await;
@@ -223,7 +224,7 @@ impl TokenState {
             };
             v.next_attempt = None;
         });
-        let request = self.args.source.fetch();
+        let request = self.args.source.clone().fetch();
         let myself = myself.clone();
         tokio::spawn(async move {
             // The request runs in a task of its own so that a panic in it (a bug, not a reply)

@@ -4,9 +4,6 @@
 //! cost ten thousand wheel entries, not ten thousand actors with their mailboxes and timer
 //! tasks, and the process stays asleep until the earliest one is due.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -16,11 +13,13 @@ use tokio_util::time::delay_queue::Key;
 
 use crate::panics::panic_text;
 use crate::refresh::schedule::MAX_WAIT;
+use crate::refresh::supervisor::ClientId;
+
 /// What the wheel tells whoever started it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Alarm {
     /// The client's wake-up time has come.
-    Due(Arc<str>),
+    Due(ClientId),
     /// The wheel's task died (it panicked), with what it said: without the wheel no sleeping
     /// client would wake again.
     WheelDied(String),
@@ -31,8 +30,8 @@ pub type AlarmSender = mpsc::UnboundedSender<Alarm>;
 
 enum Command {
     /// Wake `client` at the instant, replacing its earlier alarm.
-    Set(Arc<str>, Instant),
-    Cancel(Arc<str>),
+    Set(ClientId, Instant),
+    Cancel(ClientId),
     /// Called from the wheel's own loop: the watchdog's proof that the wheel still turns.
     Ping(Box<dyn FnOnce() + Send>),
 }
@@ -45,10 +44,11 @@ pub struct Alarms {
 
 impl Alarms {
     /// Starts the timer task; each alarm that goes off is sent to `to` as [`Alarm::Due`], and
-    /// should the task ever die, [`Alarm::WheelDied`] is.
-    pub fn start(to: AlarmSender) -> Alarms {
+    /// should the task ever die, [`Alarm::WheelDied`] is. `clients`: how many ids there are,
+    /// so that the wheel is sized once for all of them asleep.
+    pub fn start(to: AlarmSender, clients: usize) -> Alarms {
         let (commands, rx) = mpsc::unbounded_channel();
-        let wheel = tokio::spawn(serve(rx, to.clone()));
+        let wheel = tokio::spawn(serve(rx, to.clone(), clients));
         let task = wheel.abort_handle();
         tokio::spawn(async move {
             // The wheel ends by itself only when its `Alarms` are dropped, and is aborted by
@@ -66,12 +66,12 @@ impl Alarms {
 
     /// Wakes `client` at `at`, or [`MAX_WAIT`] from now if that is sooner: the wheel's range is
     /// finite, and an early wake-up of a client that is not due only puts it back to sleep.
-    pub fn set(&self, client: Arc<str>, at: Instant) {
+    pub fn set(&self, client: ClientId, at: Instant) {
         let at = at.min(crate::refresh::schedule::after(Instant::now(), MAX_WAIT));
         let _ = self.commands.send(Command::Set(client, at));
     }
 
-    pub fn cancel(&self, client: Arc<str>) {
+    pub fn cancel(&self, client: ClientId) {
         let _ = self.commands.send(Command::Cancel(client));
     }
 
@@ -87,22 +87,26 @@ impl Drop for Alarms {
     }
 }
 
-async fn serve(mut commands: mpsc::UnboundedReceiver<Command>, to: AlarmSender) {
-    let mut queue: DelayQueue<Arc<str>> = DelayQueue::new();
-    let mut keys: HashMap<Arc<str>, Key> = HashMap::new();
+async fn serve(mut commands: mpsc::UnboundedReceiver<Command>, to: AlarmSender, clients: usize) {
+    let mut queue = DelayQueue::with_capacity(clients);
+    // Each client's entry in `queue`, by id: ids are dense, so a table, not a map.
+    let mut keys: Vec<Option<Key>> = vec![None; clients];
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::Set(client, at)) => {
-                    if let Some(key) = keys.remove(&client) {
-                        queue.remove(&key);
+                    let i = client.index();
+                    if i >= keys.len() {
+                        keys.resize(i + 1, None);
                     }
-                    let key = queue.insert_at(client.clone(), at);
-                    keys.insert(client, key);
+                    match &keys[i] {
+                        Some(key) => queue.reset_at(key, at),
+                        None => keys[i] = Some(queue.insert_at(client, at)),
+                    }
                 }
                 Some(Command::Cancel(client)) => {
-                    if let Some(key) = keys.remove(&client) {
+                    if let Some(key) = keys.get_mut(client.index()).and_then(Option::take) {
                         queue.remove(&key);
                     }
                 }
@@ -111,7 +115,7 @@ async fn serve(mut commands: mpsc::UnboundedReceiver<Command>, to: AlarmSender) 
             // An empty queue yields `None`, which disables this branch until the next command.
             Some(expired) = queue.next() => {
                 let client = expired.into_inner();
-                keys.remove(&client);
+                keys[client.index()] = None;
                 let _ = to.send(Alarm::Due(client));
             }
         }
@@ -124,9 +128,12 @@ mod tests {
     use std::time::Duration;
     use tokio::sync::oneshot;
 
+    const FAR: ClientId = ClientId(0);
+    const SOON: ClientId = ClientId(1);
+
     fn wheel() -> (Alarms, mpsc::UnboundedReceiver<Alarm>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Alarms::start(tx), rx)
+        (Alarms::start(tx, 1), rx)
     }
 
     async fn pong(alarms: &Alarms) -> bool {
@@ -143,12 +150,12 @@ mod tests {
     async fn alarms_beyond_the_wheels_range_are_clamped_not_fatal() {
         let (alarms, mut told) = wheel();
         let years = Duration::from_secs(100 * 365 * 86_400);
-        alarms.set("far".into(), Instant::now() + years);
-        alarms.set("soon".into(), Instant::now() + Duration::from_secs(5));
-        assert_eq!(told.recv().await.unwrap(), Alarm::Due("soon".into()));
+        alarms.set(FAR, Instant::now() + years);
+        alarms.set(SOON, Instant::now() + Duration::from_secs(5));
+        assert_eq!(told.recv().await.unwrap(), Alarm::Due(SOON));
         assert!(pong(&alarms).await, "the wheel still turns");
         let start = Instant::now();
-        assert_eq!(told.recv().await.unwrap(), Alarm::Due("far".into()));
+        assert_eq!(told.recv().await.unwrap(), Alarm::Due(FAR));
         let waited = start.elapsed() + Duration::from_secs(5);
         assert!(
             waited.abs_diff(MAX_WAIT) < Duration::from_secs(1),
@@ -164,7 +171,7 @@ mod tests {
         let years = Duration::from_secs(3 * 365 * 86_400);
         let _ = alarms
             .commands
-            .send(Command::Set("hostile".into(), Instant::now() + years));
+            .send(Command::Set(FAR, Instant::now() + years));
         let Alarm::WheelDied(why) = told.recv().await.unwrap() else {
             panic!("the wheel was expected to die");
         };

@@ -10,8 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::oauth::TokenSource;
 use crate::refresh::RefreshPolicy;
-use crate::refresh::actor::TokenArgs;
-use crate::refresh::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::refresh::supervisor::{ClientArgs, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::sink::{self, FileSink};
 use crate::store::{ClientSlot, Refresher, SlotSettings, TokenStore};
 
@@ -31,11 +30,34 @@ pub struct Clients {
     refresher: Refresher,
     supervisor: ActorRef<SupervisorMsg>,
     task: JoinHandle<()>,
-    /// Every source ever started, to wait for their requests at shutdown.
-    sources: Mutex<Vec<Arc<dyn TokenSource>>>,
+    /// The sources whose requests the shutdown waits for.
+    sources: Mutex<Sources>,
     /// The file sink task of each client that has one.
     sinks: Mutex<HashMap<Arc<str>, JoinHandle<()>>>,
     request_timeout: Duration,
+}
+
+/// Every client's token source, and those of replaced and removed clients for as long as the
+/// shutdown may need to wait for them.
+struct Sources {
+    all: Vec<Arc<dyn TokenSource>>,
+    /// How many were left by the last sweep: the next comes once there are twice as many, so
+    /// that sweeping costs O(1) per source added.
+    swept: usize,
+}
+
+impl Sources {
+    fn add(&mut self, source: Arc<dyn TokenSource>) {
+        self.all.push(source);
+        if self.all.len() > 2 * self.swept {
+            // A source only this list holds has no client and no request in flight (a request
+            // holds its source): its `idle` would have nothing to wait for, and nothing to say
+            // unless its newest refresh token is unsaved.
+            self.all
+                .retain(|s| Arc::strong_count(s) > 1 || s.unsaved().is_some());
+            self.swept = self.all.len();
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +68,12 @@ impl Clients {
     pub async fn start(specs: Vec<ClientSpec>, policy: &RefreshPolicy) -> Result<Self, StartError> {
         let store = Arc::new(TokenStore::default());
         let (refresher, requests) = Refresher::channel();
-        let policy = Arc::new(policy.clone());
-        let sources = specs.iter().map(|s| s.source.clone()).collect();
+        let sources = Sources {
+            all: specs.iter().map(|s| s.source.clone()).collect(),
+            swept: specs.len(),
+        };
         let mut sinks = HashMap::new();
-        let args = specs
+        let clients = specs
             .into_iter()
             .map(|spec| {
                 let slot = Arc::new(ClientSlot::new(
@@ -62,15 +86,15 @@ impl Clients {
                 if let Some(sink) = spec.sink {
                     sinks.insert(slot.name.clone(), sink::spawn(&slot, sink));
                 }
-                TokenArgs {
+                ClientArgs {
                     slot,
                     source: spec.source,
-                    policy: policy.clone(),
                 }
             })
             .collect();
         let args = SupervisorArgs {
-            clients: args,
+            clients,
+            policy: Arc::new(policy.clone()),
             requests,
         };
         let (supervisor, task) = Actor::spawn(None, Supervisor, args)
@@ -118,7 +142,7 @@ impl Clients {
         self.sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(spec.source.clone());
+            .add(spec.source.clone());
         {
             let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(old) = sinks.remove(&*slot.name) {
@@ -128,12 +152,16 @@ impl Clients {
                 sinks.insert(slot.name.clone(), sink::spawn(&slot, sink));
             }
         }
-        let args = TokenArgs {
+        let client = ClientArgs {
             slot,
             source: spec.source,
-            policy: policy.clone(),
         };
-        let _ = ractor::call!(self.supervisor, SupervisorMsg::Start, args);
+        let _ = ractor::call!(
+            self.supervisor,
+            SupervisorMsg::Start,
+            client,
+            policy.clone()
+        );
     }
 
     /// Stops a client and removes it: callers get NOT_FOUND, its streams end.
@@ -175,8 +203,65 @@ impl Clients {
     pub async fn stop(self) {
         self.supervisor.stop(Some("daemon shutting down".into()));
         let _ = self.task.await;
-        let sources = std::mem::take(&mut *self.sources.lock().unwrap_or_else(|e| e.into_inner()));
+        let sources = self
+            .sources
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .all;
         let idle = futures_util::future::join_all(sources.iter().map(|s| s.idle()));
         let _ = tokio::time::timeout(self.request_timeout, idle).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use super::*;
+    use crate::oauth::{FetchError, TokenReply};
+
+    struct Fake {
+        unsaved: bool,
+    }
+
+    impl TokenSource for Fake {
+        fn fetch(
+            self: Arc<Self>,
+        ) -> Pin<Box<dyn Future<Output = Result<TokenReply, FetchError>> + Send>> {
+            Box::pin(std::future::pending())
+        }
+
+        fn unsaved(&self) -> Option<String> {
+            self.unsaved.then(|| "unsaved".into())
+        }
+    }
+
+    fn fake(unsaved: bool) -> Arc<dyn TokenSource> {
+        Arc::new(Fake { unsaved })
+    }
+
+    #[test]
+    fn reloads_let_replaced_sources_go_unless_busy_or_unsaved() {
+        // What the supervisor holds: each client's current source.
+        let mut clients = vec![fake(false), fake(true), fake(false)];
+        let mut sources = Sources {
+            all: clients.clone(),
+            swept: clients.len(),
+        };
+        // A request of the first source is in flight; the second's refresh token is unsaved.
+        let in_flight = clients[0].clone();
+        let unsaved = Arc::downgrade(&clients[1]);
+        for _reload in 0..100 {
+            for client in &mut clients {
+                *client = fake(false);
+                sources.add(client.clone());
+                // Three clients and the two replaced sources kept, and at most as many again
+                // until the next sweep.
+                assert!(sources.all.len() <= 2 * 5, "{}", sources.all.len());
+            }
+        }
+        assert!(sources.all.iter().any(|s| Arc::ptr_eq(s, &in_flight)));
+        assert!(unsaved.upgrade().is_some());
     }
 }

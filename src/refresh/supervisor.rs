@@ -15,8 +15,12 @@
 //! 10,000 clients starting together wait as 10,000 queue entries, not as 10,000 actors with
 //! their mailboxes, all queued on the same endpoint budget.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -25,9 +29,11 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
+use crate::oauth::TokenSource;
+use crate::refresh::RefreshPolicy;
 use crate::refresh::actor::{Settled, TokenActor, TokenArgs, TokenMsg, TokenStart};
 use crate::refresh::alarm::{Alarm, AlarmSender, Alarms};
-use crate::store::{ClientState, RefreshWanted};
+use crate::store::{ClientSlot, ClientState, RefreshWanted};
 
 /// At most this many restarts of one client within [`RESTART_WINDOW`]; past that the client is
 /// marked failed rather than restarted in a loop that would hide a persistent bug.
@@ -42,15 +48,37 @@ pub fn starts_per_endpoint(endpoint_concurrency: usize) -> usize {
     endpoint_concurrency.max(1) * 2
 }
 
+/// A client to run: its store slot, which names it, and where its tokens come from.
+pub struct ClientArgs {
+    pub slot: Arc<ClientSlot>,
+    pub source: Arc<dyn TokenSource>,
+}
+
+/// A client's place in the supervisor's table. Its alarm, its place in its endpoint's queue and
+/// a scheduled restart carry this instead of a copy of its name, and the timer wheel indexes
+/// its entries by it. A removed client's place goes to the next client added, so a late alarm
+/// or restart of the removed one may wake the new one early: an actor start that finds nothing
+/// due and goes back to sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientId(pub(super) u32);
+
+impl ClientId {
+    pub(super) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 pub enum SupervisorMsg {
-    /// Start (or replace) the client `args.slot.name`.
-    Start(TokenArgs, RpcReplyPort<()>),
+    /// Start (or replace) a client. The policy is the one every actor started from now on runs
+    /// with: there is one for all clients, and a reload that changes it starts each of them
+    /// again.
+    Start(ClientArgs, Arc<RefreshPolicy>, RpcReplyPort<()>),
     /// Stop a client for good; replies once its actor has stopped.
     Stop(String, RpcReplyPort<()>),
     /// Scheduled restart after a failure.
-    Restart { client: Arc<str> },
+    Restart { client: ClientId },
     /// A sleeping client's next attempt is due.
-    Wake { client: Arc<str> },
+    Wake { client: ClientId },
     /// A caller needs a newer token than `generation`.
     Refresh { client: Arc<str>, generation: u64 },
     /// An actor has nothing in flight.
@@ -64,10 +92,11 @@ pub enum SupervisorMsg {
 
 pub struct Supervisor;
 
-/// What the supervisor starts with: the clients, and the refresh requests their store slots
-/// send.
+/// What the supervisor starts with: the clients, the policy their actors run with, and the
+/// refresh requests their store slots send.
 pub struct SupervisorArgs {
-    pub clients: Vec<TokenArgs>,
+    pub clients: Vec<ClientArgs>,
+    pub policy: Arc<RefreshPolicy>,
     pub requests: mpsc::UnboundedReceiver<RefreshWanted>,
 }
 
@@ -98,10 +127,121 @@ fn forward<T: Send + 'static>(
 }
 
 struct Child {
-    name: Arc<str>,
-    args: TokenArgs,
+    args: ClientArgs,
     run: Run,
-    restarts: VecDeque<Instant>,
+    /// Boxed: most clients are never restarted.
+    restarts: Option<Box<Restarts>>,
+}
+
+/// When an actor (or the timer wheel) was restarted, within [`RESTART_WINDOW`].
+#[derive(Default)]
+struct Restarts(VecDeque<Instant>);
+
+impl Restarts {
+    /// Counts a restart at `now`, and returns how many there are within the window; or `None`
+    /// if [`MAX_RESTARTS`] are already, which is the end of the budget.
+    fn count(&mut self, now: Instant) -> Option<usize> {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() >= MAX_RESTARTS {
+            return None;
+        }
+        self.0.push_back(now);
+        Some(self.0.len())
+    }
+}
+
+/// The clients by [`ClientId`], and their ids by name. Sized once for the clients the
+/// supervisor starts with, rather than grown by doubling as they are added.
+struct Children {
+    by_id: Vec<Option<Child>>,
+    /// The places of removed clients, for the next ones added.
+    free: Vec<ClientId>,
+    /// The ids by name: a table of ids alone, hashed by the names in `by_id` (a map would hold
+    /// another handle on every name: 25 B a bucket where this takes 5).
+    ids: HashTable<ClientId>,
+    hasher: RandomState,
+}
+
+impl Children {
+    fn with_capacity(clients: usize) -> Self {
+        Self {
+            by_id: Vec::with_capacity(clients),
+            free: Vec::new(),
+            ids: HashTable::with_capacity(clients),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// How many places there are, free ones included: what a table indexed by id spans.
+    fn places(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn id(&self, name: &str) -> Option<ClientId> {
+        let hash = self.hasher.hash_one(name);
+        self.ids
+            .find(hash, |&id| name_of(&self.by_id, id) == name)
+            .copied()
+    }
+
+    fn get_mut(&mut self, id: ClientId) -> Option<&mut Child> {
+        self.by_id.get_mut(id.index())?.as_mut()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ClientId, &Child)> {
+        self.by_id
+            .iter()
+            .zip(0..)
+            .filter_map(|(child, i)| Some((ClientId(i), child.as_ref()?)))
+    }
+
+    /// Adds a client whose name is not taken (one of that name is removed first).
+    fn insert(&mut self, child: Child) -> ClientId {
+        let hash = self.hasher.hash_one(&*child.args.slot.name);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.by_id[id.index()] = Some(child);
+                id
+            }
+            None => {
+                let id =
+                    ClientId(u32::try_from(self.by_id.len()).expect("fewer than 2^32 clients"));
+                self.by_id.push(Some(child));
+                id
+            }
+        };
+        let (by_id, hasher) = (&self.by_id, &self.hasher);
+        self.ids
+            .insert_unique(hash, id, |&id| hasher.hash_one(name_of(by_id, id)));
+        id
+    }
+
+    fn remove(&mut self, id: ClientId) {
+        let Some(child) = self.by_id.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(&*child.args.slot.name);
+        if let Ok(entry) = self.ids.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
+        self.free.push(id);
+    }
+}
+
+/// The name of a client in `by_id`, which the id table holds only ids of.
+fn name_of(by_id: &[Option<Child>], id: ClientId) -> &str {
+    let child = by_id[id.index()].as_ref();
+    &child
+        .expect("the id table holds present clients")
+        .args
+        .slot
+        .name
 }
 
 /// The condition a client is in, each holding only what that condition needs (a queued client
@@ -130,18 +270,19 @@ enum Run {
 #[derive(Default)]
 struct Turns {
     started: usize,
-    queue: VecDeque<Arc<str>>,
+    queue: VecDeque<ClientId>,
 }
 
 pub struct SupervisorState {
-    children: HashMap<Arc<str>, Child>,
-    running: HashMap<ActorId, Arc<str>>,
+    children: Children,
+    /// What every actor is started with: the policy of the latest start.
+    policy: Arc<RefreshPolicy>,
+    running: HashMap<ActorId, ClientId>,
     turns: HashMap<String, Turns>,
     alarms: Alarms,
     /// What every timer wheel, the first and any restarted one, reports to.
     alarm_to: AlarmSender,
-    /// When the timer wheel was restarted, within the restart window.
-    wheel_restarts: VecDeque<Instant>,
+    wheel_restarts: Restarts,
     /// Refresh requests and alarms into the mailbox.
     _forwarding: [Forwarding; 2],
 }
@@ -156,7 +297,11 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let SupervisorArgs { clients, requests } = args;
+        let SupervisorArgs {
+            clients,
+            policy,
+            requests,
+        } = args;
         let (alarm_to, alarms) = mpsc::unbounded_channel();
         let forwarding = [
             forward(requests, myself.clone(), |r: RefreshWanted| {
@@ -171,16 +316,17 @@ impl Actor for Supervisor {
             }),
         ];
         let mut state = SupervisorState {
-            children: HashMap::new(),
+            children: Children::with_capacity(clients.len()),
+            policy,
             running: HashMap::new(),
             turns: HashMap::new(),
-            alarms: Alarms::start(alarm_to.clone()),
+            alarms: Alarms::start(alarm_to.clone(), clients.len()),
             alarm_to,
-            wheel_restarts: VecDeque::new(),
+            wheel_restarts: Restarts::default(),
             _forwarding: forwarding,
         };
-        for args in clients {
-            state.add(&myself, args).await;
+        for client in clients {
+            state.add(&myself, client).await;
         }
         Ok(state)
     }
@@ -192,9 +338,10 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Start(args, reply) => {
-                state.remove(&myself, &args.slot.name).await;
-                state.add(&myself, args).await;
+            SupervisorMsg::Start(client, policy, reply) => {
+                state.policy = policy;
+                state.remove(&myself, &client.slot.name).await;
+                state.add(&myself, client).await;
                 let _ = reply.send(());
             }
             SupervisorMsg::Stop(name, reply) => {
@@ -202,7 +349,7 @@ impl Actor for Supervisor {
                 let _ = reply.send(());
             }
             SupervisorMsg::Restart { client } | SupervisorMsg::Wake { client } => {
-                state.wake(&myself, &client).await;
+                state.wake(&myself, client).await;
             }
             SupervisorMsg::Refresh { client, generation } => {
                 state.refresh(&myself, &client, generation).await;
@@ -238,10 +385,10 @@ impl Actor for Supervisor {
         // Actors stopped on purpose (asleep, reloaded) were removed from `running` first, so
         // only unexpected exits get here.
         if let Some(client) = state.running.remove(&cell.get_id()) {
-            if let Some(child) = state.children.get_mut(&client) {
+            if let Some(child) = state.children.get_mut(client) {
                 child.take_actor();
             }
-            state.release_start_and_go_on(&myself, &client).await;
+            state.release_start_and_go_on(&myself, client).await;
             state.on_exit(&myself, client, &reason);
         }
         Ok(())
@@ -249,68 +396,61 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
-    async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: TokenArgs) {
-        let name: Arc<str> = args.slot.name.clone();
-        self.children.insert(
-            name.clone(),
-            Child {
-                name: name.clone(),
-                args,
-                run: Run::Asleep { refresh: None },
-                restarts: VecDeque::new(),
-            },
-        );
-        self.wake(myself, &name).await;
+    async fn add(&mut self, myself: &ActorRef<SupervisorMsg>, args: ClientArgs) {
+        let id = self.children.insert(Child {
+            args,
+            run: Run::Asleep { refresh: None },
+            restarts: None,
+        });
+        self.wake(myself, id).await;
     }
 
     /// Stops a client's actor on purpose (not counted as a failure), waits for it, and forgets
     /// the client.
     async fn remove(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
-        let Some(child) = self.children.get_mut(name) else {
+        let Some(id) = self.children.id(name) else {
             return;
         };
-        let name = child.name.clone();
-        self.alarms.cancel(name.clone());
-        if let Some(actor) = child.take_actor() {
+        self.alarms.cancel(id);
+        if let Some(actor) = self.children.get_mut(id).and_then(Child::take_actor) {
             self.running.remove(&actor.get_id());
             let _ = actor
                 .stop_and_wait(Some("configuration reloaded".into()), None)
                 .await;
         }
-        self.release_start_and_go_on(myself, &name).await;
+        self.release_start_and_go_on(myself, id).await;
         // A queue entry of a removed client is skipped when its turn comes.
-        self.children.remove(&name);
+        self.children.remove(id);
     }
 
     /// The client has work (first start, alarm, restart, refresh request): start its actor,
     /// or queue it for its endpoint's next start.
-    async fn wake(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
-        let Some(child) = self.children.get_mut(name) else {
+    async fn wake(&mut self, myself: &ActorRef<SupervisorMsg>, id: ClientId) {
+        let Some(child) = self.children.get_mut(id) else {
             return; // Removed by a reload meanwhile.
         };
         let Run::Asleep { refresh } = child.run else {
             return;
         };
         let endpoint = child.args.source.endpoint();
-        let limit = starts_per_endpoint(child.args.policy.endpoint_concurrency);
+        let limit = starts_per_endpoint(self.policy.endpoint_concurrency);
         let turns = self.turns.entry(endpoint.to_string()).or_default();
         if turns.started >= limit {
             child.run = Run::Queued { refresh };
-            turns.queue.push_back(child.name.clone());
+            turns.queue.push_back(id);
             return;
         }
         turns.started += 1;
         child.run = Run::Starting { refresh };
-        let name = child.name.clone();
-        self.spawn(myself, name).await;
+        self.spawn(myself, id).await;
     }
 
-    /// Starts the actor of `name`, which holds one of its endpoint's starts; and should that
+    /// Starts the actor of `id`, which holds one of its endpoint's starts; and should that
     /// fail, the next client in the endpoint's queue, and so on.
-    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, name: Arc<str>) {
-        let mut next = Some(name);
-        while let Some(name) = next.take() {
-            next = self.spawn_one(myself, name).await;
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: ClientId) {
+        let mut next = Some(id);
+        while let Some(id) = next.take() {
+            next = self.spawn_one(myself, id).await;
         }
     }
 
@@ -318,15 +458,19 @@ impl SupervisorState {
     async fn spawn_one(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        name: Arc<str>,
-    ) -> Option<Arc<str>> {
-        let child = self.children.get_mut(&name)?;
+        id: ClientId,
+    ) -> Option<ClientId> {
+        let child = self.children.get_mut(id)?;
         let Run::Starting { refresh } = child.run else {
             return None; // Only a client holding a start is spawned.
         };
-        self.alarms.cancel(name.clone());
+        self.alarms.cancel(id);
         let start = TokenStart {
-            args: child.args.clone(),
+            args: TokenArgs {
+                slot: child.args.slot.clone(),
+                source: child.args.source.clone(),
+                policy: self.policy.clone(),
+            },
             settled: {
                 let supervisor = myself.clone();
                 Arc::new(move |settled| {
@@ -343,7 +487,7 @@ impl SupervisorState {
                     forwarded += 1;
                     let _ = actor.cast(TokenMsg::Refresh { generation });
                 }
-                self.running.insert(actor.get_id(), name);
+                self.running.insert(actor.get_id(), id);
                 child.run = Run::Running {
                     actor,
                     holds_start: true,
@@ -353,8 +497,8 @@ impl SupervisorState {
             }
             Err(e) => {
                 // Starting failed (pre_start returned an error): count it as a crash.
-                let next = self.release_start(&name);
-                self.on_exit(myself, name, &format!("failed to start: {e}"));
+                let next = self.release_start(id);
+                self.on_exit(myself, id, &format!("failed to start: {e}"));
                 next
             }
         }
@@ -363,7 +507,10 @@ impl SupervisorState {
     /// A caller asks for a token newer than `generation`: forward to the running actor, or
     /// wake the client if the token it would replace is still the current one.
     async fn refresh(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str, generation: u64) {
-        let Some(child) = self.children.get_mut(name) else {
+        let Some(id) = self.children.id(name) else {
+            return;
+        };
+        let Some(child) = self.children.get_mut(id) else {
             return;
         };
         if let Run::Running {
@@ -382,8 +529,7 @@ impl SupervisorState {
         {
             *refresh = Some(generation);
         }
-        let name = child.name.clone();
-        self.wake(myself, &name).await;
+        self.wake(myself, id).await;
     }
 
     async fn settled(&mut self, myself: &ActorRef<SupervisorMsg>, settled: Settled) {
@@ -392,11 +538,11 @@ impl SupervisorState {
             seen,
             can_sleep,
         } = settled;
-        let Some(name) = self.running.get(&actor).cloned() else {
+        let Some(&id) = self.running.get(&actor) else {
             return; // An actor stopped meanwhile.
         };
-        self.release_start_and_go_on(myself, &name).await;
-        let Some(child) = self.children.get_mut(&name) else {
+        self.release_start_and_go_on(myself, id).await;
+        let Some(child) = self.children.get_mut(id) else {
             return;
         };
         // A refresh request forwarded after the actor reported is still in its mailbox: the
@@ -412,10 +558,11 @@ impl SupervisorState {
         };
         self.running.remove(&actor.get_id());
         actor.stop(Some("asleep until its next attempt".into()));
+        let name = &child.args.slot.name;
         match child.args.slot.view().next_attempt {
             Some((at, _)) => {
                 debug!(client = %name, in_s = at.saturating_duration_since(Instant::now()).as_secs(), "asleep");
-                self.alarms.set(name, at);
+                self.alarms.set(id, at);
             }
             None => warn!(client = %name, "asleep with no next attempt"),
         }
@@ -423,16 +570,16 @@ impl SupervisorState {
 
     /// The client's actor no longer holds one of its endpoint's starts: starts the next client
     /// in that endpoint's queue.
-    async fn release_start_and_go_on(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
-        if let Some(next) = self.release_start(name) {
+    async fn release_start_and_go_on(&mut self, myself: &ActorRef<SupervisorMsg>, id: ClientId) {
+        if let Some(next) = self.release_start(id) {
             self.spawn(myself, next).await;
         }
     }
 
-    /// Gives the start `name` holds to the next client in its endpoint's queue, and returns
-    /// that client (to be spawned by the caller).
-    fn release_start(&mut self, name: &str) -> Option<Arc<str>> {
-        let child = self.children.get_mut(name)?;
+    /// Gives the start `id` holds to the next client in its endpoint's queue, and returns that
+    /// client (to be spawned by the caller).
+    fn release_start(&mut self, id: ClientId) -> Option<ClientId> {
+        let child = self.children.get_mut(id)?;
         match &mut child.run {
             Run::Starting { refresh } => {
                 child.run = Run::Asleep { refresh: *refresh };
@@ -440,19 +587,30 @@ impl SupervisorState {
             Run::Running { holds_start, .. } if *holds_start => *holds_start = false,
             _ => return None,
         }
-        let turns = self.turns.get_mut(child.args.source.endpoint())?;
+        // Its own handle on the source, as the queue's clients are looked up below.
+        let source = child.args.source.clone();
+        let endpoint = source.endpoint();
+        let turns = self.turns.get_mut(endpoint)?;
         turns.started -= 1;
         while let Some(next) = turns.queue.pop_front() {
-            let Some(child) = self.children.get_mut(&next) else {
+            let Some(child) = self.children.get_mut(next) else {
                 continue; // Removed while it waited.
             };
+            // Replaced by a reload while it waited, or the entry is a removed client's whose
+            // place went to a client queued at another endpoint: that one's start is not this
+            // endpoint's to give.
             let Run::Queued { refresh } = child.run else {
-                continue; // Replaced by a reload while it waited.
+                continue;
             };
+            if child.args.source.endpoint() != endpoint {
+                continue;
+            }
             child.run = Run::Starting { refresh };
             turns.started += 1;
             return Some(next);
         }
+        // Drained: the buffer a start-up's herd grew is given back, not kept for the next one.
+        turns.queue = VecDeque::new();
         None
     }
 
@@ -460,15 +618,7 @@ impl SupervisorState {
     /// again from its published next attempt. Past the restart budget the supervisor fails,
     /// and the daemon with it: a wheel that keeps dying is a bug no restart will fix.
     fn restart_wheel(&mut self, why: &str) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
-        let restarts = &mut self.wheel_restarts;
-        while restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-        {
-            restarts.pop_front();
-        }
-        if restarts.len() >= MAX_RESTARTS {
+        if self.wheel_restarts.count(Instant::now()).is_none() {
             let e = format!(
                 "the timer wheel died: {why}; {MAX_RESTARTS} restarts within {}s already",
                 RESTART_WINDOW.as_secs()
@@ -476,15 +626,14 @@ impl SupervisorState {
             error!("{e}; stopping the supervisor");
             return Err(e.into());
         }
-        restarts.push_back(now);
-        self.alarms = Alarms::start(self.alarm_to.clone());
+        self.alarms = Alarms::start(self.alarm_to.clone(), self.children.places());
         let mut asleep = 0;
-        for child in self.children.values() {
+        for (id, child) in self.children.iter() {
             if !matches!(child.run, Run::Asleep { .. }) {
                 continue;
             }
             if let Some((at, _)) = child.args.slot.view().next_attempt {
-                self.alarms.set(child.name.clone(), at);
+                self.alarms.set(id, at);
                 asleep += 1;
             }
         }
@@ -495,19 +644,13 @@ impl SupervisorState {
         Ok(())
     }
 
-    fn on_exit(&mut self, myself: &ActorRef<SupervisorMsg>, client: Arc<str>, reason: &str) {
-        let Some(child) = self.children.get_mut(&client) else {
+    fn on_exit(&mut self, myself: &ActorRef<SupervisorMsg>, id: ClientId, reason: &str) {
+        let Some(child) = self.children.get_mut(id) else {
             return;
         };
-        let now = Instant::now();
-        while child
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-        {
-            child.restarts.pop_front();
-        }
-        if child.restarts.len() >= MAX_RESTARTS {
+        let client = &child.args.slot.name;
+        let restarts = child.restarts.get_or_insert_default();
+        let Some(restarts) = restarts.count(Instant::now()) else {
             error!(
                 client = %client,
                 "token actor {reason}; {MAX_RESTARTS} restarts within {}s already, giving up on this client",
@@ -523,10 +666,9 @@ impl SupervisorState {
                 ));
             });
             return;
-        }
-        child.restarts.push_back(now);
-        warn!(client = %client, restarts = child.restarts.len(), "token actor {reason}; restarting");
-        myself.send_after(RESTART_DELAY, move || SupervisorMsg::Restart { client });
+        };
+        warn!(client = %client, restarts, "token actor {reason}; restarting");
+        myself.send_after(RESTART_DELAY, move || SupervisorMsg::Restart { client: id });
     }
 }
 

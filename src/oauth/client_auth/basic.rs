@@ -9,7 +9,7 @@
 //! keeps whichever was accepted.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -126,15 +126,15 @@ pub fn refused(e: &FetchError) -> bool {
 /// [`BasicEncoding::Auto`]. Held by the client's token source, so a reload that changes the
 /// client (a new source) learns it again.
 pub struct Learned {
-    client: String,
+    client: Arc<str>,
     kept: Mutex<Option<Sent>>,
 }
 
 impl Learned {
     /// Nothing learned yet, for the client named `client` in the config (for the log line).
-    pub fn new(client: &str) -> Self {
+    pub fn new(client: impl Into<Arc<str>>) -> Self {
         Self {
-            client: client.to_string(),
+            client: client.into(),
             kept: Mutex::new(None),
         }
     }

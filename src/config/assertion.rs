@@ -2,14 +2,14 @@
 //! `client_assertion_audience`) and the key file of `private_key_jwt`: refused at load when
 //! they cannot work, naming the key.
 
-use super::ClientConfig;
+use super::{ClientConfig, Written};
 use crate::oauth::{AssertionAudience, AuthMethod, key_file};
 
 impl ClientConfig {
     /// What the JWT methods need: a key that parses and fits the algorithm, an HMAC for
     /// `client_secret_jwt`, the issuer when the audience is `"issuer"`; and no assertion keys
     /// where no assertion is sent.
-    pub(super) fn validate_assertion(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_assertion(&self, w: &Written) -> Result<(), (String, String)> {
         let o = &self.oauth;
         let a = &o.assertion;
         let method = o.auth_method;
@@ -53,11 +53,7 @@ impl ClientConfig {
                 "must not be empty".into(),
             ));
         }
-        let key_key = if self.client_key_keys.credential.is_some() {
-            "client_key_credential"
-        } else {
-            "client_key_file"
-        };
+        let key_key = w.client_key.key();
         match (method, &o.client_key) {
             (AuthMethod::PrivateKeyJwt, None) => Err((
                 "client_key_file".into(),

@@ -42,10 +42,12 @@ pub async fn resolve(
                 .to_string()
         }),
         authorization: c
+            .authorize()
             .authorize_endpoint
             .clone()
             .or_else(|| metadata.and_then(|m| m.authorization_endpoint.clone())),
         device_authorization: c
+            .authorize()
             .device_authorization_endpoint
             .clone()
             .or_else(|| metadata.and_then(|m| m.device_authorization_endpoint.clone())),
@@ -54,8 +56,8 @@ pub async fn resolve(
         return Ok(configured(None));
     };
     let all_set = c.oauth.token_endpoint.is_some()
-        && c.authorize_endpoint.is_some()
-        && c.device_authorization_endpoint.is_some();
+        && c.authorize().authorize_endpoint.is_some()
+        && c.authorize().device_authorization_endpoint.is_some();
     if all_set {
         return Ok(configured(None));
     }

@@ -302,17 +302,71 @@ fn default_true() -> bool {
 #[serde(from = "ClientTable")]
 pub struct ClientConfig {
     pub oauth: Arc<ClientSettings>,
+    /// Who may read the token, when the table names anyone (read through
+    /// [`ClientConfig::access_rules`]). Boxed, as the sink and `tokend authorize`'s settings:
+    /// most clients have none, and every client's config is held while the daemon runs.
+    access: Option<Box<AccessLists>>,
+    pub allow_tcp: bool,
+    pub required: bool,
+    pub file_sink: Option<Box<crate::sink::FileSinkConfig>>,
+    /// Read through [`ClientConfig::authorize`].
+    authorize: Option<Box<AuthorizeSettings>>,
+}
+
+/// Who may read a client's token over the Unix socket.
+#[derive(Debug, Clone, PartialEq)]
+struct AccessLists {
+    allowed_users: Vec<String>,
+    allowed_groups: Vec<String>,
+    allow: Vec<crate::access::Selectors>,
+}
+
+impl AccessLists {
+    /// Whether no list names anyone (every caller that can open the socket may read the token).
+    fn is_empty(&self) -> bool {
+        self.allowed_users.is_empty() && self.allowed_groups.is_empty() && self.allow.is_empty()
+    }
+}
+
+/// What `tokend authorize` needs of a client beyond its token requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthorizeSettings {
     pub authorize_endpoint: Option<String>,
     pub device_authorization_endpoint: Option<String>,
     pub redirect_uri: Option<String>,
     pub pkce: bool,
     pub code_param: Option<String>,
-    pub allowed_users: Vec<String>,
-    pub allowed_groups: Vec<String>,
-    pub allow: Vec<crate::access::Selectors>,
-    pub allow_tcp: bool,
-    pub required: bool,
-    pub file_sink: Option<crate::sink::FileSinkConfig>,
+}
+
+impl AuthorizeSettings {
+    /// Those of a client that sets none.
+    const UNSET: AuthorizeSettings = AuthorizeSettings {
+        authorize_endpoint: None,
+        device_authorization_endpoint: None,
+        redirect_uri: None,
+        pkce: false,
+        code_param: None,
+    };
+}
+
+impl ClientConfig {
+    /// Who may read this client's token, as its table says.
+    pub fn access_rules(&self) -> crate::access::Rules<'_> {
+        let lists = self.access.as_deref();
+        crate::access::Rules {
+            allowed_users: lists.map_or(&[], |l| &l.allowed_users),
+            allowed_groups: lists.map_or(&[], |l| &l.allowed_groups),
+            allow: lists.map_or(&[], |l| &l.allow),
+            allow_tcp: self.allow_tcp,
+        }
+    }
+
+    /// The endpoints, redirect URI and PKCE of `tokend authorize`.
+    pub fn authorize(&self) -> &AuthorizeSettings {
+        self.authorize
+            .as_deref()
+            .unwrap_or(&AuthorizeSettings::UNSET)
+    }
 }
 
 /// What a client's table says that only validation reads, kept while the config is loaded:
@@ -424,6 +478,18 @@ impl ClientTable {
             (None, None, Some(name)) => Some(SecretSource::File(credential_path(&name))),
             (None, None, None) => None,
         };
+        let access = AccessLists {
+            allowed_users: t.allowed_users,
+            allowed_groups: t.allowed_groups,
+            allow: t.allow,
+        };
+        let authorize = AuthorizeSettings {
+            authorize_endpoint: t.authorize_endpoint,
+            device_authorization_endpoint: t.device_authorization_endpoint,
+            redirect_uri: t.redirect_uri,
+            pkce: t.pkce,
+            code_param: t.code_param,
+        };
         let client = ClientConfig {
             oauth: Arc::new(ClientSettings {
                 token_endpoint: t.token_endpoint,
@@ -452,17 +518,11 @@ impl ClientTable {
                 // Validation refuses a key file without `dpop`.
                 dpop_key: t.dpop_key_file.filter(|_| t.dpop),
             }),
-            authorize_endpoint: t.authorize_endpoint,
-            device_authorization_endpoint: t.device_authorization_endpoint,
-            redirect_uri: t.redirect_uri,
-            pkce: t.pkce,
-            code_param: t.code_param,
-            allowed_users: t.allowed_users,
-            allowed_groups: t.allowed_groups,
-            allow: t.allow,
+            access: (!access.is_empty()).then(|| Box::new(access)),
             allow_tcp: t.allow_tcp,
             required: t.required,
-            file_sink: t.file_sink,
+            file_sink: t.file_sink.map(Box::new),
+            authorize: (authorize != AuthorizeSettings::UNSET).then(|| Box::new(authorize)),
         };
         (client, written)
     }
@@ -539,18 +599,24 @@ fn federated_from(t: &ClientTable) -> (Option<Box<Federated>>, FederatedKeys) {
 }
 
 impl ClientConfig {
-    /// The settings that decide how tokens are fetched (everything but who may read them):
-    /// a change here means the client's token must be fetched anew.
-    pub fn fetch_settings(&self) -> ClientConfig {
-        ClientConfig {
-            allowed_users: Vec::new(),
-            allowed_groups: Vec::new(),
-            allow: Vec::new(),
-            allow_tcp: false,
-            required: true,
-            ..self.clone()
+    /// The settings that decide how tokens are fetched (everything but who may read them, and
+    /// whether readiness waits for them): a change here means the client's token must be
+    /// fetched anew.
+    pub fn fetch_settings(&self) -> FetchSettings<'_> {
+        FetchSettings {
+            oauth: &self.oauth,
+            file_sink: self.file_sink.as_deref(),
+            authorize: self.authorize(),
         }
     }
+}
+
+/// A client's [`ClientConfig::fetch_settings`], to compare.
+#[derive(Debug, PartialEq)]
+pub struct FetchSettings<'a> {
+    oauth: &'a ClientSettings,
+    file_sink: Option<&'a crate::sink::FileSinkConfig>,
+    authorize: &'a AuthorizeSettings,
 }
 
 /// A systemd credential's file: `$CREDENTIALS_DIRECTORY/NAME` (validation refuses the name when

@@ -494,7 +494,11 @@ fn example_config_commented_tables_parse() {
         );
     }
     assert!(config.clients.values().any(|c| c.oauth.issuer.is_some()));
-    let allow: Vec<_> = config.clients.values().flat_map(|c| &c.allow).collect();
+    let allow: Vec<_> = config
+        .clients
+        .values()
+        .flat_map(|c| c.access_rules().allow)
+        .collect();
     assert!(
         allow.iter().any(|e| e.unit.is_some())
             && allow.iter().any(|e| e.executable.is_some())

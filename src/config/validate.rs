@@ -159,7 +159,7 @@ impl Config {
     pub fn names_pods(&self) -> bool {
         self.clients
             .values()
-            .any(|c| c.allow.iter().any(|e| e.names_pods()))
+            .any(|c| c.access_rules().allow.iter().any(|e| e.names_pods()))
     }
 }
 
@@ -377,10 +377,10 @@ impl ClientConfig {
         }
         self.validate_dpop(w)?;
         for (key, endpoint) in [
-            ("authorize_endpoint", &self.authorize_endpoint),
+            ("authorize_endpoint", &self.authorize().authorize_endpoint),
             (
                 "device_authorization_endpoint",
-                &self.device_authorization_endpoint,
+                &self.authorize().device_authorization_endpoint,
             ),
         ] {
             if let Some(endpoint) = endpoint {
@@ -388,7 +388,7 @@ impl ClientConfig {
                     .map_err(|r| (key.to_string(), r))?;
             }
         }
-        if let Some(uri) = &self.redirect_uri {
+        if let Some(uri) = &self.authorize().redirect_uri {
             redirect_listen_addr(uri).map_err(|r| ("redirect_uri".to_string(), r))?;
         }
         if let Some(param) = self
@@ -612,7 +612,8 @@ impl Config {
     /// Each client's `[[allow]]` entries, one line each, for `tokend check`.
     pub fn explain_access(&self) -> Vec<String> {
         let entries = self.clients.iter().flat_map(|(name, c)| {
-            c.allow
+            c.access_rules()
+                .allow
                 .iter()
                 .enumerate()
                 .map(move |(i, entry)| format!("clients.{name}.allow[{i}]: {}", entry.explain()))
@@ -640,7 +641,7 @@ impl Config {
             super::federated::notes(c).map(move |n| format!("clients.{name}.{n}"))
         });
         let executables = self.clients.iter().flat_map(|(name, c)| {
-            c.allow.iter().enumerate().filter_map(move |(i, entry)| {
+            c.access_rules().allow.iter().enumerate().filter_map(move |(i, entry)| {
                 let exe = entry.executable.as_ref()?;
                 std::fs::symlink_metadata(exe).is_err().then(|| {
                     format!(
@@ -768,20 +769,10 @@ impl ClientConfig {
 }
 
 impl ClientConfig {
-    /// Who may read this client's token, as its table says.
-    pub fn access_rules(&self) -> crate::access::Rules<'_> {
-        crate::access::Rules {
-            allowed_users: &self.allowed_users,
-            allowed_groups: &self.allowed_groups,
-            allow: &self.allow,
-            allow_tcp: self.allow_tcp,
-        }
-    }
-
     /// An `executable` that is a symbolic link would never match: a process is known by the
     /// real path of the program it runs.
     fn validate_executables(&self) -> Result<(), (String, String)> {
-        for (i, entry) in self.allow.iter().enumerate() {
+        for (i, entry) in self.access_rules().allow.iter().enumerate() {
             let Some(exe) = &entry.executable else {
                 continue;
             };

@@ -132,6 +132,7 @@ fn client<'a>(
         .ok_or_else(|| missing("redirect_uri"))?;
     let rt_file = c
         .oauth
+        .rare()
         .refresh_token_file
         .as_deref()
         .ok_or_else(|| missing("refresh_token_file"))?;

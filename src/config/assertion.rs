@@ -11,7 +11,7 @@ impl ClientConfig {
     /// where no assertion is sent.
     pub(super) fn validate_assertion(&self, w: &Written) -> Result<(), (String, String)> {
         let o = &self.oauth;
-        let a = &o.assertion;
+        let a = &o.rare().assertion;
         let method = o.auth_method;
         if !matches!(
             method,
@@ -54,7 +54,7 @@ impl ClientConfig {
             ));
         }
         let key_key = w.client_key.key();
-        match (method, &o.client_key) {
+        match (method, &o.rare().client_key) {
             (AuthMethod::PrivateKeyJwt, None) => Err((
                 "client_key_file".into(),
                 "auth_method = \"private_key_jwt\" needs the private key: set client_key_file or client_key_credential".into(),
@@ -114,7 +114,10 @@ mod tests {
     fn jwt_methods_are_checked_at_load() {
         let pkjwt = "auth_method = \"private_key_jwt\"\nclient_key_file = \"{dir}/key.pem\"";
         let c = load(&format!("{pkjwt}\nclient_key_id = \"k1\"")).unwrap();
-        assert_eq!(c.clients["c"].oauth.assertion.key_id.as_deref(), Some("k1"));
+        assert_eq!(
+            c.clients["c"].oauth.rare().assertion.key_id.as_deref(),
+            Some("k1")
+        );
         refused(
             "auth_method = \"private_key_jwt\"",
             "client_key_file",

@@ -20,7 +20,7 @@ use crate::oauth::federated::{
 };
 use crate::oauth::{
     AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, BasicEncoding, ClientSettings,
-    Grant, SecretSource,
+    Grant, RareSettings, SecretSource,
 };
 use crate::refresh::RefreshPolicy;
 use crate::serve::{call_limits, connections};
@@ -498,25 +498,28 @@ impl ClientTable {
                 auth_method: t.auth_method,
                 basic_encoding: t.basic_encoding.unwrap_or_default(),
                 grant: t.grant,
-                refresh_token_file: t.refresh_token_file,
                 scope: t.scope,
-                audience: t.audience,
-                resource: t.resource,
-                extra_params: t.extra_params,
                 issuer: t.issuer,
-                client_key: t
-                    .client_key_file
-                    .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
-                client_cert: t.client_cert_file,
-                ca_file: t.ca_file,
-                assertion: AssertionSettings {
-                    key_id: t.client_key_id,
-                    alg: t.client_assertion_alg,
-                    audience: AssertionAudience::from_config(t.client_assertion_audience),
-                },
                 federated,
-                // Validation refuses a key file without `dpop`.
-                dpop_key: t.dpop_key_file.filter(|_| t.dpop),
+                rare: RareSettings {
+                    refresh_token_file: t.refresh_token_file,
+                    audience: t.audience,
+                    resource: t.resource,
+                    extra_params: t.extra_params,
+                    client_key: t
+                        .client_key_file
+                        .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
+                    client_cert: t.client_cert_file,
+                    ca_file: t.ca_file,
+                    assertion: AssertionSettings {
+                        key_id: t.client_key_id,
+                        alg: t.client_assertion_alg,
+                        audience: AssertionAudience::from_config(t.client_assertion_audience),
+                    },
+                    // Validation refuses a key file without `dpop`.
+                    dpop_key: t.dpop_key_file.filter(|_| t.dpop),
+                }
+                .boxed(),
             }),
             access: (!access.is_empty()).then(|| Box::new(access)),
             allow_tcp: t.allow_tcp,
@@ -646,9 +649,9 @@ impl ConfigFile {
             .into_iter()
             .map(|(name, table)| {
                 let (mut client, w) = table.into_parts();
-                if w.dpop && client.oauth.dpop_key.is_none() {
+                if w.dpop && client.oauth.rare().dpop_key.is_none() {
                     let path = self.server.state_directory.join(format!("{name}.dpop.pem"));
-                    Arc::make_mut(&mut client.oauth).dpop_key = Some(path);
+                    Arc::make_mut(&mut client.oauth).rare_mut().dpop_key = Some(path);
                 }
                 written.insert(name.clone(), w);
                 (name, Arc::new(client))

@@ -505,7 +505,12 @@ fn example_config_commented_tables_parse() {
             && allow.iter().any(|e| e.pod_service_account.is_some()),
         "{allow:?}"
     );
-    assert!(config.clients.values().any(|c| c.oauth.dpop_key.is_some()));
+    assert!(
+        config
+            .clients
+            .values()
+            .any(|c| c.oauth.rare().dpop_key.is_some())
+    );
     let route = &config.proxy["ledger"];
     assert!(route.validate().is_ok(), "{route:?}");
     assert!(config.clients.contains_key(&route.client));
@@ -541,7 +546,7 @@ fn a_dpop_key_lives_in_a_safe_directory_named_by_the_client() {
     let server = format!("[server]\nstate_directory = \"{}\"\n", state.display());
     let c = load(&format!("{server}{}", client_toml(&s, "dpop = true")), &[]).unwrap();
     assert_eq!(
-        c.clients["billing"].oauth.dpop_key.as_deref(),
+        c.clients["billing"].oauth.rare().dpop_key.as_deref(),
         Some(state.join("billing.dpop.pem").as_path())
     );
     // systemd's StateDirectory= (the first of several).
@@ -550,14 +555,17 @@ fn a_dpop_key_lives_in_a_safe_directory_named_by_the_client() {
         &[("TOKEND_SERVER__STATE_DIRECTORY", state.to_str().unwrap())],
     )
     .unwrap();
-    assert!(c.clients["billing"].oauth.dpop_key.is_some());
+    assert!(c.clients["billing"].oauth.rare().dpop_key.is_some());
     let own = dir.path().join("own.pem");
     let text = client_toml(
         &s,
         &format!("dpop = true\ndpop_key_file = \"{}\"", own.display()),
     );
     assert_eq!(
-        load(&text, &[]).unwrap().clients["billing"].oauth.dpop_key,
+        load(&text, &[]).unwrap().clients["billing"]
+            .oauth
+            .rare()
+            .dpop_key,
         Some(own)
     );
     // Refused: a key file without dpop, a missing directory (named with what to do), one

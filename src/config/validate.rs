@@ -340,7 +340,7 @@ impl ClientConfig {
             sink.resolve()
                 .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;
         }
-        match (self.oauth.grant, &self.oauth.refresh_token_file) {
+        match (self.oauth.grant, &self.oauth.rare().refresh_token_file) {
             (Grant::RefreshToken, None) => {
                 return Err((
                     "refresh_token_file".into(),
@@ -361,7 +361,7 @@ impl ClientConfig {
             }
             _ => {}
         }
-        if let Some(path) = &self.oauth.refresh_token_file {
+        if let Some(path) = &self.oauth.rare().refresh_token_file {
             // Its directory gets the file sinks' rule: written into by tokend, it must not be
             // writable by anyone who could plant a file or swap the token there.
             crate::host::atomic_file::split(path)
@@ -393,6 +393,7 @@ impl ClientConfig {
         }
         if let Some(param) = self
             .oauth
+            .rare()
             .extra_params
             .keys()
             .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
@@ -417,7 +418,7 @@ impl ClientConfig {
                 Ok(())
             };
         }
-        let Some(path) = &self.oauth.dpop_key else {
+        let Some(path) = &self.oauth.rare().dpop_key else {
             return Ok(());
         };
         // The default lives in server.state_directory, which is then what to fix.
@@ -551,7 +552,7 @@ impl ClientConfig {
         let key_key = w.client_key.key();
         let method = o.auth_method;
         // client_secret_jwt has its own message (the secret signs): see `validate_assertion`.
-        if o.client_key.is_some()
+        if o.rare().client_key.is_some()
             && !(method.uses_tls()
                 || matches!(
                     method,
@@ -567,9 +568,9 @@ impl ClientConfig {
             ));
         }
         for (key, path) in [
-            (key_key, &o.client_key),
-            ("client_cert_file", &o.client_cert),
-            ("ca_file", &o.ca_file),
+            (key_key, &o.rare().client_key),
+            ("client_cert_file", &o.rare().client_cert),
+            ("ca_file", &o.rare().ca_file),
         ] {
             if let Some(path) = path
                 && !path.is_absolute()
@@ -580,7 +581,7 @@ impl ClientConfig {
                 ));
             }
         }
-        if let Some(path) = &o.client_key {
+        if let Some(path) = &o.rare().client_key {
             crate::secret::check_file(path).map_err(|e| (key_key.to_string(), e.to_string()))?;
         }
         if let Some(issuer) = &o.issuer {
@@ -720,7 +721,7 @@ impl ClientConfig {
         let o = &self.oauth;
         let method = o.auth_method.as_str();
         if o.auth_method.uses_tls() {
-            if o.client_cert.is_none() {
+            if o.rare().client_cert.is_none() {
                 return Err((
                     "client_cert_file".into(),
                     format!(
@@ -728,7 +729,7 @@ impl ClientConfig {
                     ),
                 ));
             }
-            if o.client_key.is_none() {
+            if o.rare().client_key.is_none() {
                 return Err((
                     "client_key_file".into(),
                     format!(
@@ -749,7 +750,7 @@ impl ClientConfig {
                     ),
                 ));
             }
-        } else if o.client_cert.is_some() {
+        } else if o.rare().client_cert.is_some() {
             return Err((
                 "client_cert_file".into(),
                 format!(

@@ -117,6 +117,7 @@ impl HttpTokenSource {
             inner: Arc::new(Inner {
                 http: super::tls::Http::new(http, &client),
                 dpop: client
+                    .rare()
                     .dpop_key
                     .as_deref()
                     .map(|path| Box::new(DpopHolder::new(path))),
@@ -143,7 +144,7 @@ impl TokenSource for HttpTokenSource {
         Box::pin(async move {
             let _in_flight = inner.in_flight.lock().await;
             if let (Grant::RefreshToken, Some(path)) =
-                (inner.client.grant, &inner.client.refresh_token_file)
+                (inner.client.grant, &inner.client.rare().refresh_token_file)
             {
                 let wait = inflight::wait_before_use(path, inner.timeout)
                     .map_err(FetchError::NoRefreshToken)?
@@ -203,8 +204,8 @@ impl TokenSource for HttpTokenSource {
             });
         for path in [
             secret_file,
-            c.refresh_token_file.as_ref(),
-            c.client_key.as_ref(),
+            c.rare().refresh_token_file.as_ref(),
+            c.rare().client_key.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -291,7 +292,7 @@ impl Inner {
 
     /// The refresh token file, for clients of the refresh-token grant.
     fn refresh_token_file(&self) -> Option<&std::path::Path> {
-        match (self.client.grant, &self.client.refresh_token_file) {
+        match (self.client.grant, &self.client.rare().refresh_token_file) {
             (Grant::RefreshToken, Some(path)) => Some(path),
             _ => None,
         }

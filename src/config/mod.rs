@@ -24,6 +24,7 @@ use crate::oauth::{
 };
 use crate::refresh::RefreshPolicy;
 use crate::serve::{call_limits, connections};
+use shared::Shared;
 
 mod assertion;
 mod error;
@@ -31,6 +32,7 @@ mod federated;
 mod load;
 #[cfg(test)]
 mod one_client;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -441,14 +443,15 @@ impl KeyKeys {
 
 impl From<ClientTable> for ClientConfig {
     fn from(t: ClientTable) -> Self {
-        t.into_parts().0
+        t.into_parts(&mut Shared::default()).0
     }
 }
 
 impl ClientTable {
     /// The client this table makes (a DPoP client's key file as written: the default one is
-    /// [`ConfigFile::into_config`]'s), and what else it says.
-    fn into_parts(self) -> (ClientConfig, Written) {
+    /// [`ConfigFile::into_config`]'s), with the strings `shared` has already, and what else the
+    /// table says.
+    fn into_parts(self, shared: &mut Shared) -> (ClientConfig, Written) {
         let t = self;
         let (federated, federated_keys) = federated_from(&t);
         let written = Written {
@@ -473,9 +476,11 @@ impl ClientTable {
             t.client_secret_env,
             t.client_secret_credential,
         ) {
-            (Some(path), _, _) => Some(SecretSource::File(path)),
+            (Some(path), _, _) => Some(SecretSource::File(shared.path(path))),
             (None, Some(var), _) => Some(SecretSource::Env(var)),
-            (None, None, Some(name)) => Some(SecretSource::File(credential_path(&name))),
+            (None, None, Some(name)) => {
+                Some(SecretSource::File(shared.path(credential_path(&name))))
+            }
             (None, None, None) => None,
         };
         let access = AccessLists {
@@ -492,14 +497,14 @@ impl ClientTable {
         };
         let client = ClientConfig {
             oauth: Arc::new(ClientSettings {
-                token_endpoint: t.token_endpoint,
-                client_id: t.client_id,
+                token_endpoint: t.token_endpoint.map(|e| shared.string(e)),
+                client_id: t.client_id.into(),
                 secret,
                 auth_method: t.auth_method,
                 basic_encoding: t.basic_encoding.unwrap_or_default(),
                 grant: t.grant,
-                scope: t.scope,
-                issuer: t.issuer,
+                scope: t.scope.map(|s| shared.string(s)),
+                issuer: t.issuer.map(|i| shared.string(i)),
                 federated,
                 rare: RareSettings {
                     refresh_token_file: t.refresh_token_file,
@@ -644,11 +649,12 @@ impl ConfigFile {
     /// `<server.state_directory>/<client>.dpop.pem`.
     fn into_config(self) -> (Config, BTreeMap<String, Written>) {
         let mut written = BTreeMap::new();
+        let mut shared = Shared::default();
         let clients = self
             .clients
             .into_iter()
             .map(|(name, table)| {
-                let (mut client, w) = table.into_parts();
+                let (mut client, w) = table.into_parts(&mut shared);
                 if w.dpop && client.oauth.rare().dpop_key.is_none() {
                     let path = self.server.state_directory.join(format!("{name}.dpop.pem"));
                     Arc::make_mut(&mut client.oauth).rare_mut().dpop_key = Some(path);

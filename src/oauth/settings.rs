@@ -2,7 +2,8 @@
 //! and the parameters it sends. The config parses into these types; nothing here reads it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -88,20 +89,21 @@ impl Grant {
 }
 
 /// Where the client secret is read, each time a request is made (so a rotated secret is used
-/// without a reload).
+/// without a reload). The file is shared by the clients that name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
-    File(PathBuf),
+    File(Arc<Path>),
     Env(String),
 }
 
-/// One client as its token requests need it.
+/// One client as its token requests need it. Strings many clients have alike (the endpoint,
+/// the issuer, the scope) are shared: the config holds one copy of each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
     /// Set explicitly; when unset, the issuer's metadata names it (validation wants one of the
     /// two).
-    pub token_endpoint: Option<String>,
-    pub client_id: String,
+    pub token_endpoint: Option<Arc<str>>,
+    pub client_id: Box<str>,
     /// The client secret, for the methods that use one ([`AuthMethod::uses_secret`]).
     pub secret: Option<SecretSource>,
     pub auth_method: AuthMethod,
@@ -109,9 +111,9 @@ pub struct ClientSettings {
     pub basic_encoding: BasicEncoding,
     pub grant: Grant,
     /// Space-separated scopes to request; omitted from the request when unset.
-    pub scope: Option<String>,
+    pub scope: Option<Arc<str>>,
     /// The issuer (RFC 8414), whose metadata names the endpoints `token_endpoint` leaves unset.
-    pub issuer: Option<String>,
+    pub issuer: Option<Arc<str>>,
     /// Tokens the platform issues, presented as the grant or the client's authentication
     /// (boxed: most clients have none, and every client's settings are held).
     pub federated: Option<Box<Federated>>,

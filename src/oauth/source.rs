@@ -190,7 +190,7 @@ impl TokenSource for HttpTokenSource {
         let c = &self.inner.client;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let secret_file = match &c.secret {
-            Some(SecretSource::File(path)) => Some(path),
+            Some(SecretSource::File(path)) => Some(&**path),
             Some(SecretSource::Env(_)) | None => None,
         };
         let federated_files = c
@@ -204,12 +204,11 @@ impl TokenSource for HttpTokenSource {
             });
         for path in [
             secret_file,
-            c.rare().refresh_token_file.as_ref(),
-            c.rare().client_key.as_ref(),
+            c.rare().refresh_token_file.as_deref(),
+            c.rare().client_key.as_deref(),
         ]
         .into_iter()
         .flatten()
-        .map(|p| p.as_path())
         .chain(super::tls::watched_files(c))
         .chain(federated_files)
         {
@@ -302,7 +301,7 @@ impl Inner {
     async fn token_endpoint(&self, http: &reqwest::Client) -> Result<String, FetchError> {
         let c = &self.client;
         if let Some(endpoint) = &c.token_endpoint {
-            return Ok(endpoint.clone());
+            return Ok(endpoint.to_string());
         }
         let issuer = c.issuer.as_deref().unwrap_or_default();
         let cached = self

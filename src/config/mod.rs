@@ -443,97 +443,92 @@ impl KeyKeys {
 
 impl From<ClientTable> for ClientConfig {
     fn from(t: ClientTable) -> Self {
-        t.into_parts(&mut Shared::default()).0
+        client_from(t, &mut Shared::default()).0
     }
 }
 
-impl ClientTable {
-    /// The client this table makes (a DPoP client's key file as written: the default one is
-    /// [`ConfigFile::into_config`]'s), with the strings `shared` has already, and what else the
-    /// table says.
-    fn into_parts(self, shared: &mut Shared) -> (ClientConfig, Written) {
-        let t = self;
-        let (federated, federated_keys) = federated_from(&t);
-        let written = Written {
-            secret: SecretKeys {
-                file: t.client_secret_file.is_some(),
-                env: t.client_secret_env.is_some(),
-                credential: t.client_secret_credential.clone(),
-            },
-            client_key: KeyKeys {
-                file: t.client_key_file.is_some(),
-                credential: t.client_key_credential.clone(),
-            },
-            basic_encoding: t.basic_encoding.is_some(),
-            federated: federated_keys,
-            allow_insecure_http: t.allow_insecure_http,
-            dpop: t.dpop,
-            dpop_key_file: t.dpop_key_file.is_some(),
-        };
-        // Validation refuses more than one secret key, and a secret where the method uses none.
-        let secret = match (
-            t.client_secret_file,
-            t.client_secret_env,
-            t.client_secret_credential,
-        ) {
-            (Some(path), _, _) => Some(SecretSource::File(shared.path(path))),
-            (None, Some(var), _) => Some(SecretSource::Env(var)),
-            (None, None, Some(name)) => {
-                Some(SecretSource::File(shared.path(credential_path(&name))))
+/// The client a table makes (a DPoP client's key file as written: the default one is
+/// [`ConfigFile::into_config`]'s), with the strings `shared` has already, and what else the
+/// table says.
+fn client_from(t: ClientTable, shared: &mut Shared) -> (ClientConfig, Written) {
+    let (federated, federated_keys) = federated_from(&t);
+    let written = Written {
+        secret: SecretKeys {
+            file: t.client_secret_file.is_some(),
+            env: t.client_secret_env.is_some(),
+            credential: t.client_secret_credential.clone(),
+        },
+        client_key: KeyKeys {
+            file: t.client_key_file.is_some(),
+            credential: t.client_key_credential.clone(),
+        },
+        basic_encoding: t.basic_encoding.is_some(),
+        federated: federated_keys,
+        allow_insecure_http: t.allow_insecure_http,
+        dpop: t.dpop,
+        dpop_key_file: t.dpop_key_file.is_some(),
+    };
+    // Validation refuses more than one secret key, and a secret where the method uses none.
+    let secret = match (
+        t.client_secret_file,
+        t.client_secret_env,
+        t.client_secret_credential,
+    ) {
+        (Some(path), _, _) => Some(SecretSource::File(shared.path(path))),
+        (None, Some(var), _) => Some(SecretSource::Env(var)),
+        (None, None, Some(name)) => Some(SecretSource::File(shared.path(credential_path(&name)))),
+        (None, None, None) => None,
+    };
+    let access = AccessLists {
+        allowed_users: t.allowed_users,
+        allowed_groups: t.allowed_groups,
+        allow: t.allow,
+    };
+    let authorize = AuthorizeSettings {
+        authorize_endpoint: t.authorize_endpoint,
+        device_authorization_endpoint: t.device_authorization_endpoint,
+        redirect_uri: t.redirect_uri,
+        pkce: t.pkce,
+        code_param: t.code_param,
+    };
+    let client = ClientConfig {
+        oauth: Arc::new(ClientSettings {
+            token_endpoint: t.token_endpoint.map(|e| shared.string(e)),
+            client_id: t.client_id.into(),
+            secret,
+            auth_method: t.auth_method,
+            basic_encoding: t.basic_encoding.unwrap_or_default(),
+            grant: t.grant,
+            scope: t.scope.map(|s| shared.string(s)),
+            issuer: t.issuer.map(|i| shared.string(i)),
+            federated,
+            rare: RareSettings {
+                refresh_token_file: t.refresh_token_file,
+                audience: t.audience,
+                resource: t.resource,
+                extra_params: t.extra_params,
+                client_key: t
+                    .client_key_file
+                    .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
+                client_cert: t.client_cert_file,
+                ca_file: t.ca_file,
+                assertion: AssertionSettings {
+                    key_id: t.client_key_id,
+                    alg: t.client_assertion_alg,
+                    audience: AssertionAudience::from_config(t.client_assertion_audience),
+                },
+                // Validation refuses a key file without `dpop`.
+                dpop_key: t.dpop_key_file.filter(|_| t.dpop),
             }
-            (None, None, None) => None,
-        };
-        let access = AccessLists {
-            allowed_users: t.allowed_users,
-            allowed_groups: t.allowed_groups,
-            allow: t.allow,
-        };
-        let authorize = AuthorizeSettings {
-            authorize_endpoint: t.authorize_endpoint,
-            device_authorization_endpoint: t.device_authorization_endpoint,
-            redirect_uri: t.redirect_uri,
-            pkce: t.pkce,
-            code_param: t.code_param,
-        };
-        let client = ClientConfig {
-            oauth: Arc::new(ClientSettings {
-                token_endpoint: t.token_endpoint.map(|e| shared.string(e)),
-                client_id: t.client_id.into(),
-                secret,
-                auth_method: t.auth_method,
-                basic_encoding: t.basic_encoding.unwrap_or_default(),
-                grant: t.grant,
-                scope: t.scope.map(|s| shared.string(s)),
-                issuer: t.issuer.map(|i| shared.string(i)),
-                federated,
-                rare: RareSettings {
-                    refresh_token_file: t.refresh_token_file,
-                    audience: t.audience,
-                    resource: t.resource,
-                    extra_params: t.extra_params,
-                    client_key: t
-                        .client_key_file
-                        .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
-                    client_cert: t.client_cert_file,
-                    ca_file: t.ca_file,
-                    assertion: AssertionSettings {
-                        key_id: t.client_key_id,
-                        alg: t.client_assertion_alg,
-                        audience: AssertionAudience::from_config(t.client_assertion_audience),
-                    },
-                    // Validation refuses a key file without `dpop`.
-                    dpop_key: t.dpop_key_file.filter(|_| t.dpop),
-                }
-                .boxed(),
-            }),
-            access: (!access.is_empty()).then(|| Box::new(access)),
-            allow_tcp: t.allow_tcp,
-            required: t.required,
-            file_sink: t.file_sink.map(Box::new),
-            authorize: (authorize != AuthorizeSettings::UNSET).then(|| Box::new(authorize)),
-        };
-        (client, written)
-    }
+            .boxed(),
+        }),
+        access: (!access.is_empty()).then(|| Box::new(access)),
+        allow_tcp: t.allow_tcp,
+        required: t.required,
+        file_sink: t.file_sink.map(Box::new),
+        authorize: (authorize != AuthorizeSettings::UNSET).then(|| Box::new(authorize)),
+    };
+    (client, written)
 }
 
 /// The federated sources of a table (the file when both keys are set: validation refuses that
@@ -654,7 +649,7 @@ impl ConfigFile {
             .clients
             .into_iter()
             .map(|(name, table)| {
-                let (mut client, w) = table.into_parts(&mut shared);
+                let (mut client, w) = client_from(table, &mut shared);
                 if w.dpop && client.oauth.rare().dpop_key.is_none() {
                     let path = self.server.state_directory.join(format!("{name}.dpop.pem"));
                     Arc::make_mut(&mut client.oauth).rare_mut().dpop_key = Some(path);

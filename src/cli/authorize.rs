@@ -83,7 +83,7 @@ pub fn pkce_challenge(verifier: &str) -> String {
 /// Builds the authorization URL for `c` with a fresh `state` (and PKCE verifier).
 pub fn request(c: &ClientConfig, endpoint: &str, redirect_uri: &str) -> Request {
     let state = random_token(32);
-    let verifier = c.pkce.then(|| random_token(48));
+    let verifier = c.authorize().pkce.then(|| random_token(48));
     let mut url = reqwest::Url::parse(endpoint).expect("validated at load");
     {
         let mut q = url.query_pairs_mut();
@@ -126,11 +126,13 @@ fn client<'a>(
         });
     }
     let redirect_uri = c
+        .authorize()
         .redirect_uri
         .as_deref()
         .ok_or_else(|| missing("redirect_uri"))?;
     let rt_file = c
         .oauth
+        .rare()
         .refresh_token_file
         .as_deref()
         .ok_or_else(|| missing("refresh_token_file"))?;
@@ -241,7 +243,7 @@ pub async fn pasted(config: &Config, name: &str, pasted: &str) -> Result<PathBuf
         }
         Err(_) => pasted.trim().to_string(),
     };
-    let verifier = match (c.pkce, &pending) {
+    let verifier = match (c.authorize().pkce, &pending) {
         (false, _) => None,
         (true, Some(p)) => p.verifier.clone(),
         (true, None) => {
@@ -282,7 +284,7 @@ fn code_from_redirect(
     if params.get("state").map(String::as_str) != Some(state) {
         return Err(AuthorizeError::StateMismatch);
     }
-    let param = c.code_param.as_deref().unwrap_or("code");
+    let param = c.authorize().code_param.as_deref().unwrap_or("code");
     params
         .get(param)
         .filter(|code| !code.is_empty())

@@ -103,6 +103,7 @@ pub async fn authorize(
     }
     let rt_file = c
         .oauth
+        .rare()
         .refresh_token_file
         .as_deref()
         .ok_or_else(|| config_error(format!("set refresh_token_file in [clients.{name}]")))?;

@@ -35,17 +35,24 @@ pub async fn resolve(
     http: &reqwest::Client,
 ) -> Result<Endpoints, DiscoveryError> {
     let configured = |metadata: Option<&Metadata>| Endpoints {
-        token: c.oauth.token_endpoint.clone().unwrap_or_else(|| {
-            metadata
-                .and_then(|m| m.token_endpoint_for(c.oauth.auth_method))
-                .unwrap_or_default()
-                .to_string()
-        }),
+        token: c
+            .oauth
+            .token_endpoint
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                metadata
+                    .and_then(|m| m.token_endpoint_for(c.oauth.auth_method))
+                    .unwrap_or_default()
+                    .to_string()
+            }),
         authorization: c
+            .authorize()
             .authorize_endpoint
             .clone()
             .or_else(|| metadata.and_then(|m| m.authorization_endpoint.clone())),
         device_authorization: c
+            .authorize()
             .device_authorization_endpoint
             .clone()
             .or_else(|| metadata.and_then(|m| m.device_authorization_endpoint.clone())),
@@ -54,8 +61,8 @@ pub async fn resolve(
         return Ok(configured(None));
     };
     let all_set = c.oauth.token_endpoint.is_some()
-        && c.authorize_endpoint.is_some()
-        && c.device_authorization_endpoint.is_some();
+        && c.authorize().authorize_endpoint.is_some()
+        && c.authorize().device_authorization_endpoint.is_some();
     if all_set {
         return Ok(configured(None));
     }
@@ -63,7 +70,7 @@ pub async fn resolve(
     let endpoints = configured(Some(&metadata));
     if endpoints.token.is_empty() {
         return Err(DiscoveryError::Missing {
-            issuer: issuer.clone(),
+            issuer: issuer.to_string(),
             key: "token_endpoint",
         });
     }

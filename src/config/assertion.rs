@@ -2,16 +2,16 @@
 //! `client_assertion_audience`) and the key file of `private_key_jwt`: refused at load when
 //! they cannot work, naming the key.
 
-use super::ClientConfig;
+use super::{ClientConfig, Written};
 use crate::oauth::{AssertionAudience, AuthMethod, key_file};
 
 impl ClientConfig {
     /// What the JWT methods need: a key that parses and fits the algorithm, an HMAC for
     /// `client_secret_jwt`, the issuer when the audience is `"issuer"`; and no assertion keys
     /// where no assertion is sent.
-    pub(super) fn validate_assertion(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_assertion(&self, w: &Written) -> Result<(), (String, String)> {
         let o = &self.oauth;
-        let a = &o.assertion;
+        let a = &o.rare().assertion;
         let method = o.auth_method;
         if !matches!(
             method,
@@ -53,12 +53,8 @@ impl ClientConfig {
                 "must not be empty".into(),
             ));
         }
-        let key_key = if self.client_key_keys.credential.is_some() {
-            "client_key_credential"
-        } else {
-            "client_key_file"
-        };
-        match (method, &o.client_key) {
+        let key_key = w.client_key.key();
+        match (method, &o.rare().client_key) {
             (AuthMethod::PrivateKeyJwt, None) => Err((
                 "client_key_file".into(),
                 "auth_method = \"private_key_jwt\" needs the private key: set client_key_file or client_key_credential".into(),
@@ -118,7 +114,10 @@ mod tests {
     fn jwt_methods_are_checked_at_load() {
         let pkjwt = "auth_method = \"private_key_jwt\"\nclient_key_file = \"{dir}/key.pem\"";
         let c = load(&format!("{pkjwt}\nclient_key_id = \"k1\"")).unwrap();
-        assert_eq!(c.clients["c"].oauth.assertion.key_id.as_deref(), Some("k1"));
+        assert_eq!(
+            c.clients["c"].oauth.rare().assertion.key_id.as_deref(),
+            Some("k1")
+        );
         refused(
             "auth_method = \"private_key_jwt\"",
             "client_key_file",

@@ -2,14 +2,14 @@
 //! `assertion_*`, `client_assertion_*`): each where its grant or auth method uses it, from one
 //! source, and a source that can be read safely.
 
-use super::ClientConfig;
+use super::{ClientConfig, Written};
 use crate::oauth::federated::{self, CredentialSource, Role};
 use crate::oauth::{AuthMethod, Grant};
 
 impl ClientConfig {
-    pub(super) fn validate_federated(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_federated(&self, w: &Written) -> Result<(), (String, String)> {
         let o = &self.oauth;
-        let keys = &self.federated_keys;
+        let keys = &w.federated;
         for role in [
             Role::Subject,
             Role::Actor,

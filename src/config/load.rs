@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::Config;
 use super::error::{ConfigError, from_config_error};
+use super::{Config, ConfigFile};
 
 /// Environment variables with this prefix override file keys; `__` separates key segments.
 const ENV_PREFIX: &str = "TOKEND_";
@@ -80,15 +80,15 @@ impl Config {
             )
             .build()
             .map_err(|e| from_config_error(file, e))?;
-        let mut config: Config = raw.try_deserialize().map_err(|e| {
+        let parsed: ConfigFile = raw.try_deserialize().map_err(|e| {
             let mut err = from_config_error(file, e);
             if from_env {
                 err.file = format!("{file} (with TOKEND_* environment overrides)");
             }
             err
         })?;
-        config.settle();
-        config.validate(file)?;
+        let (config, written) = parsed.into_config();
+        config.validate(file, &written)?;
         Ok(config)
     }
 }

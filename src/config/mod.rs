@@ -20,10 +20,11 @@ use crate::oauth::federated::{
 };
 use crate::oauth::{
     AssertionAlg, AssertionAudience, AssertionSettings, AuthMethod, BasicEncoding, ClientSettings,
-    Grant, SecretSource,
+    Grant, RareSettings, SecretSource,
 };
 use crate::refresh::RefreshPolicy;
 use crate::serve::{call_limits, connections};
+use shared::Shared;
 
 mod assertion;
 mod error;
@@ -31,6 +32,7 @@ mod federated;
 mod load;
 #[cfg(test)]
 mod one_client;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -39,28 +41,39 @@ pub use error::ConfigError;
 pub use load::LOAD_TIMEOUT;
 pub use validate::redirect_listen_addr;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    #[serde(default)]
     pub server: ServerConfig,
     /// Defaults for every client's refresh schedule and retries.
-    #[serde(default)]
     pub refresh: RefreshPolicy,
-    #[serde(default)]
     pub metrics: MetricsConfig,
     /// Where pods are looked up, for `pod_*` selectors.
-    #[serde(default)]
     pub kubernetes: crate::attest::kubelet::Settings,
     /// Shared with the running clients (one copy per client, not one per user of it).
-    #[serde(default)]
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
     /// `[proxy.NAME]`: HTTP routes that send requests on to an API with a client's token.
-    #[serde(default)]
     pub proxy: BTreeMap<String, crate::proxy::RouteSettings>,
     /// The file this was read from; named in messages that tell an operator what to run.
-    #[serde(skip)]
     pub source_path: Option<PathBuf>,
+}
+
+/// The file as written: [`Config`]'s sections, with each client's table as it is (validation
+/// reads what the tables say beyond the config they make).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    refresh: RefreshPolicy,
+    #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
+    kubernetes: crate::attest::kubelet::Settings,
+    #[serde(default)]
+    clients: BTreeMap<String, ClientTable>,
+    #[serde(default)]
+    proxy: BTreeMap<String, crate::proxy::RouteSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -172,7 +185,7 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// The socket mode as a number; valid after [`Config::validate`].
+    /// The socket mode as a number; valid in a loaded config ([`Config::load`] validates it).
     pub fn socket_mode(&self) -> u32 {
         crate::host::file_mode::parse(&self.socket_mode, "0600").unwrap_or(0o600)
     }
@@ -286,64 +299,127 @@ fn default_true() -> bool {
 }
 
 /// A configured client: how its tokens are requested (one copy, shared with its token source),
-/// and everything else the table says.
+/// and everything else the daemon and `tokend authorize` use of its table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(from = "ClientTable")]
 pub struct ClientConfig {
     pub oauth: Arc<ClientSettings>,
-    /// Which of the keys that name the secret were set (validation wants exactly one).
-    pub secret_keys: SecretKeys,
-    /// Which of the keys that name the private key were set (validation wants at most one).
-    pub client_key_keys: KeyKeys,
-    /// Whether `basic_encoding` was set (validation refuses it with another auth_method).
-    pub basic_encoding_set: bool,
-    /// The federated token keys that were set, and the token type names as written (checked by
-    /// validation, which needs both to name what is wrong).
-    pub federated_keys: FederatedKeys,
-    pub allow_insecure_http: bool,
+    /// Who may read the token, when the table names anyone (read through
+    /// [`ClientConfig::access_rules`]). Boxed, as the sink and `tokend authorize`'s settings:
+    /// most clients have none, and every client's config is held while the daemon runs.
+    access: Option<Box<AccessLists>>,
+    pub allow_tcp: bool,
+    pub required: bool,
+    pub file_sink: Option<Box<crate::sink::FileSinkConfig>>,
+    /// Read through [`ClientConfig::authorize`].
+    authorize: Option<Box<AuthorizeSettings>>,
+}
+
+/// Who may read a client's token over the Unix socket.
+#[derive(Debug, Clone, PartialEq)]
+struct AccessLists {
+    allowed_users: Vec<String>,
+    allowed_groups: Vec<String>,
+    allow: Vec<crate::access::Selectors>,
+}
+
+impl AccessLists {
+    /// Whether no list names anyone (every caller that can open the socket may read the token).
+    fn is_empty(&self) -> bool {
+        self.allowed_users.is_empty() && self.allowed_groups.is_empty() && self.allow.is_empty()
+    }
+}
+
+/// What `tokend authorize` needs of a client beyond its token requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthorizeSettings {
     pub authorize_endpoint: Option<String>,
     pub device_authorization_endpoint: Option<String>,
     pub redirect_uri: Option<String>,
     pub pkce: bool,
     pub code_param: Option<String>,
-    pub allowed_users: Vec<String>,
-    pub allowed_groups: Vec<String>,
-    pub allow: Vec<crate::access::Selectors>,
-    pub allow_tcp: bool,
-    pub required: bool,
-    pub file_sink: Option<crate::sink::FileSinkConfig>,
-    pub dpop: bool,
-    /// As written; [`Config::settle`] puts the key file in `oauth.dpop_key`.
-    pub dpop_key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecretKeys {
-    pub file: bool,
-    pub env: bool,
-    /// The systemd credential's name.
-    pub credential: Option<String>,
+impl AuthorizeSettings {
+    /// Those of a client that sets none.
+    const UNSET: AuthorizeSettings = AuthorizeSettings {
+        authorize_endpoint: None,
+        device_authorization_endpoint: None,
+        redirect_uri: None,
+        pkce: false,
+        code_param: None,
+    };
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyKeys {
-    pub file: bool,
+impl ClientConfig {
+    /// Who may read this client's token, as its table says.
+    pub fn access_rules(&self) -> crate::access::Rules<'_> {
+        let lists = self.access.as_deref();
+        crate::access::Rules {
+            allowed_users: lists.map_or(&[], |l| &l.allowed_users),
+            allowed_groups: lists.map_or(&[], |l| &l.allowed_groups),
+            allow: lists.map_or(&[], |l| &l.allow),
+            allow_tcp: self.allow_tcp,
+        }
+    }
+
+    /// The endpoints, redirect URI and PKCE of `tokend authorize`.
+    pub fn authorize(&self) -> &AuthorizeSettings {
+        self.authorize
+            .as_deref()
+            .unwrap_or(&AuthorizeSettings::UNSET)
+    }
+}
+
+/// What a client's table says that only validation reads, kept while the config is loaded:
+/// which of the keys that name one thing were set (to refuse two, or one where it is not
+/// used), values as written (to name what is wrong), and the keys that only decide what
+/// validation accepts.
+#[derive(Debug, Default)]
+struct Written {
+    /// The keys that name the secret (validation wants exactly one).
+    secret: SecretKeys,
+    /// The keys that name the private key (validation wants at most one).
+    client_key: KeyKeys,
+    /// Whether `basic_encoding` was set (validation refuses it with another auth_method).
+    basic_encoding: bool,
+    /// The federated token keys that were set, and the token type names as written.
+    federated: FederatedKeys,
+    /// Whether plain http endpoints to other hosts are accepted.
+    allow_insecure_http: bool,
+    /// `dpop`, which the key file in `oauth.dpop_key` says once the config is made...
+    dpop: bool,
+    /// ...and whether that file is `dpop_key_file` (else the default, whose message differs).
+    dpop_key_file: bool,
+}
+
+#[derive(Debug, Default)]
+struct SecretKeys {
+    file: bool,
+    env: bool,
     /// The systemd credential's name.
-    pub credential: Option<String>,
+    credential: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct KeyKeys {
+    file: bool,
+    /// The systemd credential's name.
+    credential: Option<String>,
 }
 
 /// The federated token keys as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FederatedKeys {
+#[derive(Debug, Default)]
+struct FederatedKeys {
     /// Every `*_file` and `*_command` key set, by name.
-    pub set: Vec<&'static str>,
+    set: Vec<&'static str>,
     /// `subject_token_type`, `actor_token_type` and `requested_token_type` as written.
-    pub types: Vec<(&'static str, String)>,
+    types: Vec<(&'static str, String)>,
 }
 
 impl SecretKeys {
     /// The key that names the secret (the first set, for messages).
-    pub fn key(&self) -> &'static str {
+    fn key(&self) -> &'static str {
         if self.file {
             "client_secret_file"
         } else if self.env {
@@ -354,43 +430,83 @@ impl SecretKeys {
     }
 }
 
+impl KeyKeys {
+    /// The key that names the private key (for messages).
+    fn key(&self) -> &'static str {
+        if self.credential.is_some() {
+            "client_key_credential"
+        } else {
+            "client_key_file"
+        }
+    }
+}
+
 impl From<ClientTable> for ClientConfig {
     fn from(t: ClientTable) -> Self {
-        let secret_keys = SecretKeys {
+        client_from(t, &mut Shared::default()).0
+    }
+}
+
+/// The client a table makes (a DPoP client's key file as written: the default one is
+/// [`ConfigFile::into_config`]'s), with the strings `shared` has already, and what else the
+/// table says.
+fn client_from(t: ClientTable, shared: &mut Shared) -> (ClientConfig, Written) {
+    let (federated, federated_keys) = federated_from(&t);
+    let written = Written {
+        secret: SecretKeys {
             file: t.client_secret_file.is_some(),
             env: t.client_secret_env.is_some(),
             credential: t.client_secret_credential.clone(),
-        };
-        let client_key_keys = KeyKeys {
+        },
+        client_key: KeyKeys {
             file: t.client_key_file.is_some(),
             credential: t.client_key_credential.clone(),
-        };
-        let (federated, federated_keys) = federated_from(&t);
-        // Validation refuses more than one secret key, and a secret where the method uses none.
-        let secret = match (
-            t.client_secret_file,
-            t.client_secret_env,
-            t.client_secret_credential,
-        ) {
-            (Some(path), _, _) => Some(SecretSource::File(path)),
-            (None, Some(var), _) => Some(SecretSource::Env(var)),
-            (None, None, Some(name)) => Some(SecretSource::File(credential_path(&name))),
-            (None, None, None) => None,
-        };
-        ClientConfig {
-            oauth: Arc::new(ClientSettings {
-                token_endpoint: t.token_endpoint,
-                client_id: t.client_id,
-                secret,
-                auth_method: t.auth_method,
-                basic_encoding: t.basic_encoding.unwrap_or_default(),
-                grant: t.grant,
+        },
+        basic_encoding: t.basic_encoding.is_some(),
+        federated: federated_keys,
+        allow_insecure_http: t.allow_insecure_http,
+        dpop: t.dpop,
+        dpop_key_file: t.dpop_key_file.is_some(),
+    };
+    // Validation refuses more than one secret key, and a secret where the method uses none.
+    let secret = match (
+        t.client_secret_file,
+        t.client_secret_env,
+        t.client_secret_credential,
+    ) {
+        (Some(path), _, _) => Some(SecretSource::File(shared.path(path))),
+        (None, Some(var), _) => Some(SecretSource::Env(var)),
+        (None, None, Some(name)) => Some(SecretSource::File(shared.path(credential_path(&name)))),
+        (None, None, None) => None,
+    };
+    let access = AccessLists {
+        allowed_users: t.allowed_users,
+        allowed_groups: t.allowed_groups,
+        allow: t.allow,
+    };
+    let authorize = AuthorizeSettings {
+        authorize_endpoint: t.authorize_endpoint,
+        device_authorization_endpoint: t.device_authorization_endpoint,
+        redirect_uri: t.redirect_uri,
+        pkce: t.pkce,
+        code_param: t.code_param,
+    };
+    let client = ClientConfig {
+        oauth: Arc::new(ClientSettings {
+            token_endpoint: t.token_endpoint.map(|e| shared.string(e)),
+            client_id: t.client_id.into(),
+            secret,
+            auth_method: t.auth_method,
+            basic_encoding: t.basic_encoding.unwrap_or_default(),
+            grant: t.grant,
+            scope: t.scope.map(|s| shared.string(s)),
+            issuer: t.issuer.map(|i| shared.string(i)),
+            federated,
+            rare: RareSettings {
                 refresh_token_file: t.refresh_token_file,
-                scope: t.scope,
                 audience: t.audience,
                 resource: t.resource,
                 extra_params: t.extra_params,
-                issuer: t.issuer,
                 client_key: t
                     .client_key_file
                     .or_else(|| t.client_key_credential.as_deref().map(credential_path)),
@@ -401,29 +517,18 @@ impl From<ClientTable> for ClientConfig {
                     alg: t.client_assertion_alg,
                     audience: AssertionAudience::from_config(t.client_assertion_audience),
                 },
-                federated,
-                dpop_key: None,
-            }),
-            federated_keys,
-            secret_keys,
-            client_key_keys,
-            basic_encoding_set: t.basic_encoding.is_some(),
-            allow_insecure_http: t.allow_insecure_http,
-            authorize_endpoint: t.authorize_endpoint,
-            device_authorization_endpoint: t.device_authorization_endpoint,
-            redirect_uri: t.redirect_uri,
-            pkce: t.pkce,
-            code_param: t.code_param,
-            allowed_users: t.allowed_users,
-            allowed_groups: t.allowed_groups,
-            allow: t.allow,
-            allow_tcp: t.allow_tcp,
-            required: t.required,
-            file_sink: t.file_sink,
-            dpop: t.dpop,
-            dpop_key_file: t.dpop_key_file,
-        }
-    }
+                // Validation refuses a key file without `dpop`.
+                dpop_key: t.dpop_key_file.filter(|_| t.dpop),
+            }
+            .boxed(),
+        }),
+        access: (!access.is_empty()).then(|| Box::new(access)),
+        allow_tcp: t.allow_tcp,
+        required: t.required,
+        file_sink: t.file_sink.map(Box::new),
+        authorize: (authorize != AuthorizeSettings::UNSET).then(|| Box::new(authorize)),
+    };
+    (client, written)
 }
 
 /// The federated sources of a table (the file when both keys are set: validation refuses that
@@ -497,18 +602,24 @@ fn federated_from(t: &ClientTable) -> (Option<Box<Federated>>, FederatedKeys) {
 }
 
 impl ClientConfig {
-    /// The settings that decide how tokens are fetched (everything but who may read them):
-    /// a change here means the client's token must be fetched anew.
-    pub fn fetch_settings(&self) -> ClientConfig {
-        ClientConfig {
-            allowed_users: Vec::new(),
-            allowed_groups: Vec::new(),
-            allow: Vec::new(),
-            allow_tcp: false,
-            required: true,
-            ..self.clone()
+    /// The settings that decide how tokens are fetched (everything but who may read them, and
+    /// whether readiness waits for them): a change here means the client's token must be
+    /// fetched anew.
+    pub fn fetch_settings(&self) -> FetchSettings<'_> {
+        FetchSettings {
+            oauth: &self.oauth,
+            file_sink: self.file_sink.as_deref(),
+            authorize: self.authorize(),
         }
     }
+}
+
+/// A client's [`ClientConfig::fetch_settings`], to compare.
+#[derive(Debug, PartialEq)]
+pub struct FetchSettings<'a> {
+    oauth: &'a ClientSettings,
+    file_sink: Option<&'a crate::sink::FileSinkConfig>,
+    authorize: &'a AuthorizeSettings,
 }
 
 /// A systemd credential's file: `$CREDENTIALS_DIRECTORY/NAME` (validation refuses the name when
@@ -527,23 +638,41 @@ fn default_grant() -> Grant {
     Grant::ClientCredentials
 }
 
-impl Config {
-    /// Fills in what depends on more than one table: each DPoP client's key file
-    /// (`dpop_key_file`, else `<server.state_directory>/<client>.dpop.pem`).
-    pub(super) fn settle(&mut self) {
-        for (name, client) in &mut self.clients {
-            if !client.dpop {
-                continue;
-            }
-            let path = client
-                .dpop_key_file
-                .clone()
-                .unwrap_or_else(|| self.server.state_directory.join(format!("{name}.dpop.pem")));
-            Arc::make_mut(&mut Arc::make_mut(client).oauth).dpop_key = Some(path);
-        }
+impl ConfigFile {
+    /// The config the file makes, and what each client's table says that only validation
+    /// reads (by client name). A DPoP client's key file is `dpop_key_file`, else
+    /// `<server.state_directory>/<client>.dpop.pem`.
+    fn into_config(self) -> (Config, BTreeMap<String, Written>) {
+        let mut written = BTreeMap::new();
+        let mut shared = Shared::default();
+        let clients = self
+            .clients
+            .into_iter()
+            .map(|(name, table)| {
+                let (mut client, w) = client_from(table, &mut shared);
+                if w.dpop && client.oauth.rare().dpop_key.is_none() {
+                    let path = self.server.state_directory.join(format!("{name}.dpop.pem"));
+                    Arc::make_mut(&mut client.oauth).rare_mut().dpop_key = Some(path);
+                }
+                written.insert(name.clone(), w);
+                (name, Arc::new(client))
+            })
+            .collect();
+        let config = Config {
+            server: self.server,
+            refresh: self.refresh,
+            metrics: self.metrics,
+            kubernetes: self.kubernetes,
+            clients,
+            proxy: self.proxy,
+            source_path: None,
+        };
+        (config, written)
     }
+}
 
-    /// The socket mode as a number; valid after [`Config::validate`].
+impl Config {
+    /// The socket mode as a number; valid in a loaded config ([`Config::load`] validates it).
     pub fn socket_mode(&self) -> u32 {
         crate::host::file_mode::parse(&self.server.socket_mode, "0660").unwrap_or(0o660)
     }

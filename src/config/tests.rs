@@ -468,12 +468,13 @@ fn example_config_commented_tables_parse() {
         .expect("the example file has a section of other clients");
     let examples = uncommented_examples(others);
     // Parsed, not validated: the files they name do not exist here.
-    let config: Config = config::Config::builder()
+    let (config, _) = config::Config::builder()
         .add_source(config::File::from_str(&examples, config::FileFormat::Toml))
         .build()
         .unwrap()
-        .try_deserialize()
-        .unwrap_or_else(|e| panic!("{e}\n{examples}"));
+        .try_deserialize::<ConfigFile>()
+        .unwrap_or_else(|e| panic!("{e}\n{examples}"))
+        .into_config();
     let methods: Vec<_> = config
         .clients
         .values()
@@ -493,14 +494,23 @@ fn example_config_commented_tables_parse() {
         );
     }
     assert!(config.clients.values().any(|c| c.oauth.issuer.is_some()));
-    let allow: Vec<_> = config.clients.values().flat_map(|c| &c.allow).collect();
+    let allow: Vec<_> = config
+        .clients
+        .values()
+        .flat_map(|c| c.access_rules().allow)
+        .collect();
     assert!(
         allow.iter().any(|e| e.unit.is_some())
             && allow.iter().any(|e| e.executable.is_some())
             && allow.iter().any(|e| e.pod_service_account.is_some()),
         "{allow:?}"
     );
-    assert!(config.clients.values().any(|c| c.dpop));
+    assert!(
+        config
+            .clients
+            .values()
+            .any(|c| c.oauth.rare().dpop_key.is_some())
+    );
     let route = &config.proxy["ledger"];
     assert!(route.validate().is_ok(), "{route:?}");
     assert!(config.clients.contains_key(&route.client));
@@ -536,7 +546,7 @@ fn a_dpop_key_lives_in_a_safe_directory_named_by_the_client() {
     let server = format!("[server]\nstate_directory = \"{}\"\n", state.display());
     let c = load(&format!("{server}{}", client_toml(&s, "dpop = true")), &[]).unwrap();
     assert_eq!(
-        c.clients["billing"].oauth.dpop_key.as_deref(),
+        c.clients["billing"].oauth.rare().dpop_key.as_deref(),
         Some(state.join("billing.dpop.pem").as_path())
     );
     // systemd's StateDirectory= (the first of several).
@@ -545,14 +555,17 @@ fn a_dpop_key_lives_in_a_safe_directory_named_by_the_client() {
         &[("TOKEND_SERVER__STATE_DIRECTORY", state.to_str().unwrap())],
     )
     .unwrap();
-    assert!(c.clients["billing"].oauth.dpop_key.is_some());
+    assert!(c.clients["billing"].oauth.rare().dpop_key.is_some());
     let own = dir.path().join("own.pem");
     let text = client_toml(
         &s,
         &format!("dpop = true\ndpop_key_file = \"{}\"", own.display()),
     );
     assert_eq!(
-        load(&text, &[]).unwrap().clients["billing"].oauth.dpop_key,
+        load(&text, &[]).unwrap().clients["billing"]
+            .oauth
+            .rare()
+            .dpop_key,
         Some(own)
     );
     // Refused: a key file without dpop, a missing directory (named with what to do), one

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{ClientConfig, Config, ConfigError, ServerConfig};
+use std::collections::BTreeMap;
+
+use super::{ClientConfig, Config, ConfigError, ServerConfig, Written};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
 use crate::oauth::{AuthMethod, Grant, SecretSource};
 use crate::refresh::RefreshPolicy;
@@ -31,8 +33,13 @@ const RESERVED_PARAMS: &[&str] = &[
 ];
 
 impl Config {
-    /// Rejects what cannot work, naming the key.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+    /// Rejects what cannot work, naming the key; `written` is what each client's table says
+    /// beyond the client it makes.
+    pub(super) fn validate(
+        &self,
+        file: &str,
+        written: &BTreeMap<String, Written>,
+    ) -> Result<(), ConfigError> {
         let err = |key: String, reason: String| ConfigError {
             file: file.to_string(),
             key,
@@ -82,7 +89,7 @@ impl Config {
         validate_refresh(&self.refresh).map_err(|(k, r)| err(k, r))?;
         for (name, client) in &self.clients {
             client
-                .validate(name)
+                .validate(name, &written[name])
                 .map_err(|(k, r)| err(format!("clients.{name}.{k}"), r))?;
         }
         if self.names_pods() {
@@ -152,7 +159,7 @@ impl Config {
     pub fn names_pods(&self) -> bool {
         self.clients
             .values()
-            .any(|c| c.allow.iter().any(|e| e.names_pods()))
+            .any(|c| c.access_rules().allow.iter().any(|e| e.names_pods()))
     }
 }
 
@@ -301,7 +308,7 @@ fn validate_refresh(policy: &RefreshPolicy) -> Result<(), (String, String)> {
 }
 
 impl ClientConfig {
-    fn validate(&self, name: &str) -> Result<(), (String, String)> {
+    fn validate(&self, name: &str, w: &Written) -> Result<(), (String, String)> {
         if !is_client_name(name) {
             return Err((
                 String::new(),
@@ -311,7 +318,7 @@ impl ClientConfig {
             ));
         }
         match (&self.oauth.token_endpoint, &self.oauth.issuer) {
-            (Some(endpoint), _) => validate_endpoint(endpoint, self.allow_insecure_http)
+            (Some(endpoint), _) => validate_endpoint(endpoint, w.allow_insecure_http)
                 .map_err(|r| ("token_endpoint".to_string(), r))?,
             (None, Some(_)) => {}
             (None, None) => {
@@ -324,16 +331,16 @@ impl ClientConfig {
         if self.oauth.client_id.is_empty() {
             return Err(("client_id".into(), "must not be empty".into()));
         }
-        self.validate_secret()?;
-        self.validate_auth_method()?;
-        self.validate_federated()?;
+        self.validate_secret(w)?;
+        self.validate_auth_method(w)?;
+        self.validate_federated(w)?;
         crate::access::Access::resolve(self.access_rules(), None)?;
         self.validate_executables()?;
         if let Some(sink) = &self.file_sink {
             sink.resolve()
                 .map_err(|(key, reason)| (format!("file_sink.{key}"), reason))?;
         }
-        match (self.oauth.grant, &self.oauth.refresh_token_file) {
+        match (self.oauth.grant, &self.oauth.rare().refresh_token_file) {
             (Grant::RefreshToken, None) => {
                 return Err((
                     "refresh_token_file".into(),
@@ -354,7 +361,7 @@ impl ClientConfig {
             }
             _ => {}
         }
-        if let Some(path) = &self.oauth.refresh_token_file {
+        if let Some(path) = &self.oauth.rare().refresh_token_file {
             // Its directory gets the file sinks' rule: written into by tokend, it must not be
             // writable by anyone who could plant a file or swap the token there.
             crate::host::atomic_file::split(path)
@@ -368,24 +375,25 @@ impl ClientConfig {
                 })
                 .map_err(|r| ("refresh_token_file".to_string(), r))?;
         }
-        self.validate_dpop()?;
+        self.validate_dpop(w)?;
         for (key, endpoint) in [
-            ("authorize_endpoint", &self.authorize_endpoint),
+            ("authorize_endpoint", &self.authorize().authorize_endpoint),
             (
                 "device_authorization_endpoint",
-                &self.device_authorization_endpoint,
+                &self.authorize().device_authorization_endpoint,
             ),
         ] {
             if let Some(endpoint) = endpoint {
-                validate_endpoint(endpoint, self.allow_insecure_http)
+                validate_endpoint(endpoint, w.allow_insecure_http)
                     .map_err(|r| (key.to_string(), r))?;
             }
         }
-        if let Some(uri) = &self.redirect_uri {
+        if let Some(uri) = &self.authorize().redirect_uri {
             redirect_listen_addr(uri).map_err(|r| ("redirect_uri".to_string(), r))?;
         }
         if let Some(param) = self
             .oauth
+            .rare()
             .extra_params
             .keys()
             .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
@@ -402,23 +410,25 @@ impl ClientConfig {
 impl ClientConfig {
     /// A DPoP client's key file is absolute, in a directory only root, tokend's user and its
     /// owner can write (a key planted there would be the key tokens are bound to).
-    fn validate_dpop(&self) -> Result<(), (String, String)> {
-        if !self.dpop {
-            return match self.dpop_key_file {
-                Some(_) => Err(("dpop_key_file".into(), "only used with dpop = true".into())),
-                None => Ok(()),
+    fn validate_dpop(&self, w: &Written) -> Result<(), (String, String)> {
+        if !w.dpop {
+            return if w.dpop_key_file {
+                Err(("dpop_key_file".into(), "only used with dpop = true".into()))
+            } else {
+                Ok(())
             };
         }
-        let Some(path) = &self.oauth.dpop_key else {
+        let Some(path) = &self.oauth.rare().dpop_key else {
             return Ok(());
         };
         // The default lives in server.state_directory, which is then what to fix.
-        let (key, hint) = match self.dpop_key_file {
-            Some(_) => ("dpop_key_file", ""),
-            None => (
+        let (key, hint) = if w.dpop_key_file {
+            ("dpop_key_file", "")
+        } else {
+            (
                 "dpop",
                 " (the key's default place, in server.state_directory: create that directory, set server.state_directory, or set dpop_key_file)",
-            ),
+            )
         };
         if !path.is_absolute() {
             return Err((
@@ -441,13 +451,10 @@ impl ClientConfig {
 
     /// The client secret's keys: exactly one where the auth method uses a secret, none where it
     /// does not, and a source that can be read.
-    fn validate_secret(&self) -> Result<(), (String, String)> {
+    fn validate_secret(&self, w: &Written) -> Result<(), (String, String)> {
         let method = self.oauth.auth_method;
-        let sources = [
-            self.secret_keys.file,
-            self.secret_keys.env,
-            self.secret_keys.credential.is_some(),
-        ];
+        let keys = &w.secret;
+        let sources = [keys.file, keys.env, keys.credential.is_some()];
         match sources.iter().filter(|s| **s).count() {
             0 if method.uses_secret() => {
                 // A federated grant is often all a provider asks for (Google's STS).
@@ -468,7 +475,7 @@ impl ClientConfig {
             0 => return Ok(()),
             1 if !method.uses_secret() => {
                 return Err((
-                    self.secret_keys.key().into(),
+                    keys.key().into(),
                     format!(
                         "auth_method = \"{}\" sends no client secret; remove it",
                         method.as_str()
@@ -484,7 +491,7 @@ impl ClientConfig {
             }
         }
         if let Some(SecretSource::File(path)) = &self.oauth.secret
-            && self.secret_keys.file
+            && keys.file
             && !path.is_absolute()
         {
             return Err((
@@ -492,12 +499,11 @@ impl ClientConfig {
                 format!("{} must be an absolute path", path.display()),
             ));
         }
-        if let Some(name) = &self.secret_keys.credential {
+        if let Some(name) = &keys.credential {
             check_credential_name(name).map_err(|r| ("client_secret_credential".to_string(), r))?;
         }
         if let Some(SecretSource::File(path)) = &self.oauth.secret {
-            crate::secret::check_file(path)
-                .map_err(|e| (self.secret_keys.key().to_string(), e.to_string()))?;
+            crate::secret::check_file(path).map_err(|e| (keys.key().to_string(), e.to_string()))?;
         }
         if let Some(SecretSource::Env(var)) = &self.oauth.secret
             && std::env::var_os(var).is_none_or(|v| v.is_empty())
@@ -511,11 +517,11 @@ impl ClientConfig {
     }
 
     /// What an auth method needs besides the secret.
-    fn validate_auth_method(&self) -> Result<(), (String, String)> {
-        self.validate_key_files()?;
-        self.validate_assertion()?;
-        self.validate_tls()?;
-        self.validate_basic_encoding()
+    fn validate_auth_method(&self, w: &Written) -> Result<(), (String, String)> {
+        self.validate_key_files(w)?;
+        self.validate_assertion(w)?;
+        self.validate_tls(w)?;
+        self.validate_basic_encoding(w)
             .map_err(|r| ("basic_encoding".to_string(), r))?;
         if self.oauth.auth_method == AuthMethod::None
             && self.oauth.grant == Grant::ClientCredentials
@@ -532,10 +538,10 @@ impl ClientConfig {
 impl ClientConfig {
     /// The key, certificate and CA files: absolute paths; the private key one or the other of
     /// its two keys, held to the secret files' rules.
-    fn validate_key_files(&self) -> Result<(), (String, String)> {
+    fn validate_key_files(&self, w: &Written) -> Result<(), (String, String)> {
         let o = &self.oauth;
-        if let Some(name) = &self.client_key_keys.credential {
-            if self.client_key_keys.file {
+        if let Some(name) = &w.client_key.credential {
+            if w.client_key.file {
                 return Err((
                     "client_key_file".into(),
                     "set only one of client_key_file and client_key_credential, not both".into(),
@@ -543,14 +549,10 @@ impl ClientConfig {
             }
             check_credential_name(name).map_err(|r| ("client_key_credential".to_string(), r))?;
         }
-        let key_key = if self.client_key_keys.credential.is_some() {
-            "client_key_credential"
-        } else {
-            "client_key_file"
-        };
+        let key_key = w.client_key.key();
         let method = o.auth_method;
         // client_secret_jwt has its own message (the secret signs): see `validate_assertion`.
-        if o.client_key.is_some()
+        if o.rare().client_key.is_some()
             && !(method.uses_tls()
                 || matches!(
                     method,
@@ -566,9 +568,9 @@ impl ClientConfig {
             ));
         }
         for (key, path) in [
-            (key_key, &o.client_key),
-            ("client_cert_file", &o.client_cert),
-            ("ca_file", &o.ca_file),
+            (key_key, &o.rare().client_key),
+            ("client_cert_file", &o.rare().client_cert),
+            ("ca_file", &o.rare().ca_file),
         ] {
             if let Some(path) = path
                 && !path.is_absolute()
@@ -579,11 +581,11 @@ impl ClientConfig {
                 ));
             }
         }
-        if let Some(path) = &o.client_key {
+        if let Some(path) = &o.rare().client_key {
             crate::secret::check_file(path).map_err(|e| (key_key.to_string(), e.to_string()))?;
         }
         if let Some(issuer) = &o.issuer {
-            validate_endpoint(issuer, self.allow_insecure_http)
+            validate_endpoint(issuer, w.allow_insecure_http)
                 .map_err(|r| ("issuer".to_string(), r))?;
             crate::oauth::discovery::well_known_urls(issuer)
                 .map_err(|e| ("issuer".to_string(), e.to_string()))?;
@@ -594,9 +596,9 @@ impl ClientConfig {
 
 impl ClientConfig {
     /// `basic_encoding`: only with `auth_method = "basic"`, and one that can carry the id.
-    fn validate_basic_encoding(&self) -> Result<(), String> {
+    fn validate_basic_encoding(&self, w: &Written) -> Result<(), String> {
         let o = &self.oauth;
-        if self.basic_encoding_set && o.auth_method != AuthMethod::Basic {
+        if w.basic_encoding && o.auth_method != AuthMethod::Basic {
             return Err(format!(
                 "only used with auth_method = \"basic\", not \"{}\"; remove it",
                 o.auth_method.as_str()
@@ -611,7 +613,8 @@ impl Config {
     /// Each client's `[[allow]]` entries, one line each, for `tokend check`.
     pub fn explain_access(&self) -> Vec<String> {
         let entries = self.clients.iter().flat_map(|(name, c)| {
-            c.allow
+            c.access_rules()
+                .allow
                 .iter()
                 .enumerate()
                 .map(move |(i, entry)| format!("clients.{name}.allow[{i}]: {}", entry.explain()))
@@ -639,7 +642,7 @@ impl Config {
             super::federated::notes(c).map(move |n| format!("clients.{name}.{n}"))
         });
         let executables = self.clients.iter().flat_map(|(name, c)| {
-            c.allow.iter().enumerate().filter_map(move |(i, entry)| {
+            c.access_rules().allow.iter().enumerate().filter_map(move |(i, entry)| {
                 let exe = entry.executable.as_ref()?;
                 std::fs::symlink_metadata(exe).is_err().then(|| {
                     format!(
@@ -714,11 +717,11 @@ pub fn redirect_listen_addr(uri: &str) -> Result<(std::net::SocketAddr, String),
 impl ClientConfig {
     /// The mTLS methods' certificate and key, and `ca_file`: present where needed, only where
     /// used, and readable as the daemon will read them (the certificate belongs to the key).
-    fn validate_tls(&self) -> Result<(), (String, String)> {
+    fn validate_tls(&self, w: &Written) -> Result<(), (String, String)> {
         let o = &self.oauth;
         let method = o.auth_method.as_str();
         if o.auth_method.uses_tls() {
-            if o.client_cert.is_none() {
+            if o.rare().client_cert.is_none() {
                 return Err((
                     "client_cert_file".into(),
                     format!(
@@ -726,7 +729,7 @@ impl ClientConfig {
                     ),
                 ));
             }
-            if o.client_key.is_none() {
+            if o.rare().client_key.is_none() {
                 return Err((
                     "client_key_file".into(),
                     format!(
@@ -747,7 +750,7 @@ impl ClientConfig {
                     ),
                 ));
             }
-        } else if o.client_cert.is_some() {
+        } else if o.rare().client_cert.is_some() {
             return Err((
                 "client_cert_file".into(),
                 format!(
@@ -759,10 +762,7 @@ impl ClientConfig {
             let key = match file {
                 crate::oauth::tls::TlsFile::Cert => "client_cert_file",
                 crate::oauth::tls::TlsFile::Ca => "ca_file",
-                crate::oauth::tls::TlsFile::Key if self.client_key_keys.credential.is_some() => {
-                    "client_key_credential"
-                }
-                crate::oauth::tls::TlsFile::Key => "client_key_file",
+                crate::oauth::tls::TlsFile::Key => w.client_key.key(),
             };
             (key.to_string(), e.to_string())
         })
@@ -770,20 +770,10 @@ impl ClientConfig {
 }
 
 impl ClientConfig {
-    /// Who may read this client's token, as its table says.
-    pub fn access_rules(&self) -> crate::access::Rules<'_> {
-        crate::access::Rules {
-            allowed_users: &self.allowed_users,
-            allowed_groups: &self.allowed_groups,
-            allow: &self.allow,
-            allow_tcp: self.allow_tcp,
-        }
-    }
-
     /// An `executable` that is a symbolic link would never match: a process is known by the
     /// real path of the program it runs.
     fn validate_executables(&self) -> Result<(), (String, String)> {
-        for (i, entry) in self.allow.iter().enumerate() {
+        for (i, entry) in self.access_rules().allow.iter().enumerate() {
             let Some(exe) = &entry.executable else {
                 continue;
             };

@@ -205,8 +205,8 @@ pub async fn reconcile(
                 // Compared by their rules: which kubelet answers is `kubelet_changed`'s.
                 let was = settings_of(old, name, before, None);
                 let now = settings_of(new, name, c, kubelet.as_ref());
-                let kubelet_changed =
-                    old.kubernetes != new.kubernetes && c.allow.iter().any(|e| e.names_pods());
+                let kubelet_changed = old.kubernetes != new.kubernetes
+                    && c.access_rules().allow.iter().any(|e| e.names_pods());
                 if was.access != now.access || was.required != now.required || kubelet_changed {
                     if let Some(slot) = clients.store.get(name) {
                         slot.set_settings(now);

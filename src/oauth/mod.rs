@@ -43,7 +43,7 @@ pub use redact::Redactor;
 pub use reply::TokenReply;
 pub use request::{Carried, Granted, describe as describe_http_error, post_form, request_token};
 pub use retry_after::parse_retry_after;
-pub use settings::{ClientSettings, Grant, RequestSettings, SecretSource};
+pub use settings::{ClientSettings, Grant, RareSettings, RequestSettings, SecretSource};
 pub use source::{HttpTokenSource, TokenSource, http_client};
 
 /// Token replies are a few KiB; anything much larger is a misconfigured endpoint, and reading

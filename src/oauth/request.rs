@@ -325,12 +325,15 @@ fn form_body(
     if let Some(scope) = c.scope.as_ref().filter(|_| with_scope) {
         form.append_pair("scope", scope);
     }
-    for (key, value) in [("audience", &c.audience), ("resource", &c.resource)] {
+    for (key, value) in [
+        ("audience", &c.rare().audience),
+        ("resource", &c.rare().resource),
+    ] {
         if let Some(v) = value {
             form.append_pair(key, v);
         }
     }
-    for (key, value) in &c.extra_params {
+    for (key, value) in &c.rare().extra_params {
         form.append_pair(key, value);
     }
     form.finish()
@@ -356,7 +359,11 @@ mod tests {
         let mut c = ClientSettings {
             secret: Some(SecretSource::Env("X".into())),
             scope: Some("a b".into()),
-            extra_params: [("foo".to_string(), "bar".to_string())].into(),
+            rare: crate::oauth::RareSettings {
+                extra_params: [("foo".to_string(), "bar".to_string())].into(),
+                ..Default::default()
+            }
+            .boxed(),
             ..ClientSettings::for_tests("https://x/token", "my id", AuthMethod::Post)
         };
         let secret = SecretString::from("s&=cret".to_string());

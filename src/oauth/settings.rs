@@ -2,13 +2,14 @@
 //! and the parameters it sends. The config parses into these types; nothing here reads it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::client_auth::basic::BasicEncoding;
-use super::client_auth::{AssertionSettings, AuthMethod};
+use super::client_auth::{AssertionAudience, AssertionSettings, AuthMethod};
 use super::federated::Federated;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,36 +89,48 @@ impl Grant {
 }
 
 /// Where the client secret is read, each time a request is made (so a rotated secret is used
-/// without a reload).
+/// without a reload). The file is shared by the clients that name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
-    File(PathBuf),
+    File(Arc<Path>),
     Env(String),
 }
 
-/// One client as its token requests need it.
+/// One client as its token requests need it. Strings many clients have alike (the endpoint,
+/// the issuer, the scope) are shared: the config holds one copy of each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
     /// Set explicitly; when unset, the issuer's metadata names it (validation wants one of the
     /// two).
-    pub token_endpoint: Option<String>,
-    pub client_id: String,
+    pub token_endpoint: Option<Arc<str>>,
+    pub client_id: Box<str>,
     /// The client secret, for the methods that use one ([`AuthMethod::uses_secret`]).
     pub secret: Option<SecretSource>,
     pub auth_method: AuthMethod,
     /// How `client_secret_basic` encodes id and secret in the header.
     pub basic_encoding: BasicEncoding,
     pub grant: Grant,
+    /// Space-separated scopes to request; omitted from the request when unset.
+    pub scope: Option<Arc<str>>,
+    /// The issuer (RFC 8414), whose metadata names the endpoints `token_endpoint` leaves unset.
+    pub issuer: Option<Arc<str>>,
+    /// Tokens the platform issues, presented as the grant or the client's authentication
+    /// (boxed: most clients have none, and every client's settings are held).
+    pub federated: Option<Box<Federated>>,
+    /// The settings most clients leave unset, read through [`ClientSettings::rare`]; `None`
+    /// when all are (boxed, as `federated`).
+    pub rare: Option<Box<RareSettings>>,
+}
+
+/// The settings of a client that most clients leave unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RareSettings {
     /// Where the refresh token is kept (refresh-token grant only).
     pub refresh_token_file: Option<PathBuf>,
-    /// Space-separated scopes to request; omitted from the request when unset.
-    pub scope: Option<String>,
     pub audience: Option<String>,
     pub resource: Option<String>,
     /// Further form parameters sent with every token request.
     pub extra_params: BTreeMap<String, String>,
-    /// The issuer (RFC 8414), whose metadata names the endpoints `token_endpoint` leaves unset.
-    pub issuer: Option<String>,
     /// The client's private key (PEM), for `private_key_jwt` and mTLS.
     pub client_key: Option<PathBuf>,
     /// The client's certificate chain (PEM), for mTLS.
@@ -126,11 +139,32 @@ pub struct ClientSettings {
     pub ca_file: Option<PathBuf>,
     /// `kid`, `alg` and `aud` of the client assertions (private_key_jwt, client_secret_jwt).
     pub assertion: AssertionSettings,
-    /// Tokens the platform issues, presented as the grant or the client's authentication
-    /// (boxed: most clients have none, and every client's settings are held).
-    pub federated: Option<Box<Federated>>,
     /// The DPoP key file (RFC 9449): set, every token request carries a proof signed with it.
     pub dpop_key: Option<PathBuf>,
+}
+
+/// The [`RareSettings`] of a client that sets none.
+static UNSET: RareSettings = RareSettings {
+    refresh_token_file: None,
+    audience: None,
+    resource: None,
+    extra_params: BTreeMap::new(),
+    client_key: None,
+    client_cert: None,
+    ca_file: None,
+    assertion: AssertionSettings {
+        key_id: None,
+        alg: None,
+        audience: AssertionAudience::TokenEndpoint,
+    },
+    dpop_key: None,
+};
+
+impl RareSettings {
+    /// The value of [`ClientSettings::rare`]: `None` when every setting is unset.
+    pub fn boxed(self) -> Option<Box<RareSettings>> {
+        (self != UNSET).then(|| Box::new(self))
+    }
 }
 
 impl ClientSettings {
@@ -141,6 +175,17 @@ impl ClientSettings {
             .as_deref()
             .or(self.issuer.as_deref())
             .unwrap_or("")
+    }
+
+    /// The settings most clients leave unset.
+    pub fn rare(&self) -> &RareSettings {
+        self.rare.as_deref().unwrap_or(&UNSET)
+    }
+
+    /// The same, to set one (boxed here if none was set: set one, so that `rare` stays `None`
+    /// exactly when all are unset, as equality needs).
+    pub fn rare_mut(&mut self) -> &mut RareSettings {
+        self.rare.get_or_insert_default()
     }
 }
 
@@ -156,18 +201,10 @@ impl ClientSettings {
             auth_method,
             basic_encoding: Default::default(),
             grant: Grant::ClientCredentials,
-            refresh_token_file: None,
             scope: None,
-            audience: None,
-            resource: None,
-            extra_params: Default::default(),
             issuer: None,
-            client_key: None,
-            client_cert: None,
-            ca_file: None,
-            assertion: Default::default(),
             federated: None,
-            dpop_key: None,
+            rare: None,
         }
     }
 }

@@ -117,6 +117,7 @@ impl HttpTokenSource {
         Self {
             http: super::tls::Http::new(http, &client),
             dpop: client
+                .rare()
                 .dpop_key
                 .as_deref()
                 .map(|path| Box::new(DpopHolder::new(path))),
@@ -143,7 +144,7 @@ impl TokenSource for HttpTokenSource {
         Box::pin(async move {
             let _in_flight = self.in_flight.lock().await;
             if let (Grant::RefreshToken, Some(path)) =
-                (self.client.grant, &self.client.refresh_token_file)
+                (self.client.grant, &self.client.rare().refresh_token_file)
             {
                 let wait = inflight::wait_before_use(path, self.timeout)
                     .map_err(FetchError::NoRefreshToken)?
@@ -188,7 +189,7 @@ impl TokenSource for HttpTokenSource {
         let c = &self.client;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let secret_file = match &c.secret {
-            Some(SecretSource::File(path)) => Some(path),
+            Some(SecretSource::File(path)) => Some(&**path),
             Some(SecretSource::Env(_)) | None => None,
         };
         let federated_files = c
@@ -202,12 +203,11 @@ impl TokenSource for HttpTokenSource {
             });
         for path in [
             secret_file,
-            c.refresh_token_file.as_ref(),
-            c.client_key.as_ref(),
+            c.rare().refresh_token_file.as_deref(),
+            c.rare().client_key.as_deref(),
         ]
         .into_iter()
         .flatten()
-        .map(|p| p.as_path())
         .chain(super::tls::watched_files(c))
         .chain(federated_files)
         {
@@ -289,7 +289,7 @@ impl HttpTokenSource {
 
     /// The refresh token file, for clients of the refresh-token grant.
     fn refresh_token_file(&self) -> Option<&std::path::Path> {
-        match (self.client.grant, &self.client.refresh_token_file) {
+        match (self.client.grant, &self.client.rare().refresh_token_file) {
             (Grant::RefreshToken, Some(path)) => Some(path),
             _ => None,
         }
@@ -299,7 +299,7 @@ impl HttpTokenSource {
     async fn token_endpoint(&self, http: &reqwest::Client) -> Result<String, FetchError> {
         let c = &self.client;
         if let Some(endpoint) = &c.token_endpoint {
-            return Ok(endpoint.clone());
+            return Ok(endpoint.to_string());
         }
         let issuer = c.issuer.as_deref().unwrap_or_default();
         let cached = self

@@ -94,15 +94,16 @@ struct Files {
 
 impl Files {
     fn of(c: &ClientSettings) -> Option<Files> {
-        let identity = match (&c.client_cert, &c.client_key) {
+        let rare = c.rare();
+        let identity = match (&rare.client_cert, &rare.client_key) {
             (Some(cert), Some(key)) if c.auth_method.uses_tls() => {
                 Some((cert.clone(), key.clone()))
             }
             _ => None,
         };
-        (identity.is_some() || c.ca_file.is_some()).then(|| Files {
+        (identity.is_some() || rare.ca_file.is_some()).then(|| Files {
             identity,
-            ca: c.ca_file.clone(),
+            ca: rare.ca_file.clone(),
         })
     }
 
@@ -131,12 +132,13 @@ fn stamp(files: &Files) -> Stamp {
 /// The files the refresher watches to retry a client stuck on rejected credentials as soon as
 /// one is replaced: the certificate and key of an mTLS client, and its CA file.
 pub fn watched_files(c: &ClientSettings) -> Vec<&Path> {
+    let rare = c.rare();
     let mut files = Vec::new();
     if c.auth_method.uses_tls() {
-        files.extend(c.client_cert.as_deref());
-        files.extend(c.client_key.as_deref());
+        files.extend(rare.client_cert.as_deref());
+        files.extend(rare.client_key.as_deref());
     }
-    files.extend(c.ca_file.as_deref());
+    files.extend(rare.ca_file.as_deref());
     files
 }
 
@@ -448,8 +450,12 @@ EYTK/UHoZ20hY/Wu/VEDCp3esNQDFug=
 
     fn settings(method: AuthMethod, dir: &Path) -> ClientSettings {
         ClientSettings {
-            client_key: Some(dir.join("client.key")),
-            client_cert: Some(dir.join("client.pem")),
+            rare: crate::oauth::RareSettings {
+                client_key: Some(dir.join("client.key")),
+                client_cert: Some(dir.join("client.pem")),
+                ..Default::default()
+            }
+            .boxed(),
             ..ClientSettings::for_tests("https://127.0.0.1/token", "c", method)
         }
     }
@@ -459,10 +465,10 @@ EYTK/UHoZ20hY/Wu/VEDCp3esNQDFug=
         let dir = Path::new("/nonexistent");
         // A key for private_key_jwt is not a TLS identity.
         let mut c = settings(AuthMethod::PrivateKeyJwt, dir);
-        c.client_cert = None;
+        c.rare_mut().client_cert = None;
         assert_eq!(Files::of(&c), None);
         assert!(watched_files(&c).is_empty());
-        c.ca_file = Some(dir.join("ca.pem"));
+        c.rare_mut().ca_file = Some(dir.join("ca.pem"));
         assert_eq!(
             Files::of(&c),
             Some(Files {

@@ -252,7 +252,9 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
     h.requests(2).await;
     let mut new = h.config.clone();
     let mut changed = (*new.clients[name]).clone();
-    std::sync::Arc::make_mut(&mut changed.oauth).audience = Some("changed".into());
+    std::sync::Arc::make_mut(&mut changed.oauth)
+        .rare_mut()
+        .audience = Some("changed".into());
     new.clients
         .insert(name.to_string(), std::sync::Arc::new(changed));
     let changes = tokend::testing::reconcile(

@@ -165,7 +165,7 @@ pub async fn for_request(
     secret: Option<&SecretString>,
 ) -> Result<Option<Made>, FetchError> {
     let key;
-    let signer = match (c.auth_method, &c.client_key, secret) {
+    let signer = match (c.auth_method, &c.rare().client_key, secret) {
         (AuthMethod::PrivateKeyJwt, Some(path), _) => {
             key = key_file::load_async(path)
                 .await
@@ -177,13 +177,20 @@ pub async fn for_request(
         _ => return Ok(None),
     };
     let aud = c
+        .rare()
         .assertion
         .audience
         .resolve(endpoint, c.issuer.as_deref())
         .unwrap_or(endpoint)
         .to_string();
-    let alg = alg_for(&signer, c.assertion.alg)?;
-    let jwt = make(&c.client_id, &aud, &c.assertion, &signer, SystemTime::now())?;
+    let alg = alg_for(&signer, c.rare().assertion.alg)?;
+    let jwt = make(
+        &c.client_id,
+        &aud,
+        &c.rare().assertion,
+        &signer,
+        SystemTime::now(),
+    )?;
     Ok(Some(Made { jwt, alg, aud }))
 }
 
@@ -198,12 +205,13 @@ pub fn explain_refusal(c: &ClientSettings, made: &Made, error: FetchError) -> Fe
         return error;
     }
     let kid = c
+        .rare()
         .assertion
         .key_id
         .as_ref()
         .map(|k| format!(", kid {k:?}"))
         .unwrap_or_default();
-    let hint = match (&c.client_key, c.auth_method) {
+    let hint = match (&c.rare().client_key, c.auth_method) {
         (Some(path), AuthMethod::PrivateKeyJwt) => format!(
             "private_key_jwt ({}{kid}, aud {:?}) was refused: check that the provider has the public key of {} registered for client {:?} (print it with `tokend jwk --key {}`) and accepts {} assertions",
             made.alg,

@@ -1,9 +1,8 @@
 //! What a config cannot work with, refused at load (and at reload, leaving the running config in
 //! place) with the key and the reason.
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::{ClientConfig, Config, ConfigError, ServerConfig, Written};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};

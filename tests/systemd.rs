@@ -130,6 +130,25 @@ async fn connect(
     .await
 }
 
+/// The container image runs with the malloc settings of the unit (the benchmark measures the
+/// unit's): one changed without the other would leave the image unmeasured.
+#[test]
+fn the_image_has_the_units_malloc_settings() {
+    let read = |file: &str| std::fs::read_to_string(repo_root().join(file)).unwrap();
+    let setting = |text: &str, prefix: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+    };
+    let unit = setting(
+        &read("config/systemd/tokend.service"),
+        "Environment=GLIBC_TUNABLES=",
+    );
+    let image = setting(&read("Containerfile"), "ENV GLIBC_TUNABLES=");
+    assert!(unit.is_some(), "the unit sets no GLIBC_TUNABLES");
+    assert_eq!(unit, image);
+}
+
 #[test]
 fn units_verify_without_warnings_and_expose_at_most_2() {
     need("systemd-analyze");

@@ -207,12 +207,18 @@ async fn run(args: &Args, pin: bool, cpus: usize) -> Result<Table, String> {
             "Scale: clients share one token endpoint in the benchmark process that answers in \
              {} ms with {}-byte tokens valid 24 h; endpoint_concurrency = {}, \
              endpoint_spacing = {} ms; memory read 1 s after the last token, CPU over the {} s \
-             after that.",
+             after that; GLIBC_TUNABLES={} ({}).",
             args.endpoint_latency_ms,
             endpoint::TOKEN_BYTES,
             args.endpoint_concurrency,
             args.endpoint_spacing_ms,
             args.idle,
+            process::malloc_tunables(),
+            if process::tunables_overridden() {
+                "from the benchmark's environment"
+            } else {
+                "as deployed: config/systemd/tokend.service"
+            },
         ));
         for &clients in &args.clients {
             eprintln!("scale: {clients} clients...");

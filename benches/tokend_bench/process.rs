@@ -39,6 +39,7 @@ pub fn cpu_list(list: &str) -> Result<Vec<usize>, String> {
 
 impl Server {
     /// Starts `program args` (under `taskset` when `cpus` is set), stderr to `log`.
+    /// Starts `program` (tokend, or the ceiling) with the malloc settings it is deployed with.
     pub fn spawn(
         program: &Path,
         args: &[&std::ffi::OsStr],
@@ -59,6 +60,7 @@ impl Server {
         let child = command
             .args(args)
             .env("NO_COLOR", "1")
+            .env("GLIBC_TUNABLES", malloc_tunables())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -294,4 +296,22 @@ pub async fn start_tokend_with(
     let mut server = Server::spawn(tokend, &args, cpus, socket, dir.join("tokend.log"))?;
     server.ready(Duration::from_secs(60)).await?;
     Ok(server)
+}
+
+/// The malloc settings every server runs with: those tokend is deployed with
+/// (`config/systemd/tokend.service`, and the Containerfile), unless the benchmark's own
+/// environment sets `GLIBC_TUNABLES` (to measure others).
+pub fn malloc_tunables() -> String {
+    std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| deployed_tunables().to_string())
+}
+
+pub fn tunables_overridden() -> bool {
+    std::env::var_os("GLIBC_TUNABLES").is_some()
+}
+
+fn deployed_tunables() -> &'static str {
+    include_str!("../../config/systemd/tokend.service")
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
+        .expect("config/systemd/tokend.service sets GLIBC_TUNABLES")
 }

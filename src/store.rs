@@ -71,6 +71,7 @@ pub enum ClientState {
 }
 
 impl ClientState {
+    /// Every state, in the proto's order (metrics list each, with or without clients in it).
     pub const ALL: [ClientState; 7] = [
         ClientState::Starting,
         ClientState::Fresh,

@@ -38,8 +38,8 @@ pub fn cpu_list(list: &str) -> Result<Vec<usize>, String> {
 }
 
 impl Server {
-    /// Starts `program args` (under `taskset` when `cpus` is set), stderr to `log`.
-    /// Starts `program` (tokend, or the ceiling) with the malloc settings it is deployed with.
+    /// Starts `program args` (tokend, or the ceiling) under `taskset` when `cpus` is set, with
+    /// the malloc settings tokend is deployed with ([`malloc_tunables`]), stderr to `log`.
     pub fn spawn(
         program: &Path,
         args: &[&std::ffi::OsStr],

@@ -89,12 +89,12 @@ impl FileSink {
         match self.format {
             SinkFormat::Token => format!("{}\n", token.access_token.expose()),
             SinkFormat::Json => {
-                let expires = since_epoch(token.expires_wall).as_secs();
+                let expires = since_epoch(token.expires_wall()).as_secs();
                 let mut text = serde_json::json!({
                     "access_token": token.access_token.expose(),
-                    "token_type": token.token_type,
+                    "token_type": token.token_type.as_str(),
                     "scopes": token.scopes().collect::<Vec<_>>(),
-                    "expires_at": crate::serve::service::rfc3339(token.expires_wall),
+                    "expires_at": crate::serve::service::rfc3339(token.expires_wall()),
                     "expires_at_unix": expires,
                 })
                 .to_string();

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use crate::access::{Access, Caller, Decision, Granted};
 use crate::host::unix_time::since_epoch;
 use crate::metrics::ClientSample;
-use crate::oauth::Grant;
 use crate::oauth::dpop::DpopKey;
+use crate::oauth::{Grant, TokenType};
 use crate::proto;
 use crate::published::{Publisher, Subscriber};
 use crate::secret::AccessToken;
@@ -29,14 +29,14 @@ pub struct Token {
     /// Increases by one with every token the client receives.
     pub generation: u64,
     pub access_token: AccessToken,
-    pub token_type: String,
+    pub token_type: TokenType,
     /// The granted scopes, space-separated as OAuth writes them (scope tokens hold no spaces):
     /// one allocation rather than one per scope and a vector.
     pub scope: Box<str>,
     pub received_at: Instant,
     pub received_wall: SystemTime,
+    /// The wall-clock twin is [`Token::expires_wall`]: worked out, not kept for every token.
     pub expires_at: Instant,
-    pub expires_wall: SystemTime,
     /// When the actor planned to refresh it; a woken or restarted actor keeps this schedule.
     pub refresh_due: Instant,
     /// The key a DPoP token is bound to: proofs for its requests are signed with it.
@@ -46,6 +46,12 @@ pub struct Token {
 impl Token {
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.split(' ').filter(|s| !s.is_empty())
+    }
+
+    /// When the token expires on the wall clock, as callers are told: as long after it was
+    /// received as on the monotonic clock.
+    pub fn expires_wall(&self) -> SystemTime {
+        self.received_wall + self.expires_at.saturating_duration_since(self.received_at)
     }
 
     /// How long the token stays valid from `now`; zero once expired.
@@ -324,7 +330,7 @@ impl ClientSlot {
             expires_unix: view
                 .token
                 .as_ref()
-                .map(|t| since_epoch(t.expires_wall).as_secs_f64()),
+                .map(|t| since_epoch(t.expires_wall()).as_secs_f64()),
             succeeded: self.succeeded.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
         }

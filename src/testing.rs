@@ -7,7 +7,8 @@ pub use crate::oauth::budget::EndpointLimiters;
 pub use crate::oauth::redact::Redactor;
 pub use crate::oauth::reply::{self, LifetimeSource, OAuthError};
 pub use crate::oauth::{
-    FetchError, Grant, TokenReply, TokenSource, basic_authorization, http_client, parse_retry_after,
+    FetchError, Grant, TokenReply, TokenSource, TokenType, basic_authorization, http_client,
+    parse_retry_after,
 };
 pub use crate::refresh::RefreshPolicy;
 pub use crate::refresh::clients::{ClientSpec, Clients};

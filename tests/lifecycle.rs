@@ -98,7 +98,7 @@ impl TokenSource for Scripted {
                     };
                     Ok(TokenReply {
                         access_token: AccessToken::new(format!("token-{n}")),
-                        token_type: "Bearer".into(),
+                        token_type: tokend::testing::TokenType::Bearer,
                         scopes: vec!["a".into(), "b".into()],
                         lifetime,
                         lifetime_source: LifetimeSource::ExpiresIn,

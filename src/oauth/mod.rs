@@ -40,7 +40,7 @@ pub use client_auth::{
 };
 pub use error::{FailureKind, FetchError};
 pub use redact::Redactor;
-pub use reply::TokenReply;
+pub use reply::{TokenReply, TokenType};
 pub use request::{Carried, Granted, describe as describe_http_error, post_form, request_token};
 pub use retry_after::parse_retry_after;
 pub use settings::{ClientSettings, Grant, RareSettings, RequestSettings, SecretSource};

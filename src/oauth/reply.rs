@@ -36,11 +36,40 @@ const MAX_REFRESH_TOKEN: usize = 16 * 1024;
 const MAX_SCOPES: usize = 256;
 const MAX_SCOPE_LEN: usize = 256;
 
+/// The token types tokend hands out, as callers are told them: every other `token_type` is a
+/// reply error. A type rather than the provider's string: it is kept with every token, and the
+/// three values need no copy of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// RFC 6750; how providers spell it varies, callers are told "Bearer".
+    Bearer,
+    /// RFC 9449, for a client whose requests carry a DPoP proof.
+    Dpop,
+    /// RFC 8693's `N_A`: a token exchange's issued token that is not an access token.
+    NotApplicable,
+}
+
+impl TokenType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenType::Bearer => "Bearer",
+            TokenType::Dpop => "DPoP",
+            TokenType::NotApplicable => "N_A",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A successful token reply.
 #[derive(Debug)]
 pub struct TokenReply {
     pub access_token: AccessToken,
-    pub token_type: String,
+    pub token_type: TokenType,
     pub scopes: Vec<String>,
     pub lifetime: Duration,
     /// Where the lifetime came from, for logs.
@@ -212,10 +241,10 @@ pub fn parse_token(
     let not_an_access_token = requested_type.is_some_and(|t| t != ACCESS_TOKEN_TYPE);
     // RFC 6750 says the type is case-insensitive; some providers omit it for Bearer.
     let token_type = match obj.get("token_type") {
-        None | Some(Value::Null) => "Bearer".to_string(),
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_string(),
-        Some(Value::String(t)) if t == "N_A" && not_an_access_token => "N_A".to_string(),
-        Some(Value::String(t)) if dpop && t.eq_ignore_ascii_case("dpop") => "DPoP".to_string(),
+        None | Some(Value::Null) => TokenType::Bearer,
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => TokenType::Bearer,
+        Some(Value::String(t)) if t == "N_A" && not_an_access_token => TokenType::NotApplicable,
+        Some(Value::String(t)) if dpop && t.eq_ignore_ascii_case("dpop") => TokenType::Dpop,
         Some(other) => {
             let shown = other
                 .as_str()
@@ -403,7 +432,7 @@ mod tests {
         assert_eq!(r.lifetime, Duration::from_secs(300));
         assert_eq!(r.lifetime_source, LifetimeSource::ExpiresIn);
         assert_eq!(r.scopes, ["guest_conversation.write", "event_log.read"]);
-        assert_eq!(r.token_type, "Bearer");
+        assert_eq!(r.token_type, TokenType::Bearer);
     }
 
     #[test]
@@ -419,7 +448,7 @@ mod tests {
         assert_eq!(r.lifetime, Duration::from_secs(3590));
         assert_eq!(r.lifetime_source, LifetimeSource::JwtExp);
         assert_eq!(r.scopes, ["profile", "read:like", "write:like"]);
-        assert_eq!(r.token_type, "Bearer");
+        assert_eq!(r.token_type, TokenType::Bearer);
         let rt = refresh_token(reply.as_object().unwrap()).unwrap().unwrap();
         assert_eq!(rt.expose_secret(), "rt-new");
     }
@@ -589,7 +618,10 @@ mod tests {
         let na = serde_json::json!({
             "access_token": "PHNhbWw", "token_type": "N_A", "issued_token_type": saml
         });
-        assert_eq!(parse(na.clone(), Some(saml)).unwrap(), "N_A");
+        assert_eq!(
+            parse(na.clone(), Some(saml)).unwrap(),
+            TokenType::NotApplicable
+        );
         // N_A only when a token of another type than an access token was asked for.
         assert!(matches!(
             parse(na.clone(), None),
@@ -614,7 +646,7 @@ mod tests {
                 .starts_with("issued_token_type is missing")
         );
         // Without a requested type, issued_token_type is not looked at.
-        assert_eq!(parse(missing, None).unwrap(), "Bearer");
+        assert_eq!(parse(missing, None).unwrap(), TokenType::Bearer);
     }
 
     #[test]
@@ -741,7 +773,7 @@ mod tests {
                 if let Ok(r) = parse_success(reply.to_string().as_bytes(), None, Duration::from_secs(60), now()) {
                     prop_assert!(r.lifetime > Duration::ZERO);
                     prop_assert!(r.lifetime <= MAX_LIFETIME);
-                    prop_assert_eq!(r.token_type, "Bearer");
+                    prop_assert_eq!(r.token_type, TokenType::Bearer);
                 }
             }
 
@@ -796,7 +828,7 @@ mod tests {
                     Lifetime::Default => (default, LifetimeSource::Default),
                 };
                 prop_assert_eq!(r.access_token.expose(), token.as_str());
-                prop_assert_eq!(r.token_type, "Bearer");
+                prop_assert_eq!(r.token_type, TokenType::Bearer);
                 prop_assert_eq!(r.scopes, expected_scopes);
                 prop_assert_eq!(r.lifetime, want_lifetime);
                 prop_assert_eq!(r.lifetime_source, want_source);

@@ -553,7 +553,7 @@ impl HttpTokenSource {
         // A DPoP token is bound to the key that proved possession of it: callers' proofs
         // (SignDpopProof, the proxy) are signed with the same key.
         if let Ok(token) = &mut token
-            && token.token_type == "DPoP"
+            && token.token_type == super::TokenType::Dpop
         {
             token.dpop_key = dpop_key;
         }
@@ -694,7 +694,7 @@ mod tests {
             .unwrap_err();
         let token = TokenReply {
             access_token: AccessToken::new("at".into()),
-            token_type: "Bearer".into(),
+            token_type: crate::oauth::TokenType::Bearer,
             scopes: Vec::new(),
             lifetime: Duration::from_secs(60),
             lifetime_source: crate::oauth::reply::LifetimeSource::ExpiresIn,

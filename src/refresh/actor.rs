@@ -250,7 +250,6 @@ impl TokenState {
         let slot = &self.args.slot;
         // Parsed lifetimes are capped, but a token source is not obliged to cap them.
         let expires_at = schedule::after(now, reply.lifetime);
-        let expires_wall = schedule::wall_after(wall, reply.lifetime);
         let scope = reply.scopes.join(" ");
         let (refresh_due, refresh_wall) = (
             schedule::after(now, delay),
@@ -279,7 +278,6 @@ impl TokenState {
                 received_at: now,
                 received_wall: wall,
                 expires_at,
-                expires_wall,
                 refresh_due,
                 dpop_key: reply.dpop_key,
             }));

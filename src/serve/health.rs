@@ -111,12 +111,11 @@ mod tests {
             v.token = Some(Arc::new(Token {
                 generation: 1,
                 access_token: AccessToken::new("at".into()),
-                token_type: "Bearer".into(),
+                token_type: crate::oauth::TokenType::Bearer,
                 scope: "".into(),
                 received_at: now,
                 received_wall: wall,
                 expires_at: now + lifetime,
-                expires_wall: wall + lifetime,
                 refresh_due: now + lifetime / 2,
                 dpop_key: None,
             }));

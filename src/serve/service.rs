@@ -443,7 +443,7 @@ impl TokenServiceImpl {
                     client: slot.name.to_string(),
                     state: proto::ClientState::from(view.state) as i32,
                     scopes: token.map(|t| scope_list(t)).unwrap_or_default(),
-                    expires_at: token.map(|t| t.expires_wall.into()),
+                    expires_at: token.map(|t| t.expires_wall().into()),
                     next_refresh_at: view.next_attempt.map(|(_, wall)| wall.into()),
                     consecutive_failures: view.consecutive_failures,
                     last_error: view.last_error.clone().unwrap_or_default(),
@@ -553,9 +553,9 @@ fn to_proto(client: &str, token: &Token) -> proto::Token {
     proto::Token {
         client: client.to_string(),
         access_token: token.access_token.expose().to_string(),
-        token_type: token.token_type.clone(),
+        token_type: token.token_type.as_str().to_string(),
         scopes: scope_list(token),
-        expires_at: Some(token.expires_wall.into()),
+        expires_at: Some(token.expires_wall().into()),
         issued_at: Some(token.received_wall.into()),
     }
 }

@@ -219,7 +219,7 @@ pub struct ClientSlot {
 impl ClientSlot {
     /// A slot whose refresh requests go to `refresher`; `changed` counts its every change.
     pub fn new(
-        name: String,
+        name: Arc<str>,
         settings: SlotSettings,
         refresher: Refresher,
         changed: Changes,
@@ -233,7 +233,7 @@ impl ClientSlot {
             retry_after_capped: false,
         });
         Self {
-            name: name.into(),
+            name,
             settings: RwLock::new(Arc::new(settings)),
             view,
             refresher,

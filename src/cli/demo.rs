@@ -158,7 +158,7 @@ pub fn config(
             other => DemoError::Secrets(std::io::Error::other(other.to_string())),
         })?;
         clients.insert(
-            id.to_string(),
+            id.into(),
             // Parsed as a config table would be, so that every key not named keeps its default.
             Arc::new(
                 serde_json::from_value::<ClientConfig>(serde_json::json!({

@@ -49,8 +49,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where pods are looked up, for `pod_*` selectors.
     pub kubernetes: crate::attest::kubelet::Settings,
-    /// Shared with the running clients (one copy per client, not one per user of it).
-    pub clients: BTreeMap<String, Arc<ClientConfig>>,
+    /// Shared with the running clients (one copy per client, not one per user of it), names
+    /// included: a client's store slot and token source hold the name the config has.
+    pub clients: BTreeMap<Arc<str>, Arc<ClientConfig>>,
     /// `[proxy.NAME]`: HTTP routes that send requests on to an API with a client's token.
     pub proxy: BTreeMap<String, crate::proxy::RouteSettings>,
     /// The file this was read from; named in messages that tell an operator what to run.
@@ -655,7 +656,7 @@ impl ConfigFile {
                     Arc::make_mut(&mut client.oauth).rare_mut().dpop_key = Some(path);
                 }
                 written.insert(name.clone(), w);
-                (name, Arc::new(client))
+                (name.into(), Arc::new(client))
             })
             .collect();
         let config = Config {

@@ -513,7 +513,7 @@ fn example_config_commented_tables_parse() {
     );
     let route = &config.proxy["ledger"];
     assert!(route.validate().is_ok(), "{route:?}");
-    assert!(config.clients.contains_key(&route.client));
+    assert!(config.clients.contains_key(route.client.as_str()));
     let grants: Vec<_> = config.clients.values().map(|c| c.oauth.grant).collect();
     for grant in [Grant::TokenExchange, Grant::JwtBearer] {
         assert!(

@@ -88,7 +88,7 @@ impl Config {
         validate_refresh(&self.refresh).map_err(|(k, r)| err(k, r))?;
         for (name, client) in &self.clients {
             client
-                .validate(name, &written[name])
+                .validate(name, &written[&**name])
                 .map_err(|(k, r)| err(format!("clients.{name}.{k}"), r))?;
         }
         if self.names_pods() {
@@ -136,7 +136,7 @@ impl Config {
             route
                 .validate()
                 .map_err(|(k, r)| (format!("{name}.{k}"), r))?;
-            if !self.clients.contains_key(&route.client) {
+            if !self.clients.contains_key(route.client.as_str()) {
                 return Err((
                     format!("{name}.client"),
                     format!("no client named {:?} is configured", route.client),

@@ -280,7 +280,7 @@ async fn reload(
                 if let Some((route, r)) = running
                     .proxy
                     .iter()
-                    .find(|(_, r)| !new.clients.contains_key(&r.client))
+                    .find(|(_, r)| !new.clients.contains_key(r.client.as_str()))
                 {
                     error!(
                         "reload failed; the running configuration stays in effect: proxy.{route} sends client {:?}'s token, which the new configuration removes (change the route, then restart)",

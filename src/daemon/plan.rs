@@ -110,20 +110,20 @@ pub fn kubelet(config: &Config) -> Option<Arc<Kubelet>> {
 /// endpoint's request budget in `limiters` (kept across reloads).
 pub fn client_spec(
     config: &Config,
-    name: &str,
+    name: &Arc<str>,
     http: &reqwest::Client,
     limiters: &mut EndpointLimiters,
     kubelet: Option<&Arc<Kubelet>>,
 ) -> ClientSpec {
     let c = &config.clients[name];
     ClientSpec {
-        name: name.to_string(),
+        name: name.clone(),
         settings: settings_of(config, name, c, kubelet),
         // Validated at load, as for the access lists.
         sink: c.file_sink.as_ref().and_then(|s| s.resolve().ok()),
         source: Arc::new(HttpTokenSource::new(
             http.clone(),
-            name,
+            name.clone(),
             c.oauth.clone(),
             request_settings(&config.refresh),
             limiters.for_endpoint(c.oauth.endpoint_key()),
@@ -180,7 +180,7 @@ pub async fn reconcile(
     let mut changes = Changes::default();
     for name in old.clients.keys().filter(|n| !new.clients.contains_key(*n)) {
         clients.remove(name).await;
-        changes.removed.push(name.clone());
+        changes.removed.push(name.to_string());
     }
     let policy_changed = old.refresh != new.refresh;
     let kubelet = kubelet(new);
@@ -191,15 +191,15 @@ pub async fn reconcile(
         match old.clients.get(name) {
             None => {
                 clients.run(spec(), &policy, false).await;
-                changes.added.push(name.clone());
+                changes.added.push(name.to_string());
             }
             Some(before) if before.fetch_settings() != c.fetch_settings() => {
                 clients.run(spec(), &policy, false).await;
-                changes.refetched.push(name.clone());
+                changes.refetched.push(name.to_string());
             }
             Some(_) if policy_changed => {
                 clients.run(spec(), &policy, true).await;
-                changes.rescheduled.push(name.clone());
+                changes.rescheduled.push(name.to_string());
             }
             Some(before) => {
                 // Compared by their rules: which kubelet answers is `kubelet_changed`'s.
@@ -211,7 +211,7 @@ pub async fn reconcile(
                     if let Some(slot) = clients.store.get(name) {
                         slot.set_settings(now);
                     }
-                    changes.updated.push(name.clone());
+                    changes.updated.push(name.to_string());
                 }
             }
         }

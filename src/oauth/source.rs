@@ -108,12 +108,11 @@ struct Refusal {
 impl HttpTokenSource {
     pub fn new(
         http: reqwest::Client,
-        name: &str,
+        name: Arc<str>,
         client: Arc<ClientSettings>,
         requests: RequestSettings,
         limiter: Arc<EndpointLimiter>,
     ) -> Self {
-        let name: Arc<str> = name.into();
         Self {
             http: super::tls::Http::new(http, &client),
             dpop: client
@@ -600,7 +599,7 @@ mod tests {
     fn source_of(c: ClientSettings) -> HttpTokenSource {
         HttpTokenSource::new(
             http_client(),
-            "a",
+            "a".into(),
             Arc::new(c),
             RequestSettings {
                 timeout: Duration::from_secs(30),

@@ -17,7 +17,7 @@ use crate::store::{ClientSlot, Refresher, SlotSettings, TokenStore};
 /// One client to run: its name, its slot settings, where its tokens come from, and the file
 /// they are also written to.
 pub struct ClientSpec {
-    pub name: String,
+    pub name: Arc<str>,
     pub settings: SlotSettings,
     pub source: Arc<dyn TokenSource>,
     pub sink: Option<FileSink>,

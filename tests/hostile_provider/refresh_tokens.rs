@@ -256,7 +256,7 @@ async fn unwritable(name: &str, what: fn(&Harness) -> PathBuf) {
         .rare_mut()
         .audience = Some("changed".into());
     new.clients
-        .insert(name.to_string(), std::sync::Arc::new(changed));
+        .insert(name.into(), std::sync::Arc::new(changed));
     let changes = tokend::testing::reconcile(
         &h.app.clients,
         &h.config,

@@ -113,16 +113,24 @@ impl From<ClientState> for proto::ClientState {
 pub struct ClientView {
     pub token: Option<Arc<Token>>,
     pub state: ClientState,
-    /// When the next token request is due (refresh or retry).
-    pub next_attempt: Option<(Instant, SystemTime)>,
+    /// When the next token request is due (refresh or retry); [`ClientView::next_attempt_wall`]
+    /// says when that is on the wall clock.
+    pub next_attempt: Option<Instant>,
     pub consecutive_failures: u32,
-    pub last_error: Option<String>,
+    pub last_error: Option<Box<str>>,
     /// A `Retry-After` longer than the policy allows was capped in this failure episode (and
     /// logged, once).
     pub retry_after_capped: bool,
 }
 
 impl ClientView {
+    /// When the next token request is due on the wall clock, as callers are told: worked out
+    /// when asked, from the monotonic time its timer runs on (so it follows a wall-clock step
+    /// made since it was planned, as the timer does not).
+    pub fn next_attempt_wall(&self) -> Option<SystemTime> {
+        self.next_attempt.map(crate::refresh::schedule::wall_at)
+    }
+
     /// Whether `generation` is the current token and the client is fresh: only then does a
     /// caller's request for a newer token start one (otherwise a request is already in flight
     /// or scheduled, or the token was already replaced).

@@ -19,12 +19,12 @@ use crate::serve::connections;
 use crate::store::SlotSettings;
 
 /// How every token request is made.
-pub fn request_settings(policy: &RefreshPolicy) -> RequestSettings {
-    RequestSettings {
+pub fn request_settings(policy: &RefreshPolicy) -> Arc<RequestSettings> {
+    Arc::new(RequestSettings {
         timeout: policy.request_timeout,
         default_lifetime: policy.default_lifetime,
         operator_retry: policy.operator_retry,
-    }
+    })
 }
 
 /// The caps of the gRPC service.
@@ -107,12 +107,14 @@ pub fn kubelet(config: &Config) -> Option<Arc<Kubelet>> {
 }
 
 /// Builds specs for configured clients over `http`; clients of one token endpoint share that
-/// endpoint's request budget in `limiters` (kept across reloads).
+/// endpoint's request budget in `limiters` (kept across reloads), and every client the
+/// `requests` timings ([`request_settings`] of the config).
 pub fn client_spec(
     config: &Config,
     name: &Arc<str>,
     http: &reqwest::Client,
     limiters: &mut EndpointLimiters,
+    requests: &Arc<RequestSettings>,
     kubelet: Option<&Arc<Kubelet>>,
 ) -> ClientSpec {
     let c = &config.clients[name];
@@ -125,7 +127,7 @@ pub fn client_spec(
             http.clone(),
             name.clone(),
             c.oauth.clone(),
-            request_settings(&config.refresh),
+            requests.clone(),
             limiters.for_endpoint(c.oauth.endpoint_key()),
         )),
     }
@@ -142,10 +144,20 @@ pub fn client_specs(
         config.refresh.endpoint_spacing,
     );
     let kubelet = kubelet(config);
+    let requests = request_settings(&config.refresh);
     let specs = config
         .clients
         .keys()
-        .map(|name| client_spec(config, name, http, &mut limiters, kubelet.as_ref()))
+        .map(|name| {
+            client_spec(
+                config,
+                name,
+                http,
+                &mut limiters,
+                &requests,
+                kubelet.as_ref(),
+            )
+        })
         .collect();
     (specs, limiters)
 }
@@ -186,8 +198,9 @@ pub async fn reconcile(
     let kubelet = kubelet(new);
     // One copy for every client the reload starts.
     let policy = Arc::new(new.refresh.clone());
+    let requests = request_settings(&new.refresh);
     for (name, c) in &new.clients {
-        let mut spec = || client_spec(new, name, http, limiters, kubelet.as_ref());
+        let mut spec = || client_spec(new, name, http, limiters, &requests, kubelet.as_ref());
         match old.clients.get(name) {
             None => {
                 clients.run(spec(), &policy, false).await;

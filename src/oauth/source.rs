@@ -72,8 +72,8 @@ pub struct HttpTokenSource {
     /// The client's name in the config, for logs (one copy, shared with `basic`).
     name: Arc<str>,
     client: Arc<ClientSettings>,
-    default_lifetime: Duration,
-    timeout: Duration,
+    /// The `[refresh]` timings, one copy for every client.
+    requests: Arc<RequestSettings>,
     limiter: Arc<EndpointLimiter>,
     /// Held from reading the refresh token until its successor is on disk (or, if that
     /// fails, in [`unsaved`]). The source outlives actor restarts, so a restarted actor's
@@ -93,7 +93,6 @@ pub struct HttpTokenSource {
     /// `operator_retry` has passed, however often the client retries.
     /// (Boxed: a client keeps this slot whether or not it has federated tokens.)
     refused: std::sync::Mutex<Option<Box<Refusal>>>,
-    operator_retry: Duration,
     /// A DPoP client's key and the token endpoint's nonce.
     dpop: Option<Box<DpopHolder>>,
 }
@@ -110,7 +109,7 @@ impl HttpTokenSource {
         http: reqwest::Client,
         name: Arc<str>,
         client: Arc<ClientSettings>,
-        requests: RequestSettings,
+        requests: Arc<RequestSettings>,
         limiter: Arc<EndpointLimiter>,
     ) -> Self {
         Self {
@@ -123,15 +122,13 @@ impl HttpTokenSource {
             basic: basic::Learned::new(name.clone()),
             name,
             client,
-            default_lifetime: requests.default_lifetime,
-            timeout: requests.timeout,
+            requests,
             limiter,
             in_flight: tokio::sync::Mutex::new(()),
             last_access_token: std::sync::Mutex::new(None),
             metadata: std::sync::Mutex::new(None),
             warned_auth_method: std::sync::atomic::AtomicBool::new(false),
             refused: std::sync::Mutex::new(None),
-            operator_retry: requests.operator_retry,
         }
     }
 }
@@ -145,9 +142,9 @@ impl TokenSource for HttpTokenSource {
             if let (Grant::RefreshToken, Some(path)) =
                 (self.client.grant, &self.client.rare().refresh_token_file)
             {
-                let wait = inflight::wait_before_use(path, self.timeout)
+                let wait = inflight::wait_before_use(path, self.requests.timeout)
                     .map_err(FetchError::NoRefreshToken)?
-                    .max(unsaved::wait_before_use(path, self.timeout));
+                    .max(unsaved::wait_before_use(path, self.requests.timeout));
                 if !wait.is_zero() {
                     tracing::info!(
                         client = %self.name,
@@ -159,7 +156,7 @@ impl TokenSource for HttpTokenSource {
             }
             // Waiting for the endpoint's budget is not part of the request's timeout.
             let _permit = self.limiter.acquire().await;
-            let timeout = self.timeout;
+            let timeout = self.requests.timeout;
             // Read under the permit, so that the endpoint's concurrency bounds the commands run
             // at once too; bounded by their own limits, not the request's.
             let presented = self.federated(timeout).await?;
@@ -309,7 +306,7 @@ impl HttpTokenSource {
         let metadata = match cached {
             Some(m) => m,
             None => {
-                let m = Arc::new(discovery::discover(http, issuer, self.timeout).await?);
+                let m = Arc::new(discovery::discover(http, issuer, self.requests.timeout).await?);
                 if m.leaves_out(c.auth_method)
                     && !self
                         .warned_auth_method
@@ -365,7 +362,7 @@ impl HttpTokenSource {
         let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(refusal) = refused.as_ref()
             && refusal.digest == presented.digest()
-            && refusal.at.elapsed() < self.operator_retry
+            && refusal.at.elapsed() < self.requests.operator_retry
             && let Some((noun, from, fingerprint)) = presented.first()
         {
             return Err(FederatedError::Unchanged {
@@ -501,7 +498,7 @@ impl HttpTokenSource {
                         federated: presented,
                         dpop: proofs,
                     },
-                    self.default_lifetime,
+                    self.requests.default_lifetime,
                     redactor,
                     &self.basic,
                 )
@@ -601,11 +598,11 @@ mod tests {
             http_client(),
             "a".into(),
             Arc::new(c),
-            RequestSettings {
+            Arc::new(RequestSettings {
                 timeout: Duration::from_secs(30),
                 default_lifetime: Duration::from_secs(300),
                 operator_retry: Duration::from_secs(300),
-            },
+            }),
             Arc::new(EndpointLimiter::new(1, Duration::ZERO)),
         )
     }

@@ -157,7 +157,7 @@ impl Actor for TokenActor {
         // request or after a crash: keep the schedule, never refetch a token that is fresh.
         match (&view.token, view.next_attempt) {
             (Some(token), _) if view.state == ClientState::Fresh && token.refresh_due > now => {}
-            (_, Some((at, _))) if at > now && view.state != ClientState::Refreshing => {
+            (_, Some(at)) if at > now && view.state != ClientState::Refreshing => {
                 if state.watching_credentials {
                     state.schedule(&myself, at - now);
                 }
@@ -251,10 +251,7 @@ impl TokenState {
         // Parsed lifetimes are capped, but a token source is not obliged to cap them.
         let expires_at = schedule::after(now, reply.lifetime);
         let scope = reply.scopes.join(" ");
-        let (refresh_due, refresh_wall) = (
-            schedule::after(now, delay),
-            schedule::wall_after(wall, delay),
-        );
+        let refresh_due = schedule::after(now, delay);
         slot.count_request(true);
         info!(
             client = %slot.name,
@@ -267,7 +264,7 @@ impl TokenState {
             "token refreshed"
         );
         self.failure = None;
-        let last_error = self.args.source.unsaved();
+        let last_error = self.args.source.unsaved().map(String::into_boxed_str);
         slot.publish(|v| {
             let generation = v.token.as_ref().map_or(1, |t| t.generation + 1);
             v.token = Some(Arc::new(Token {
@@ -282,7 +279,7 @@ impl TokenState {
                 dpop_key: reply.dpop_key,
             }));
             v.state = ClientState::Fresh;
-            v.next_attempt = Some((refresh_due, refresh_wall));
+            v.next_attempt = Some(refresh_due);
             v.consecutive_failures = 0;
             v.retry_after_capped = false;
             v.last_error = last_error;
@@ -361,7 +358,6 @@ impl TokenState {
             }
         }
         let now = Instant::now();
-        let wall = SystemTime::now();
         if state != ClientState::BackingOff {
             // Replacing the credential file (or running `tokend authorize`) is the operator's
             // fix: notice it within a poll instead of after operator_retry. The actor stays up
@@ -377,10 +373,7 @@ impl TokenState {
         let last_error = self.last_error();
         self.args.slot.publish(|v| {
             v.state = state;
-            v.next_attempt = Some((
-                schedule::after(now, delay),
-                schedule::wall_after(wall, delay),
-            ));
+            v.next_attempt = Some(schedule::after(now, delay));
             v.consecutive_failures = failures;
             v.retry_after_capped |= capped.is_some();
             v.last_error = last_error;
@@ -388,11 +381,12 @@ impl TokenState {
     }
 
     /// The last request's error and an unsaved refresh token's warning, as `last_error`.
-    fn last_error(&self) -> Option<String> {
-        match (&self.failure, self.args.source.unsaved()) {
+    fn last_error(&self) -> Option<Box<str>> {
+        let text = match (&self.failure, self.args.source.unsaved()) {
             (Some(e), Some(w)) => Some(format!("{e}{UNSAVED_SEP}{w}")),
             (e, w) => e.clone().or(w),
-        }
+        };
+        text.map(String::into_boxed_str)
     }
 
     /// While the newest refresh token is in memory only, retries writing it with backoff (the
@@ -403,7 +397,7 @@ impl TokenState {
         }
         // An actor that stays up keeps its own timer for the next attempt (a sleeping one has
         // the alarm wheel's).
-        if let Some((at, _)) = self.args.slot.view().next_attempt {
+        if let Some(at) = self.args.slot.view().next_attempt {
             self.schedule(myself, at.saturating_duration_since(Instant::now()));
         }
         if self.saving {

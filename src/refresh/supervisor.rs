@@ -560,7 +560,7 @@ impl SupervisorState {
         actor.stop(Some("asleep until its next attempt".into()));
         let name = &child.args.slot.name;
         match child.args.slot.view().next_attempt {
-            Some((at, _)) => {
+            Some(at) => {
                 debug!(client = %name, in_s = at.saturating_duration_since(Instant::now()).as_secs(), "asleep");
                 self.alarms.set(id, at);
             }
@@ -632,7 +632,7 @@ impl SupervisorState {
             if !matches!(child.run, Run::Asleep { .. }) {
                 continue;
             }
-            if let Some((at, _)) = child.args.slot.view().next_attempt {
+            if let Some(at) = child.args.slot.view().next_attempt {
                 self.alarms.set(id, at);
                 asleep += 1;
             }
@@ -660,10 +660,13 @@ impl SupervisorState {
             child.args.slot.publish(|v| {
                 v.state = ClientState::Failed;
                 v.next_attempt = None;
-                v.last_error = Some(format!(
-                    "token actor {reason}; restart budget ({MAX_RESTARTS} in {}s) exhausted",
-                    RESTART_WINDOW.as_secs()
-                ));
+                v.last_error = Some(
+                    format!(
+                        "token actor {reason}; restart budget ({MAX_RESTARTS} in {}s) exhausted",
+                        RESTART_WINDOW.as_secs()
+                    )
+                    .into(),
+                );
             });
             return;
         };

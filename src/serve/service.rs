@@ -78,8 +78,7 @@ impl TokenServiceImpl {
         self.store
             .get(client)?
             .view()
-            .next_attempt
-            .map(|(_, wall)| wall)
+            .next_attempt_wall()
     }
 
     /// How long a call may wait: the caller's deadline less headroom, else the default; never
@@ -153,7 +152,7 @@ impl From<NoToken> for Status {
 /// The reason a client has no usable token, with when the next attempt is, for the caller.
 fn explain(slot: &ClientSlot, view: &ClientView) -> NoToken {
     let error = view.last_error.as_deref().unwrap_or("no error recorded");
-    let next = match view.next_attempt.map(|(_, wall)| rfc3339(wall)) {
+    let next = match view.next_attempt_wall().map(rfc3339) {
         Some(Some(at)) => format!("; next attempt at {at}"),
         Some(None) => "; next attempt after year 9999".into(),
         None => String::new(),
@@ -190,7 +189,7 @@ fn worth_waiting(view: &ClientView, until: Instant) -> bool {
         ClientState::NeedsOperator | ClientState::ReauthorizationRequired | ClientState::Failed => {
             false
         }
-        ClientState::BackingOff => view.next_attempt.is_none_or(|(at, _)| at < until),
+        ClientState::BackingOff => view.next_attempt.is_none_or(|at| at < until),
         _ => true,
     }
 }
@@ -444,9 +443,9 @@ impl TokenServiceImpl {
                     state: proto::ClientState::from(view.state) as i32,
                     scopes: token.map(|t| scope_list(t)).unwrap_or_default(),
                     expires_at: token.map(|t| t.expires_wall().into()),
-                    next_refresh_at: view.next_attempt.map(|(_, wall)| wall.into()),
+                    next_refresh_at: view.next_attempt_wall().map(Into::into),
                     consecutive_failures: view.consecutive_failures,
-                    last_error: view.last_error.clone().unwrap_or_default(),
+                    last_error: view.last_error.as_deref().unwrap_or_default().to_string(),
                     grant: slot.settings().grant.name().to_string(),
                     has_valid_token: token.is_some_and(|t| t.is_valid(now)),
                 }

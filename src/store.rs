@@ -64,6 +64,15 @@ impl Token {
     }
 }
 
+/// When the monotonic instant `at` is on the wall clock, read now.
+fn wall_at(at: Instant) -> SystemTime {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    match at.checked_duration_since(now) {
+        Some(ahead) => wall.checked_add(ahead).unwrap_or(wall),
+        None => wall.checked_sub(now - at).unwrap_or(wall),
+    }
+}
+
 /// What the client is doing, as `ListClients` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
@@ -128,7 +137,7 @@ impl ClientView {
     /// when asked, from the monotonic time its timer runs on (so it follows a wall-clock step
     /// made since it was planned, as the timer does not).
     pub fn next_attempt_wall(&self) -> Option<SystemTime> {
-        self.next_attempt.map(crate::refresh::schedule::wall_at)
+        self.next_attempt.map(wall_at)
     }
 
     /// Whether `generation` is the current token and the client is fresh: only then does a
@@ -456,5 +465,31 @@ impl TokenStore {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, Arc<ClientSlot>>> {
         self.clients.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn monotonic_instants_read_as_wall_times_ahead_and_behind() {
+        let at = Instant::now();
+        let wall = SystemTime::now();
+        // The wall clock runs on during the call: a second's slack either way.
+        let near = |got: SystemTime, want: SystemTime| {
+            let off = got.duration_since(want).unwrap_or_else(|e| e.duration());
+            assert!(
+                off < Duration::from_secs(1),
+                "{got:?} is {off:?} from {want:?}"
+            );
+        };
+        near(
+            wall_at(at + Duration::from_secs(90)),
+            wall + Duration::from_secs(90),
+        );
+        tokio::time::advance(Duration::from_secs(300)).await;
+        // Five minutes on the monotonic clock since `at`, which is now that far behind.
+        near(wall_at(at), wall - Duration::from_secs(300));
     }
 }

@@ -26,15 +26,6 @@ pub fn wall_after(now: SystemTime, delay: Duration) -> SystemTime {
     now.checked_add(delay.min(MAX_WAIT)).unwrap_or(now)
 }
 
-/// When the monotonic instant `at` is on the wall clock, read now.
-pub fn wall_at(at: Instant) -> SystemTime {
-    let (now, wall) = (Instant::now(), SystemTime::now());
-    match at.checked_duration_since(now) {
-        Some(ahead) => wall_after(wall, ahead),
-        None => wall.checked_sub(now - at).unwrap_or(wall),
-    }
-}
-
 /// The part of the endpoint's `Retry-After` that is honoured: at most `retry_after_max`.
 pub fn honoured_retry_after(policy: &RefreshPolicy, asked: Option<Duration>) -> Duration {
     asked.unwrap_or_default().min(policy.retry_after_max)
@@ -91,25 +82,6 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn monotonic_instants_read_as_wall_times_ahead_and_behind() {
-        let at = Instant::now();
-        let wall = SystemTime::now();
-        // The wall clock runs on during the call: a second's slack either way.
-        let near = |got: SystemTime, want: SystemTime| {
-            let off = got
-                .duration_since(want)
-                .unwrap_or_else(|e| e.duration());
-            assert!(off < secs(1), "{got:?} is {off:?} from {want:?}");
-        };
-        near(wall_at(at + secs(90)), wall + secs(90));
-        tokio::time::advance(secs(300)).await;
-        // Five minutes on the monotonic clock since `at`, which is now that far behind.
-        near(wall_at(at), wall - secs(300));
-        // Far ahead: capped as every scheduled time is.
-        near(wall_at(at + secs(400) + MAX_WAIT * 2), wall + MAX_WAIT);
     }
 
     #[test]

@@ -75,10 +75,7 @@ impl TokenServiceImpl {
 
     /// When `client`'s next token request is due, if one is planned.
     pub fn next_attempt(&self, client: &str) -> Option<SystemTime> {
-        self.store
-            .get(client)?
-            .view()
-            .next_attempt_wall()
+        self.store.get(client)?.view().next_attempt_wall()
     }
 
     /// How long a call may wait: the caller's deadline less headroom, else the default; never

@@ -1,7 +1,7 @@
 //! When to refresh and when to retry: pure functions of the policy, the token's lifetime, the
 //! failure count and a random draw, so they are tested directly and the actor only applies them.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -18,11 +18,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `now + delay`, with `delay` at most [`MAX_WAIT`]: a provider's number never overflows it.
 pub fn after(now: Instant, delay: Duration) -> Instant {
-    now.checked_add(delay.min(MAX_WAIT)).unwrap_or(now)
-}
-
-/// The wall-clock twin of [`after`], for times reported to callers.
-pub fn wall_after(now: SystemTime, delay: Duration) -> SystemTime {
     now.checked_add(delay.min(MAX_WAIT)).unwrap_or(now)
 }
 
@@ -164,11 +159,6 @@ mod tests {
         let now = Instant::now();
         assert_eq!(after(now, Duration::MAX), now + MAX_WAIT);
         assert_eq!(after(now, secs(5)), now + secs(5));
-        let wall = SystemTime::UNIX_EPOCH;
-        assert_eq!(wall_after(wall, Duration::MAX), wall + MAX_WAIT);
-        // A host clock at the end of SystemTime's range stays where it is.
-        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
-        assert_eq!(wall_after(end, secs(1)), end);
     }
 
     mod properties {

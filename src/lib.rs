@@ -15,7 +15,8 @@
 //!   policy, and the running client set.
 //! - `oauth`: the token endpoint client: settings, client authentication, requests, reply
 //!   parsing, in-flight markers, each endpoint's request budget.
-//! - `store`: per-client `watch` channels the gRPC handlers read without asking an actor.
+//! - `store`: each client's slot, whose published view the gRPC handlers read without asking
+//!   an actor.
 //! - `access`: who may read which client's token (peer credentials, allow-lists, `[[allow]]`
 //!   entries).
 //! - `attest`: what a caller is beyond its uid, read once per connection: its process (by
@@ -57,6 +58,12 @@ mod store;
 mod test_tools;
 #[doc(hidden)]
 pub mod testing;
+
+/// The daemon's side of `TokenService`, generated with [`serve::wire::TokenMessage`] for its
+/// `Token` answers and [`proto`]'s types for every other message (build.rs).
+mod proto_server {
+    include!(concat!(env!("OUT_DIR"), "/server/tokend.v1.rs"));
+}
 
 /// Code generated from `proto/tokend/v1/tokend.proto`.
 pub mod proto {

@@ -10,6 +10,9 @@ pub use crate::oauth::{
     FetchError, Grant, TokenReply, TokenSource, TokenType, basic_authorization, http_client,
     parse_retry_after,
 };
+/// The daemon's server trait, whose `Token` answers are [`TokenMessage`]s (the clients' is
+/// `proto::token_service_server::TokenService`).
+pub use crate::proto_server::token_service_server::TokenService;
 pub use crate::refresh::RefreshPolicy;
 pub use crate::refresh::clients::{ClientSpec, Clients};
 pub use crate::refresh::supervisor::{
@@ -19,4 +22,5 @@ pub use crate::secret::AccessToken;
 pub use crate::serve::h2_authority::AuthorityFix;
 pub use crate::serve::metrics_http::exposition as metrics_exposition;
 pub use crate::serve::service::TokenServiceImpl;
+pub use crate::serve::wire::TokenMessage;
 pub use crate::store::SlotSettings;

@@ -14,8 +14,8 @@ use common::in_process::InProcess;
 use fault::{FaultEndpoint, Reply};
 use futures::FutureExt;
 use futures::future::join_all;
-use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, RefreshTokenRequest};
+use tokend::testing::TokenService;
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
@@ -431,7 +431,7 @@ async fn a_hundred_reports_of_one_rejected_token_cause_one_request() {
     assert!(
         results
             .into_iter()
-            .all(|r| r.unwrap().into_inner().access_token == "second")
+            .all(|r| r.unwrap().into_inner().to_proto().access_token == "second")
     );
     assert_eq!(endpoint.count(), 2);
 }
@@ -608,7 +608,7 @@ async fn a_crash_mid_request_keeps_the_token_and_an_exhausted_budget_is_visible(
         kill("reported");
     });
     // The restarted actor waited for the orphaned request, then asked again.
-    assert_eq!(reported.unwrap().into_inner().access_token, "t");
+    assert_eq!(reported.unwrap().into_inner().to_proto().access_token, "t");
     assert_eq!(endpoint.count(), 3);
     assert_ne!(h.get("app", 0).await.unwrap().expires_at, first.expires_at);
     tokio::time::sleep(secs(1)).await;

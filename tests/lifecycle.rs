@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use common::in_process::InProcess;
 use futures::future::join_all;
-use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, RefreshTokenRequest};
 use tokend::testing::AccessToken;
 use tokend::testing::ClientSpec;
 use tokend::testing::Grant;
 use tokend::testing::RefreshPolicy;
 use tokend::testing::SlotSettings;
+use tokend::testing::TokenService;
 use tokend::testing::reply::{LifetimeSource, OAuthError};
 use tokend::testing::{FetchError, TokenReply, TokenSource};
 use tokio::time::Instant;
@@ -387,11 +387,11 @@ async fn reports_of_a_rejected_token_coalesce_into_one_request() {
     };
     let results = join_all((0..50).map(|_| report(first.clone()))).await;
     for r in results {
-        assert_eq!(r.unwrap().into_inner().access_token, "token-2");
+        assert_eq!(r.unwrap().into_inner().to_proto().access_token, "token-2");
     }
     assert_eq!(source.requests(), 2);
     // A late report of the old token is answered with the current one, no request.
-    let late = report(first).await.unwrap().into_inner();
+    let late = report(first).await.unwrap().into_inner().to_proto();
     assert_eq!(late.access_token, "token-2");
     assert_eq!(source.requests(), 2);
 }

@@ -21,7 +21,7 @@ use crate::config::{Config, ServerConfig};
 use crate::oauth::budget::EndpointLimiters;
 use crate::oauth::http_client;
 use crate::panics::panic_text;
-use crate::proto::token_service_server::TokenServiceServer;
+use crate::proto_server::token_service_server::TokenServiceServer;
 use crate::refresh::clients::{Clients, StartError};
 use crate::serve::connections::{Connections, MAX_REQUEST_BYTES, NoRoom};
 use crate::serve::listen::{self, ListenError, SocketFile};

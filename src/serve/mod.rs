@@ -3,6 +3,7 @@
 //! read which client's token is [`crate::access`].
 //!
 //! - `service`: the `tokend.v1.TokenService` implementation and its status mapping.
+//! - `wire`: its `Token` answers, encoded from the store.
 //! - `health`: `grpc.health.v1` statuses for probes, readiness from the required clients.
 //! - `call_limits`: caps on watch streams and waiting calls, in all and per uid.
 //! - `listen`: the Unix socket and loopback TCP listeners.
@@ -18,3 +19,4 @@ pub mod health;
 pub mod listen;
 pub mod metrics_http;
 pub mod service;
+pub mod wire;

@@ -15,8 +15,10 @@ use crate::access::{Caller, Granted};
 use crate::client_name::{MAX_CLIENT_NAME, is_client_name};
 use crate::metrics::{METRICS, WatchGuard};
 use crate::oauth::dpop::DpopError;
-use crate::proto::{self, token_service_server::TokenService};
+use crate::proto;
+use crate::proto_server::token_service_server::TokenService;
 use crate::serve::call_limits::CallLimits;
+use crate::serve::wire::TokenMessage;
 use crate::store::{ClientSlot, ClientState, ClientView, RefreshRequest, Token, TokenStore};
 
 /// Answers are given this much before the caller's deadline, so that the caller sees why no
@@ -261,19 +263,19 @@ impl TokenServiceImpl {
     }
 }
 
-type TokenStream = Pin<Box<dyn Stream<Item = Result<proto::Token, Status>> + Send>>;
+type TokenStream = Pin<Box<dyn Stream<Item = Result<TokenMessage, Status>> + Send>>;
 
 impl TokenServiceImpl {
     async fn get(
         &self,
         request: Request<proto::GetTokenRequest>,
-    ) -> Result<Response<proto::Token>, Status> {
+    ) -> Result<Response<TokenMessage>, Status> {
         let caller = Caller::of(&request);
         let wait = self.wait_budget(&request);
         let req = request.get_ref();
         let min_valid = Duration::from_secs(req.min_valid_seconds.into());
         let (slot, token) = self.current(&req.client, &caller, min_valid, wait).await?;
-        Ok(Response::new(to_proto(&slot.name, &token)))
+        Ok(Response::new(TokenMessage::new(slot.name.clone(), token)))
     }
 
     /// The client's token valid for `min_valid`, for a caller who may read it (audited),
@@ -310,7 +312,7 @@ impl TokenServiceImpl {
         let proof = dpop_proof(&slot.name, &token, &req.http_method, &req.http_uri, nonce)?;
         Ok(Response::new(proto::DpopProof {
             proof,
-            token: Some(to_proto(&slot.name, &token)),
+            token: Some(TokenMessage::new(slot.name.clone(), token).to_proto()),
         }))
     }
 
@@ -357,7 +359,7 @@ impl TokenServiceImpl {
                 .filter(|t| t.generation > last && t.is_valid(Instant::now()))?;
             last = token.generation;
             audit(&name, &caller, granted, &token);
-            Some(Ok(to_proto(&name, &token)))
+            Some(Ok(TokenMessage::new(name.clone(), token)))
         });
         // tonic ends the response at the first error, so a denial is the stream's last item.
         let stream =
@@ -368,7 +370,7 @@ impl TokenServiceImpl {
     async fn refresh(
         &self,
         request: Request<proto::RefreshTokenRequest>,
-    ) -> Result<Response<proto::Token>, Status> {
+    ) -> Result<Response<TokenMessage>, Status> {
         let wait = self.wait_budget(&request);
         let caller = Caller::of(&request);
         let req = request.get_ref();
@@ -383,7 +385,7 @@ impl TokenServiceImpl {
         let (slot, token) = self
             .replacement(&req.client, &caller, &req.rejected_access_token, wait)
             .await?;
-        Ok(Response::new(to_proto(&slot.name, &token)))
+        Ok(Response::new(TokenMessage::new(slot.name.clone(), token)))
     }
 
     /// For a caller whose API rejected `rejected`: a newer token if that is the current one
@@ -457,7 +459,7 @@ impl TokenService for TokenServiceImpl {
     async fn get_token(
         &self,
         request: Request<proto::GetTokenRequest>,
-    ) -> Result<Response<proto::Token>, Status> {
+    ) -> Result<Response<TokenMessage>, Status> {
         counted("GetToken", self.get(request).await)
     }
 
@@ -473,7 +475,7 @@ impl TokenService for TokenServiceImpl {
     async fn refresh_token(
         &self,
         request: Request<proto::RefreshTokenRequest>,
-    ) -> Result<Response<proto::Token>, Status> {
+    ) -> Result<Response<TokenMessage>, Status> {
         counted("RefreshToken", self.refresh(request).await)
     }
 
@@ -543,17 +545,6 @@ pub fn dpop_proof(
 
 fn scope_list(token: &Token) -> Vec<String> {
     token.scopes().map(str::to_string).collect()
-}
-
-fn to_proto(client: &str, token: &Token) -> proto::Token {
-    proto::Token {
-        client: client.to_string(),
-        access_token: token.access_token.expose().to_string(),
-        token_type: token.token_type.as_str().to_string(),
-        scopes: scope_list(token),
-        expires_at: Some(token.expires_wall().into()),
-        issued_at: Some(token.received_wall.into()),
-    }
 }
 
 /// `t` in RFC 3339 to the second; `None` after year 9999, which RFC 3339 cannot write (and

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use tokend::Config;
 use tokend::config::ServerConfig;
-use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{self, GetTokenRequest, ListClientsRequest};
 use tokend::testing::RefreshPolicy;
-use tokend::testing::TokenServiceImpl;
 use tokend::testing::{ClientSpec, Clients};
+use tokend::testing::{TokenService, TokenServiceImpl};
 use tokend::testing::{call_limits, client_specs};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -127,7 +126,7 @@ impl InProcess {
         self.service
             .get_token(request)
             .await
-            .map(|r| r.into_inner())
+            .map(|r| r.into_inner().to_proto())
     }
 
     /// What ListClients says of `client`.

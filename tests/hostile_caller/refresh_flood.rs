@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{GetTokenRequest, RefreshTokenRequest};
+use tokend::testing::TokenService;
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
@@ -77,7 +77,7 @@ async fn a_thousand_reports_over_ten_seconds_cause_at_most_one_request_per_inter
     });
     let answers = join_all(reports).await;
     for answer in answers {
-        assert_eq!(answer.unwrap().into_inner().access_token, "t");
+        assert_eq!(answer.unwrap().into_inner().to_proto().access_token, "t");
     }
     let during = endpoint.times_since(t0);
     assert!(
@@ -109,7 +109,7 @@ async fn demands_of_min_valid_are_limited_the_same_way() {
     let mut limited = 0;
     for answer in answers {
         match answer {
-            Ok(token) => assert_eq!(token.into_inner().access_token, "t"),
+            Ok(token) => assert_eq!(token.into_inner().to_proto().access_token, "t"),
             Err(e) => {
                 assert_eq!(e.code(), Code::Unavailable, "{e:?}");
                 assert!(e.message().contains("refresh.min_interval"), "{e:?}");
@@ -159,7 +159,7 @@ async fn concurrent_reports_coalesce_and_later_ones_wait_for_the_deferred_reques
     // A hundred reports of one token at once: one request.
     let first = join_all((0..100).map(|_| h.service.refresh_token(report("t1", secs(30))))).await;
     for answer in first {
-        assert_eq!(answer.unwrap().into_inner().access_token, "t2");
+        assert_eq!(answer.unwrap().into_inner().to_proto().access_token, "t2");
     }
     assert_eq!(endpoint.times_since(t0).len(), 1);
     // Its replacement is reported a second later, within the interval: the next request
@@ -167,7 +167,7 @@ async fn concurrent_reports_coalesce_and_later_ones_wait_for_the_deferred_reques
     tokio::time::sleep_until(t0 + secs(2)).await;
     let second = join_all((0..100).map(|_| h.service.refresh_token(report("t2", secs(30))))).await;
     for answer in second {
-        assert_eq!(answer.unwrap().into_inner().access_token, "t3");
+        assert_eq!(answer.unwrap().into_inner().to_proto().access_token, "t3");
     }
     let during = endpoint.times_since(t0);
     assert_eq!(during.len(), 2, "{during:?}");
@@ -178,6 +178,7 @@ async fn concurrent_reports_coalesce_and_later_ones_wait_for_the_deferred_reques
         .refresh_token(report("t3", secs(1)))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .to_proto();
     assert_eq!(quick.access_token, "t3");
 }

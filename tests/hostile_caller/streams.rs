@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use tokend::proto::token_service_server::TokenService;
 use tokend::proto::{GetTokenRequest, WatchTokenRequest};
+use tokend::testing::TokenService;
 use tonic::{Code, Request};
 
 use crate::common::in_process::InProcess;

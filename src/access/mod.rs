@@ -13,11 +13,8 @@ mod rules;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tonic::Request;
-use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
-
 use crate::attest::kubelet::Kubelet;
-use crate::attest::process::{PeerProcess, Process, Unattested};
+use crate::attest::process::{Process, Unattested};
 use crate::host::accounts::uid_of;
 
 pub use rules::Selectors;
@@ -43,27 +40,6 @@ pub enum Caller {
 }
 
 impl Caller {
-    pub fn of<T>(request: &Request<T>) -> Caller {
-        if let Some(info) = request.extensions().get::<UdsConnectInfo>() {
-            return match &info.peer_cred {
-                Some(cred) => Caller::Local {
-                    uid: cred.uid(),
-                    gid: cred.gid(),
-                    pid: cred.pid(),
-                    process: request
-                        .extensions()
-                        .get::<PeerProcess>()
-                        .map_or(Err(Unattested::Gone), |p| p.0.clone()),
-                },
-                None => Caller::Unknown,
-            };
-        }
-        if request.extensions().get::<TcpConnectInfo>().is_some() {
-            return Caller::Tcp;
-        }
-        Caller::Unknown
-    }
-
     /// The caller's uid, gid and process, if it is local.
     fn local(&self) -> Option<(u32, u32, Option<&Process>)> {
         match self {

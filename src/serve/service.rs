@@ -18,6 +18,7 @@ use crate::oauth::dpop::DpopError;
 use crate::proto;
 use crate::proto_server::token_service_server::TokenService;
 use crate::serve::call_limits::CallLimits;
+use crate::serve::connections::caller_of;
 use crate::serve::wire::TokenMessage;
 use crate::store::{ClientSlot, ClientState, ClientView, RefreshRequest, Token, TokenStore};
 
@@ -270,7 +271,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<TokenMessage>, Status> {
-        let caller = Caller::of(&request);
+        let caller = caller_of(&request);
         let wait = self.wait_budget(&request);
         let req = request.get_ref();
         let min_valid = Duration::from_secs(req.min_valid_seconds.into());
@@ -302,7 +303,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<proto::SignDpopProofRequest>,
     ) -> Result<Response<proto::DpopProof>, Status> {
-        let caller = Caller::of(&request);
+        let caller = caller_of(&request);
         let wait = self.wait_budget(&request);
         let req = request.get_ref();
         let (slot, token) = self
@@ -320,7 +321,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<proto::WatchTokenRequest>,
     ) -> Result<Response<TokenStream>, Status> {
-        let caller = Caller::of(&request);
+        let caller = caller_of(&request);
         let (slot, _) = self.slot(&request.get_ref().client, &caller).await?;
         let streams = self.limits.streams.admit(&caller)?;
         let name = slot.name.clone();
@@ -372,7 +373,7 @@ impl TokenServiceImpl {
         request: Request<proto::RefreshTokenRequest>,
     ) -> Result<Response<TokenMessage>, Status> {
         let wait = self.wait_budget(&request);
-        let caller = Caller::of(&request);
+        let caller = caller_of(&request);
         let req = request.get_ref();
         if req.rejected_access_token.is_empty() {
             // Checked after the caller is: a caller that may not read the client learns
@@ -423,7 +424,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<proto::ListClientsRequest>,
     ) -> Result<Response<proto::ListClientsResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = caller_of(&request);
         let now = Instant::now();
         // Clients the caller may not read are not shown at all.
         let mut readable = Vec::new();

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TcpConnectInfo, UdsConnectInfo};
 use tracing::debug;
 
 use super::limits::Slot;
-use crate::attest::process::PeerProcess;
+use crate::access::Caller;
+use crate::attest::process::{PeerProcess, Unattested};
 
 /// The client's connection preface (RFC 9113 3.4), which must be followed by a SETTINGS frame.
 const PREFACE_LEN: usize = 24;
@@ -26,14 +27,39 @@ pub(super) struct Timeouts {
     pub(super) idle: Duration,
 }
 
-/// What a counted connection tells each request it carries: the listener's own connect info
-/// (which [`super::TrackRequests`] puts back where handlers look for it) and the connection's
-/// activity.
+/// What a counted connection tells each request it carries: the listener's own connect info,
+/// the peer process read at accept (which [`caller_of`] makes the request's caller of) and the
+/// connection's activity (which [`super::TrackRequests`] counts the request in).
 #[derive(Debug, Clone)]
 pub struct ConnInfo<I> {
     pub(super) inner: I,
     pub(super) activity: Arc<Activity>,
     pub(super) process: Option<PeerProcess>,
+}
+
+/// Who sent `request`, from what its connection learnt at accept: a local process (by its
+/// credentials and attested process) on the Unix socket, no identity on loopback TCP, and
+/// unknown without a counted connection (a call made in this process).
+pub fn caller_of<T>(request: &tonic::Request<T>) -> Caller {
+    let extensions = request.extensions();
+    if let Some(conn) = extensions.get::<ConnInfo<UdsConnectInfo>>() {
+        return match &conn.inner.peer_cred {
+            Some(cred) => Caller::Local {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+                process: conn
+                    .process
+                    .as_ref()
+                    .map_or(Err(Unattested::Gone), |p| p.0.clone()),
+            },
+            None => Caller::Unknown,
+        };
+    }
+    if extensions.get::<ConnInfo<TcpConnectInfo>>().is_some() {
+        return Caller::Tcp;
+    }
+    Caller::Unknown
 }
 
 /// How many requests a connection has begun and finished.

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 pub use accept::{Incoming, Listen};
+pub use conn::caller_of;
 pub use limits::{Limits, Peer};
 pub use requests::TrackRequests;
 

@@ -7,8 +7,8 @@ use std::task::{Context, Poll, ready};
 
 use super::conn::{ConnInfo, OpenRequest};
 
-/// Counts each connection's open requests (until their response bodies end) and gives handlers
-/// the listener's connect info `I` back in place of [`ConnInfo<I>`].
+/// Counts each connection's open requests (until their response bodies end). Handlers read who
+/// called from the same [`ConnInfo<I>`] ([`super::caller_of`]).
 pub struct TrackRequests<I>(PhantomData<fn() -> I>);
 
 impl<I> TrackRequests<I> {
@@ -62,17 +62,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // Read where tonic put it, not moved into extensions of their own: each would be an
+        // allocation per call, and another to free.
         let open = request
-            .extensions_mut()
-            .remove::<ConnInfo<I>>()
-            .map(|info| {
-                request.extensions_mut().insert(info.inner);
-                if let Some(process) = info.process {
-                    request.extensions_mut().insert(process);
-                }
-                info.activity.begin()
-            });
+            .extensions()
+            .get::<ConnInfo<I>>()
+            .map(|info| info.activity.clone().begin());
         Tracking {
             response: self.inner.call(request),
             open,

@@ -2,7 +2,8 @@
 //! frame through as it arrives except header blocks, which it holds until complete (HEADERS plus
 //! any CONTINUATION frames), has [`Tracker`] read, and passes on byte for byte unless a field
 //! had to change; then it re-frames the block with the same frames, flags, priority and padding,
-//! only the lengths adjusted.
+//! only the lengths adjusted. A first header block whose `:authority` h2 accepts as sent ends
+//! the reading: everything after it passes unread.
 //!
 //! Whatever h2 would refuse (a frame over its size limit, a CONTINUATION flood, a broken block)
 //! the filter does not judge: it passes on what it holds and everything after it unchanged, and
@@ -10,7 +11,7 @@
 //! one block of the size h2 takes, and never more CPU than a pass over each byte.
 
 use super::Malformed;
-use super::hpack::{Edits, Tracker};
+use super::hpack::{Edits, Sent, Tracker};
 
 /// What every HTTP/2 connection starts with (RFC 9113 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -79,6 +80,8 @@ pub(crate) struct Filter {
     block: Vec<u8>,
     edits: Edits,
     tracker: Tracker,
+    /// Whether the connection's first header block has been read.
+    read_first: bool,
     /// Header blocks changed so far on this connection.
     pub(crate) rewritten: u64,
     /// Why the filter stopped reading the connection and passes it on unchanged, if it did.
@@ -98,6 +101,7 @@ impl Default for Filter {
             block: Vec::new(),
             edits: Edits::default(),
             tracker: Tracker::default(),
+            read_first: false,
             rewritten: 0,
             aside: None,
         }
@@ -277,9 +281,10 @@ impl Filter {
             }
         };
         self.edits.clear();
-        if let Err(e) = self.tracker.rewrite_block(block, &mut self.edits) {
-            return self.step_aside(out, e.0);
-        }
+        let sent = match self.tracker.rewrite_block(block, &mut self.edits) {
+            Ok(sent) => sent,
+            Err(e) => return self.step_aside(out, e.0),
+        };
         if self.edits.is_empty() {
             out.extend_from_slice(&self.held);
         } else {
@@ -289,6 +294,19 @@ impl Filter {
         self.held.clear();
         self.frames.clear();
         self.block_stream = None;
+        let first = !std::mem::replace(&mut self.read_first, true);
+        if first && sent == Sent::Accepted {
+            // A client sends one `:authority` for every request of a connection, in its first
+            // header block. When h2 takes that one as sent, this connection has nothing to fix:
+            // the filter stops reading it, and a later block h2 refuses is h2's to answer.
+            self.state = State::Transparent;
+        }
+    }
+
+    /// Whether everything from now on passes unread: the client's `:authority` needs no fix,
+    /// or the connection is h2's to refuse.
+    pub(crate) fn passes_through(&self) -> bool {
+        self.state == State::Transparent
     }
 }
 

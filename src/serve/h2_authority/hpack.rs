@@ -107,6 +107,27 @@ enum Kind {
     BadAuthority,
 }
 
+/// What the `:authority` fields of a header block were, as the client sent them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// The block has none.
+    Absent,
+    /// Every one is a value h2 accepts.
+    Accepted,
+    /// At least one is a value h2 rejects (and is changed or dropped, where it can be).
+    Rejected,
+}
+
+impl Sent {
+    fn and(self, field: Sent) -> Sent {
+        match (self, field) {
+            (Sent::Rejected, _) | (_, Sent::Rejected) => Sent::Rejected,
+            (Sent::Accepted, _) | (_, Sent::Accepted) => Sent::Accepted,
+            _ => Sent::Absent,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     name_len: usize,
@@ -252,14 +273,16 @@ impl Reader<'_> {
 
 impl Tracker {
     /// Reads one complete header block, updates the table model, and appends to `edits` (in
-    /// block order) the changes that make every `:authority` acceptable to h2.
+    /// block order) the changes that make every `:authority` acceptable to h2; says what the
+    /// block's `:authority` fields were as sent.
     pub(crate) fn rewrite_block(
         &mut self,
         block: &[u8],
         edits: &mut Edits,
-    ) -> Result<(), Malformed> {
+    ) -> Result<Sent, Malformed> {
         let mut r = Reader { buf: block, pos: 0 };
         let mut fields = false;
+        let mut sent = Sent::Absent;
         while r.pos < block.len() {
             let start = r.pos;
             let first = block[start];
@@ -274,11 +297,18 @@ impl Tracker {
                 // Indexed field. An empty `:authority` (static index 1, or an entry that kept
                 // one) is dropped: a request without `:authority` is served like any other.
                 let index = r.int(7)?;
-                if self.lookup(index)?.1 == Kind::BadAuthority {
-                    edits.remove(start..r.pos);
+                match self.lookup(index)?.1 {
+                    Kind::BadAuthority => {
+                        edits.remove(start..r.pos);
+                        sent = Sent::Rejected;
+                    }
+                    // An entry this module replaced was rejected as sent; the first block
+                    // that added it says so already.
+                    Kind::Authority => sent = sent.and(Sent::Accepted),
+                    Kind::Other => {}
                 }
             } else if first & 0x40 != 0 {
-                self.literal(&mut r, 6, true, edits)?;
+                sent = sent.and(self.literal(&mut r, 6, true, edits)?);
             } else if first & 0x20 != 0 {
                 // Dynamic table size update.
                 let size = r.int(5)?;
@@ -289,10 +319,10 @@ impl Tracker {
                 self.evict(0);
             } else {
                 // Without indexing (0000) or never indexed (0001): the same layout.
-                self.literal(&mut r, 4, false, edits)?;
+                sent = sent.and(self.literal(&mut r, 4, false, edits)?);
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     fn literal(
@@ -301,7 +331,7 @@ impl Tracker {
         prefix: u8,
         indexing: bool,
         edits: &mut Edits,
-    ) -> Result<(), Malformed> {
+    ) -> Result<Sent, Malformed> {
         let start = r.pos;
         let index = r.int(prefix)?;
         let (name_len, is_authority) = if index == 0 {
@@ -326,11 +356,14 @@ impl Tracker {
 
         let mut kind = Kind::Other;
         let mut value_len = 0;
+        let mut sent = Sent::Absent;
         if is_authority {
             let decoded = self.decode_strict(r.buf, &value)?;
             value_len = decoded.len();
             kind = Kind::Authority;
+            sent = Sent::Accepted;
             if http::uri::Authority::try_from(decoded).is_err() {
+                sent = Sent::Rejected;
                 if value_len == 0 {
                     if indexing {
                         // No non-empty value has the same size; keep it, and drop the later
@@ -357,7 +390,7 @@ impl Tracker {
                 kind,
             });
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// The name length and kind of the entry at HPACK `index`.

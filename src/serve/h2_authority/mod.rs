@@ -6,7 +6,10 @@
 //! accepted Unix connection and rewrites, in the client-to-server bytes, every `:authority`
 //! h2 would reject into a placeholder host name of the same length (`localhost` when the
 //! length allows); every other byte passes through unchanged, and the
-//! server-to-client direction is not touched at all.
+//! server-to-client direction is not touched at all. A client sends the same `:authority` with
+//! every request of a connection, so a connection whose first header block h2 takes as sent
+//! (`localhost`, as Go, Rust, Node and nghttp2 clients send) has nothing to fix: from then on
+//! its bytes are read straight into h2's buffer, unparsed.
 //!
 //! The rewrite has to keep the server's HPACK dynamic table in step with the client's (clients
 //! add `:authority` to it once and then refer to it by index), so the replacement has the same
@@ -100,6 +103,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
             }
             if this.ended || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
+            }
+            if this.filter.passes_through() {
+                // Nothing is held and nothing more is read: straight into the reader's buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             this.chunk.clear();
             this.chunk.reserve(READ_CHUNK);

@@ -92,7 +92,7 @@ impl Route {
         };
         let mut token = match self
             .tokens
-            .current(&self.client, caller, EXPIRY_MARGIN, self.timeout)
+            .current(&self.client, caller, EXPIRY_MARGIN, || self.timeout)
             .await
         {
             Ok((_, token)) => token,

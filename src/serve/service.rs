@@ -272,7 +272,7 @@ impl TokenServiceImpl {
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<TokenMessage>, Status> {
         let caller = caller_of(&request);
-        let wait = self.wait_budget(&request);
+        let wait = || self.wait_budget(&request);
         let req = request.get_ref();
         let min_valid = Duration::from_secs(req.min_valid_seconds.into());
         let (slot, token) = self.current(&req.client, &caller, min_valid, wait).await?;
@@ -280,20 +280,25 @@ impl TokenServiceImpl {
     }
 
     /// The client's token valid for `min_valid`, for a caller who may read it (audited),
-    /// waiting at most `wait` for one; GetToken's answer, and the proxy's.
+    /// waiting at most `wait()` for one (asked only when there is none: reading the caller's
+    /// deadline is most of a call's header work); GetToken's answer, SignDpopProof's and the
+    /// proxy's.
     pub async fn current(
         &self,
         client: &str,
         caller: &Caller,
         min_valid: Duration,
-        wait: Duration,
+        wait: impl FnOnce() -> Duration,
     ) -> Result<(Arc<ClientSlot>, Arc<Token>), Status> {
         let (slot, granted) = self.slot(client, caller).await?;
         // Nearly every call: the current token will do, and the caller's deadline does not
         // matter.
         let token = match slot.usable(Instant::now(), min_valid) {
             Some(token) => token,
-            None => self.token_for(&slot, caller, min_valid, None, wait).await?,
+            None => {
+                self.token_for(&slot, caller, min_valid, None, wait())
+                    .await?
+            }
         };
         audit(&slot.name, caller, granted, &token);
         Ok((slot, token))
@@ -304,7 +309,7 @@ impl TokenServiceImpl {
         request: Request<proto::SignDpopProofRequest>,
     ) -> Result<Response<proto::DpopProof>, Status> {
         let caller = caller_of(&request);
-        let wait = self.wait_budget(&request);
+        let wait = || self.wait_budget(&request);
         let req = request.get_ref();
         let (slot, token) = self
             .current(&req.client, &caller, Duration::ZERO, wait)

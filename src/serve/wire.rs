@@ -126,12 +126,7 @@ fn field(tag: u8, value: &[u8], buf: &mut impl BufMut) {
 /// A length-delimited field's key (one byte for tags below 16) and length.
 fn head(tag: u8, len: usize, buf: &mut impl BufMut) {
     buf.put_u8(tag << 3 | WireType::LengthDelimited as u8);
-    let mut len = len as u64;
-    while len >= 0x80 {
-        buf.put_u8(len as u8 | 0x80);
-        len >>= 7;
-    }
-    buf.put_u8(len as u8);
+    prost::encoding::encode_varint(len as u64, buf);
 }
 
 fn field_len(len: usize) -> usize {
